@@ -1,0 +1,128 @@
+// mixed_sum on CPU: y = sum_k w_k x_k, and its backward in one pass over the
+// data. Accumulates in double so that fp32 results are as accurate as the
+// reference, and reduces dw over fixed-size chunks in a fixed order, so the
+// result does not depend on the number of threads.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../common.h"
+
+namespace rspnet {
+namespace {
+
+constexpr int64_t kBlock = 1024;    // elements accumulated in registers/L1 at a time
+constexpr int64_t kChunk = 1 << 15;  // elements per dw partial sum (fixed: determinism)
+
+template <typename scalar_t>
+void forward_impl(const std::vector<double>& w, const std::vector<const scalar_t*>& xs, scalar_t* y,
+                  int64_t n) {
+  const size_t K = xs.size();
+  at::parallel_for(0, (n + kBlock - 1) / kBlock, 16, [&](int64_t b0, int64_t b1) {
+    double acc[kBlock];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t start = b * kBlock, len = std::min(kBlock, n - start);
+      const scalar_t* x0 = xs[0] + start;
+      for (int64_t i = 0; i < len; ++i) acc[i] = w[0] * static_cast<double>(x0[i]);
+      for (size_t k = 1; k < K; ++k) {
+        const scalar_t* xk = xs[k] + start;
+        const double wk = w[k];
+        for (int64_t i = 0; i < len; ++i) acc[i] += wk * static_cast<double>(xk[i]);
+      }
+      scalar_t* yb = y + start;
+      for (int64_t i = 0; i < len; ++i) yb[i] = static_cast<scalar_t>(acc[i]);
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_impl(const scalar_t* g, const std::vector<double>& w, const std::vector<const scalar_t*>& xs,
+                   const std::vector<scalar_t*>& dxs, double* partial, int64_t n, bool weight_grad) {
+  const int64_t K = static_cast<int64_t>(xs.size());
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t start = c * kChunk, len = std::min(kChunk, n - start);
+      const scalar_t* gc = g + start;
+      for (int64_t k = 0; k < K; ++k) {
+        if (!dxs.empty()) {
+          scalar_t* d = dxs[k] + start;
+          const double wk = w[k];
+          for (int64_t i = 0; i < len; ++i) d[i] = static_cast<scalar_t>(wk * static_cast<double>(gc[i]));
+        }
+        if (weight_grad) {
+          const scalar_t* x = xs[k] + start;
+          double s = 0.0;
+          for (int64_t i = 0; i < len; ++i) s += static_cast<double>(gc[i]) * static_cast<double>(x[i]);
+          partial[c * K + k] = s;
+        }
+      }
+    }
+  });
+}
+
+std::vector<double> weights_as_double(const at::Tensor& weights) {
+  auto w = weights.detach().to(at::kCPU, at::kDouble).contiguous();
+  return std::vector<double>(w.data_ptr<double>(), w.data_ptr<double>() + w.numel());
+}
+
+at::Tensor mixed_sum_cpu(const at::Tensor& weights, at::TensorList inputs) {
+  check_same_inputs("mixed_sum", inputs);
+  check_weights("mixed_sum", weights, inputs.size());
+  auto xs = common_dense_layout(inputs);
+  auto y = at::empty_like(xs[0]);
+  const auto w = weights_as_double(weights);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "mixed_sum_cpu", [&] {
+    std::vector<const scalar_t*> ptrs;
+    for (const auto& x : xs) ptrs.push_back(x.const_data_ptr<scalar_t>());
+    forward_impl<scalar_t>(w, ptrs, y.mutable_data_ptr<scalar_t>(), y.numel());
+  });
+  return y;
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at::Tensor& grad,
+                                                                        const at::Tensor& weights,
+                                                                        at::TensorList inputs, bool input_grads,
+                                                                        bool weight_grad) {
+  check_same_inputs("mixed_sum_backward", inputs);
+  check_weights("mixed_sum_backward", weights, inputs.size());
+  TORCH_CHECK(grad.sizes() == inputs[0].sizes(), "mixed_sum_backward: grad has shape ", grad.sizes(),
+              " but inputs have ", inputs[0].sizes());
+  auto xs = common_dense_layout(inputs);
+  auto g = match_layout(grad.to(xs[0].scalar_type()), xs[0]);
+  const int64_t K = static_cast<int64_t>(xs.size()), n = g.numel();
+  std::vector<at::Tensor> dxs;
+  if (input_grads) {
+    for (const auto& x : xs) dxs.push_back(at::empty_like(x));
+  }
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  auto partial = at::zeros({std::max<int64_t>(chunks, 1), K}, g.options().dtype(at::kDouble));
+  const auto w = weights_as_double(weights);
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "mixed_sum_backward_cpu", [&] {
+    std::vector<const scalar_t*> xp;
+    std::vector<scalar_t*> dp;
+    for (const auto& x : xs) xp.push_back(x.const_data_ptr<scalar_t>());
+    for (auto& d : dxs) dp.push_back(d.mutable_data_ptr<scalar_t>());
+    backward_impl<scalar_t>(g.const_data_ptr<scalar_t>(), w, xp, dp, partial.mutable_data_ptr<double>(), n,
+                            weight_grad);
+  });
+  // Chunks are summed in index order: deterministic for any thread count.
+  auto dw64 = at::zeros({K}, partial.options());
+  const double* pp = partial.const_data_ptr<double>();
+  double* out = dw64.mutable_data_ptr<double>();
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int64_t k = 0; k < K; ++k) out[k] += pp[c * K + k];
+  }
+  return {dxs, dw64.to(weights.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rspnet, CPU, m) {
+  m.impl("mixed_sum", &mixed_sum_cpu);
+  m.impl("mixed_sum_backward", &mixed_sum_backward_cpu);
+}
+
+}  // namespace rspnet

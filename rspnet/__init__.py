@@ -1,0 +1,2 @@
+"""rspnet: memory-efficient NAS for light-weight semantic segmentation (RSPNet)."""
+__version__ = "0.1.0"
