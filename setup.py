@@ -25,13 +25,20 @@ _spec.loader.exec_module(build_meta)
 
 
 def find_cuda_home():
+    """CUDA_HOME, else the toolkit of the nvcc on PATH, else /usr/local/cuda.
+    (nvcc on PATH may be a wrapper script, so a candidate must hold the
+    toolkit's headers to count.)"""
     if os.environ.get("CUDA_HOME"):
         return os.environ["CUDA_HOME"]
+    candidates = []
     nvcc = shutil.which("nvcc")
     if nvcc:
-        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    if os.path.exists("/usr/local/cuda/bin/nvcc"):
-        return "/usr/local/cuda"
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and \
+                os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
     return None
 
 

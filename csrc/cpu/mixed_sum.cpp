@@ -1,7 +1,6 @@
 // mixed_sum on CPU: y = sum_k w_k x_k, and its backward in one pass over the
-// data. Accumulates in double so that fp32 results are as accurate as the
-// reference, and reduces dw over fixed-size chunks in a fixed order, so the
-// result does not depend on the number of threads.
+// data. dw is reduced over fixed-size chunks in a fixed order, so the result
+// does not depend on the number of threads.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -13,59 +12,79 @@
 namespace rspnet {
 namespace {
 
-constexpr int64_t kBlock = 1024;    // elements accumulated in registers/L1 at a time
+constexpr int64_t kBlock = 1024;    // elements accumulated in L1 at a time
 constexpr int64_t kChunk = 1 << 15;  // elements per dw partial sum (fixed: determinism)
+constexpr int64_t kLanes = 16;       // independent accumulators: lets the compiler vectorise
+constexpr int64_t kFlush = 256;      // lane sums are flushed to double every kFlush elements
 
+// Accumulates in the data type, like eager PyTorch (so fp32 rounds as it
+// does), with plain loops the compiler vectorises.
 template <typename scalar_t>
-void forward_impl(const std::vector<double>& w, const std::vector<const scalar_t*>& xs, scalar_t* y,
+void forward_impl(const std::vector<scalar_t>& w, const std::vector<const scalar_t*>& xs, scalar_t* y,
                   int64_t n) {
   const size_t K = xs.size();
   at::parallel_for(0, (n + kBlock - 1) / kBlock, 16, [&](int64_t b0, int64_t b1) {
-    double acc[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t start = b * kBlock, len = std::min(kBlock, n - start);
-      const scalar_t* x0 = xs[0] + start;
-      for (int64_t i = 0; i < len; ++i) acc[i] = w[0] * static_cast<double>(x0[i]);
+      scalar_t* __restrict__ yb = y + start;
+      const scalar_t* __restrict__ x0 = xs[0] + start;
+      const scalar_t w0 = w[0];
+      for (int64_t i = 0; i < len; ++i) yb[i] = w0 * x0[i];
       for (size_t k = 1; k < K; ++k) {
-        const scalar_t* xk = xs[k] + start;
-        const double wk = w[k];
-        for (int64_t i = 0; i < len; ++i) acc[i] += wk * static_cast<double>(xk[i]);
+        const scalar_t* __restrict__ xk = xs[k] + start;
+        const scalar_t wk = w[k];
+        for (int64_t i = 0; i < len; ++i) yb[i] += wk * xk[i];
       }
-      scalar_t* yb = y + start;
-      for (int64_t i = 0; i < len; ++i) yb[i] = static_cast<scalar_t>(acc[i]);
     }
   });
 }
 
+// sum(g * x) over `len` elements, and d = w * g when d is given. Lane sums of
+// at most kFlush / kLanes products each are added into a double, so the
+// result is as accurate as a pairwise sum.
 template <typename scalar_t>
-void backward_impl(const scalar_t* g, const std::vector<double>& w, const std::vector<const scalar_t*>& xs,
+double dot_and_scale(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x, scalar_t* __restrict__ d,
+                     scalar_t w, int64_t len, bool want_dot) {
+  double total = 0.0;
+  int64_t i = 0;
+  for (; i + kFlush <= len; i += kFlush) {
+    if (d) {
+      for (int64_t j = 0; j < kFlush; ++j) d[i + j] = w * g[i + j];
+    }
+    if (want_dot) {
+      scalar_t lanes[kLanes] = {};
+      for (int64_t j = 0; j < kFlush; j += kLanes)
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += g[i + j + l] * x[i + j + l];
+      for (int64_t l = 0; l < kLanes; ++l) total += static_cast<double>(lanes[l]);
+    }
+  }
+  for (; i < len; ++i) {
+    if (d) d[i] = w * g[i];
+    if (want_dot) total += static_cast<double>(g[i]) * static_cast<double>(x[i]);
+  }
+  return total;
+}
+
+template <typename scalar_t>
+void backward_impl(const scalar_t* g, const std::vector<scalar_t>& w, const std::vector<const scalar_t*>& xs,
                    const std::vector<scalar_t*>& dxs, double* partial, int64_t n, bool weight_grad) {
   const int64_t K = static_cast<int64_t>(xs.size());
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t start = c * kChunk, len = std::min(kChunk, n - start);
-      const scalar_t* gc = g + start;
       for (int64_t k = 0; k < K; ++k) {
-        if (!dxs.empty()) {
-          scalar_t* d = dxs[k] + start;
-          const double wk = w[k];
-          for (int64_t i = 0; i < len; ++i) d[i] = static_cast<scalar_t>(wk * static_cast<double>(gc[i]));
-        }
-        if (weight_grad) {
-          const scalar_t* x = xs[k] + start;
-          double s = 0.0;
-          for (int64_t i = 0; i < len; ++i) s += static_cast<double>(gc[i]) * static_cast<double>(x[i]);
-          partial[c * K + k] = s;
-        }
+        scalar_t* d = dxs.empty() ? nullptr : dxs[k] + start;
+        partial[c * K + k] = dot_and_scale<scalar_t>(g + start, xs[k] + start, d, w[k], len, weight_grad);
       }
     }
   });
 }
 
-std::vector<double> weights_as_double(const at::Tensor& weights) {
-  auto w = weights.detach().to(at::kCPU, at::kDouble).contiguous();
-  return std::vector<double>(w.data_ptr<double>(), w.data_ptr<double>() + w.numel());
+template <typename scalar_t>
+std::vector<scalar_t> weights_as(const at::Tensor& weights) {
+  const at::Tensor w = weights.detach().to(at::kCPU, c10::CppTypeToScalarType<scalar_t>::value).contiguous();
+  return std::vector<scalar_t>(w.data_ptr<scalar_t>(), w.data_ptr<scalar_t>() + w.numel());
 }
 
 at::Tensor mixed_sum_cpu(const at::Tensor& weights, at::TensorList inputs) {
@@ -73,8 +92,8 @@ at::Tensor mixed_sum_cpu(const at::Tensor& weights, at::TensorList inputs) {
   check_weights("mixed_sum", weights, inputs.size());
   auto xs = common_dense_layout(inputs);
   auto y = at::empty_like(xs[0]);
-  const auto w = weights_as_double(weights);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "mixed_sum_cpu", [&] {
+    const auto w = weights_as<scalar_t>(weights);
     std::vector<const scalar_t*> ptrs;
     for (const auto& x : xs) ptrs.push_back(x.const_data_ptr<scalar_t>());
     forward_impl<scalar_t>(w, ptrs, y.mutable_data_ptr<scalar_t>(), y.numel());
@@ -99,8 +118,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at:
   }
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   auto partial = at::zeros({std::max<int64_t>(chunks, 1), K}, g.options().dtype(at::kDouble));
-  const auto w = weights_as_double(weights);
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "mixed_sum_backward_cpu", [&] {
+    const auto w = weights_as<scalar_t>(weights);
     std::vector<const scalar_t*> xp;
     std::vector<scalar_t*> dp;
     for (const auto& x : xs) xp.push_back(x.const_data_ptr<scalar_t>());

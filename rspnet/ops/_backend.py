@@ -29,6 +29,12 @@ def _read_override() -> str | None:
 OVERRIDE = _read_override()
 _EXT = _extension.load()
 _measured: dict[tuple, str] = {}
+_TRITON_OPS: set[str] = set()
+
+
+def register_triton(op: str) -> None:
+    """Called by an op module once its ``triton_op`` is defined."""
+    _TRITON_OPS.add(op)
 
 
 def triton_interpreter() -> bool:
@@ -46,9 +52,22 @@ def _import_triton():
 TRITON_OK, TRITON_PROBLEM = _import_triton()
 
 
+def _compiled_kernels() -> frozenset:
+    """(op, dispatch key) pairs that rspnet._C registered, read once: a plain
+    set lookup is something torch.compile can trace through."""
+    if not _EXT["loaded"]:
+        return frozenset()
+    names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("rspnet::")]
+    return frozenset((n.split("::", 1)[1], key) for n in names for key in ("CPU", "CUDA")
+                     if torch._C._dispatch_has_kernel_for_dispatch_key(n, key))
+
+
+_KERNELS = _compiled_kernels()
+
+
 def has_kernel(op: str, key: str) -> bool:
     """Did ``rspnet._C`` register ``op`` for dispatch key ``key`` (CPU/CUDA)?"""
-    return _EXT["loaded"] and torch._C._dispatch_has_kernel_for_dispatch_key(f"rspnet::{op}", key)
+    return (op, key) in _KERNELS
 
 
 def can_run(backend: str, op: str, device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
@@ -75,6 +94,8 @@ def can_run(backend: str, op: str, device: torch.device, dtype: torch.dtype) -> 
     if backend == "triton":
         if not TRITON_OK:
             return False, TRITON_PROBLEM
+        if op not in _TRITON_OPS:
+            return False, f"{op} has no Triton kernel"
         if device.type == "cuda":
             return (dtype in _GPU_DTYPES), f"the Triton kernels do not support {dtype}"
         if device.type == "cpu" and triton_interpreter():

@@ -60,7 +60,7 @@ def _make_backward(backward_op):
     def backward(ctx, grad):
         weights, *xs = ctx.saved_tensors
         dxs, dw = backward_op(grad, weights, xs, ctx.input_grads, ctx.weight_grad)
-        return (dw if ctx.weight_grad else None), (list(dxs) if ctx.input_grads else None)
+        return (dw if ctx.weight_grad else None), (list(dxs) if ctx.input_grads else [None] * len(xs))
     return backward
 
 
@@ -138,3 +138,4 @@ if _backend.TRITON_OK:
 
     mixed_sum_triton.register_autograd(_make_backward(torch.ops.rspnet.mixed_sum_backward_triton),
                                        setup_context=_setup_context)
+    _backend.register_triton(_OP)
