@@ -82,9 +82,10 @@ def pip_cuda_includes():
 
 def extensions():
     import torch
+
+    with_cuda, why = want_cuda()  # sets CUDA_HOME, which cpp_extension reads at import
     from torch.utils import cpp_extension
 
-    with_cuda, why = want_cuda()
     print(f"rspnet: CUDA kernels {'ON' if with_cuda else 'OFF'} ({why})", flush=True)
     sources = [os.path.join("csrc", "rspnet.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = ["-O3", "-fopenmp"]
