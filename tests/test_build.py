@@ -19,7 +19,8 @@ KIND_NAMES = {1: "ptx", 2: "cubin"}
 def fatbin_entries(path: str) -> list[tuple[str, int]]:
     """(kind, sm) of every entry in the ELF's .nv_fatbin section, read from the
     fatbinary headers (the container nvcc embeds; cuobjdump reads the same)."""
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     shoff = struct.unpack_from("<Q", data, 0x28)[0]
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
     sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
@@ -47,7 +48,10 @@ def fatbin_entries(path: str) -> list[tuple[str, int]]:
 
 def _record():
     path = os.path.join(PKG, "_C_build.json")
-    return json.load(open(path)) if os.path.exists(path) else None
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 CUDA_EXPECTED = (shutil.which("nvcc") is not None and torch.version.cuda is not None
