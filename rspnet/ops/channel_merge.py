@@ -1,2 +1,140 @@
-"""Temporary: forwards to the reference until the fused backends land."""
-from .reference import channel_merge_ref as channel_merge  # noqa: F401
+"""``channel_merge(inputs, groups)``: ``channel_shuffle(cat(inputs, 1), groups)`` in one pass.
+
+The merge of an RSP block (SPEC.md section 3): the processed part and the
+bypassed part are concatenated and shuffled so that the bypassed channels are
+processed at the next stage. Eager PyTorch materialises the concatenation and
+then the shuffled copy; the fused op copies every input plane straight to its
+shuffled place, and its backward copies the gradient planes straight back
+into one tensor per input (the inverse permutation, split).
+
+Registration follows the pattern of ``mixed_sum``: C++ ops
+``rspnet::channel_merge`` / ``channel_merge_backward`` (CPU and CUDA), the
+``triton_op`` pair ``channel_merge_triton`` / ``channel_merge_backward_triton``,
+and ``channel_merge()`` validating and dispatching through ``_backend.select``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import _backend, _checks
+from .reference import channel_merge_ref
+
+_OP = "channel_merge"
+
+
+def channel_merge(inputs: Sequence[torch.Tensor], groups: int, *, backend: str | None = None) -> torch.Tensor:
+    """Concatenate 4-D tensors along channels and shuffle the result in ``groups``.
+
+    Args:
+        inputs: tensors ``[N, C_i, H, W]`` with one N, H, W, dtype and device.
+        groups: shuffle groups; must divide ``sum(C_i)``.
+        backend: force ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``;
+            by default the fastest available (see ``rspnet.ops._backend``).
+
+    Returns:
+        ``[N, sum(C_i), H, W]`` (contiguous), channel ``(c % cpg) * groups + c // cpg``
+        holding concatenated channel ``c`` (``cpg = sum(C_i) // groups``).
+    """
+    xs = _checks.tensor_list(_OP, inputs)
+    groups = _check(xs, groups)
+    name = _backend.select(_OP, xs[0], backend, lambda: {
+        "cuda": lambda: torch.ops.rspnet.channel_merge(xs, groups),
+        "triton": lambda: torch.ops.rspnet.channel_merge_triton(xs, groups)})
+    if name == "reference":
+        return channel_merge_ref(xs, groups)
+    if name == "triton":
+        return torch.ops.rspnet.channel_merge_triton(xs, groups)
+    return torch.ops.rspnet.channel_merge(xs, groups)
+
+
+def _check(xs: list[torch.Tensor], groups) -> int:
+    x0 = xs[0]
+    for k, x in enumerate(xs):
+        if x.dim() != 4:
+            raise ValueError(f"{_OP}: inputs must be 4-D [N, C, H, W], inputs[{k}] has shape {tuple(x.shape)}")
+        if x.shape[0] != x0.shape[0] or x.shape[2:] != x0.shape[2:]:
+            raise ValueError(f"{_OP}: inputs[{k}] has shape {tuple(x.shape)} but inputs[0] has "
+                             f"{tuple(x0.shape)} (N, H and W must match)")
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"{_OP}: groups must be an int, got {type(groups).__name__}")
+    if groups < 1:
+        raise ValueError(f"{_OP}: groups must be positive, got {groups}")
+    total = sum(x.shape[1] for x in xs)
+    if total % groups != 0:
+        raise ValueError(f"{_OP}: {total} channels in all are not divisible by groups={groups}")
+    return groups
+
+
+# ----------------------------------------------------------------- autograd
+def _setup_context(ctx, inputs, output):
+    xs, groups = inputs
+    ctx.channels = [x.shape[1] for x in xs]
+    ctx.groups = groups
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad):
+        return list(backward_op(grad, ctx.channels, ctx.groups)), None
+    return backward
+
+
+def _fake_forward(inputs, groups):
+    x0 = inputs[0]
+    return x0.new_empty((x0.shape[0], sum(x.shape[1] for x in inputs), x0.shape[2], x0.shape[3]))
+
+
+def _fake_backward(grad, channels, groups):
+    n, _, h, w = grad.shape
+    return [grad.new_empty((n, c, h, w)) for c in channels]
+
+
+if _backend.has_kernel(_OP, "CPU"):
+    torch.library.register_fake("rspnet::channel_merge")(_fake_forward)
+    torch.library.register_fake("rspnet::channel_merge_backward")(_fake_backward)
+    torch.library.register_autograd("rspnet::channel_merge",
+                                    _make_backward(torch.ops.rspnet.channel_merge_backward),
+                                    setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------- Triton
+if _backend.TRITON_OK:
+    from torch.library import triton_op, wrap_triton
+
+    from ..kernels import channel_merge as _kern
+
+    def _copy(part: torch.Tensor, merged: torch.Tensor, offset: int, groups: int, to_merged: bool) -> None:
+        n, ck, h, w = part.shape
+        plane = h * w
+        if part.numel() == 0:
+            return
+        grid = (n * ck, (plane + _kern.BLOCK - 1) // _kern.BLOCK)
+        wrap_triton(_kern.channel_merge_copy_kernel)[grid](
+            part, merged, plane, ck, offset, merged.shape[1], groups, TO_MERGED=to_merged, BLOCK=_kern.BLOCK)
+
+    @triton_op("rspnet::channel_merge_triton", mutates_args=())
+    def channel_merge_triton(inputs: list[torch.Tensor], groups: int) -> torch.Tensor:
+        xs = [x.contiguous() for x in inputs]
+        n, _, h, w = xs[0].shape
+        out = torch.empty((n, sum(x.shape[1] for x in xs), h, w), device=xs[0].device, dtype=xs[0].dtype)
+        offset = 0
+        for x in xs:
+            _copy(x, out, offset, groups, True)
+            offset += x.shape[1]
+        return out
+
+    @triton_op("rspnet::channel_merge_backward_triton", mutates_args=())
+    def channel_merge_backward_triton(grad: torch.Tensor, channels: list[int], groups: int) -> list[torch.Tensor]:
+        g = grad.contiguous()
+        n, _, h, w = g.shape
+        dxs = [torch.empty((n, ck, h, w), device=g.device, dtype=g.dtype) for ck in channels]
+        offset = 0
+        for d, ck in zip(dxs, channels):
+            _copy(d, g, offset, groups, False)
+            offset += ck
+        return dxs
+
+    channel_merge_triton.register_autograd(_make_backward(torch.ops.rspnet.channel_merge_backward_triton),
+                                           setup_context=_setup_context)
+    _backend.register_triton(_OP)

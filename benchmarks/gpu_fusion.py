@@ -1,0 +1,116 @@
+"""GPU benchmarks of path_fusion and channel_merge beside their peers, in one run.
+
+Called by gpu_suite.py (``run(quick)`` returns its rows); also runnable alone:
+
+    python benchmarks/gpu_fusion.py [--quick]
+
+Rows follow gpu_suite.py: median ms of forward+backward, effective GB/s of the
+ideal traffic, that rate as a % of a device copy measured in the same run, and
+peak extra memory (allocator peak during one step minus the input gradients
+every method produces).
+
+* PAM path fusion (../docs/ANCHORS.md): 4 scales (1/1, 1/2, 1/4, 1/8 of the
+  output) fused to 256x512, n=8, c=64. Ideal traffic: forward reads the inputs
+  (I) and writes the output (O); backward reads g (O) and the inputs (for
+  dlogits) and writes their gradients: 3I + 2O bytes. Peers: the eager
+  composition of ../shared/bench/peers.py and its torch.compile.
+* RSP channel merge: two halves of (8, 32, 128, 256), groups=2. Ideal: every
+  element read and written once each way: 4 x total bytes. Peers: cat +
+  channel shuffle, eager and compiled.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from gpu_suite import bench_step, copy_ceiling_gbps  # noqa: E402
+from rspnet.ops import _backend, channel_merge, path_fusion  # noqa: E402
+from rspnet.ops.reference import channel_shuffle_ref  # noqa: E402
+
+
+def _nbytes(ts) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def path_fusion_rows(ceiling: float, quick: bool, dtype=torch.float32) -> list[dict]:
+    n, c, h, w = (2, 8, 32, 64) if quick else (8, 64, 256, 512)
+    feats = [torch.randn(n, c, h >> i, w >> i, device="cuda", dtype=dtype, requires_grad=True) for i in range(4)]
+    logits = torch.randn(4, device="cuda", requires_grad=True)
+    g = torch.randn(n, c, h, w, device="cuda", dtype=dtype)
+    inputs, out = _nbytes(feats), _nbytes([g])
+    ideal = 3 * inputs + 2 * out
+
+    def eager(logits, *fs):
+        b = F.softmax(logits, 0).to(dtype)
+        y = b[0] * fs[0]
+        for i in range(1, len(fs)):
+            y = y + b[i] * F.interpolate(fs[i], size=(h, w), mode="bilinear", align_corners=False)
+        return y
+
+    compiled = torch.compile(eager)
+    methods = [(f"rspnet {b}", (lambda b=b: path_fusion(logits, feats, (h, w), backend=b)))
+               for b in ("cuda", "triton") if _backend.can_run(b, "path_fusion", g.device, dtype)[0]]
+    methods += [("rspnet auto", lambda: path_fusion(logits, feats, (h, w))),
+                ("peer eager", lambda: eager(logits, *feats)),
+                ("peer torch.compile", lambda: compiled(logits, *feats))]
+    rows = []
+    for name, fn in methods:
+        row = bench_step(name, fn, [logits, *feats], g, ideal, ceiling, inputs)
+        row["workload"] = f"path_fusion 4 scales -> {(n, c, h, w)} {str(dtype).removeprefix('torch.')}"
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def channel_merge_rows(ceiling: float, quick: bool, dtype=torch.float32) -> list[dict]:
+    shape = (2, 8, 32, 64) if quick else (8, 32, 128, 256)
+    xs = [torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2)]
+    g = torch.randn(shape[0], 2 * shape[1], *shape[2:], device="cuda", dtype=dtype)
+    total = _nbytes(xs)
+    ideal = 4 * total
+
+    def eager(*xs):
+        return channel_shuffle_ref(torch.cat(xs, 1), 2)
+
+    compiled = torch.compile(eager)
+    methods = [(f"rspnet {b}", (lambda b=b: channel_merge(xs, 2, backend=b)))
+               for b in ("cuda", "triton") if _backend.can_run(b, "channel_merge", g.device, dtype)[0]]
+    methods += [("rspnet auto", lambda: channel_merge(xs, 2)),
+                ("peer eager cat+shuffle", lambda: eager(*xs)),
+                ("peer torch.compile", lambda: compiled(*xs))]
+    rows = []
+    for name, fn in methods:
+        row = bench_step(name, fn, xs, g, ideal, ceiling, total)
+        row["workload"] = f"channel_merge 2 x {shape} groups=2 {str(dtype).removeprefix('torch.')}"
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    ceiling = copy_ceiling_gbps()
+    rows = path_fusion_rows(ceiling, quick)
+    rows += path_fusion_rows(ceiling, quick, torch.bfloat16)
+    rows += channel_merge_rows(ceiling, quick)
+    torch.cuda.empty_cache()
+    return rows
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", help="write the rows to this file")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_fusion.py needs a CUDA device")
+    result = run(args.quick)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)

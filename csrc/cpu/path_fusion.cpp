@@ -1,0 +1,357 @@
+// path_fusion on CPU: y = sum_p softmax(logits / T)_p * resample_p(x_p), and
+// its backward, without materialising any resampled map.
+//
+// Work is split into units of (plane, band of output rows). A unit owns the
+// output rows of its band and, for every input, the input rows that the same
+// band covers (rows [floor(y0*h/H), floor(y1*h/H))): the forward writes its
+// output rows, the backward writes dx for its input rows and one partial
+// <x_p, resample_p^T(g)> per input. Both are gathers, so no two units write the
+// same element; the per-unit partials are summed in unit order, so results do
+// not depend on the number of threads.
+//
+// Bilinear weights follow PyTorch's upsample_bilinear2d (align_corners=False,
+// size given): scale = in/out, src = max(scale*(d+0.5)-0.5, 0), computed in the
+// input's own precision like ATen; sums are accumulated in double.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../common.h"
+
+namespace rspnet {
+namespace {
+
+enum Mode : int { kIdentity = 0, kBilinear = 1, kPool = 2 };
+
+struct Geometry {
+  Mode mode;
+  int64_t h, w;    // input size
+  int64_t kh, kw;  // average-pool factors (kPool)
+};
+
+Geometry classify(const char* op, size_t p, int64_t h, int64_t w, int64_t H, int64_t W) {
+  if (h == H && w == W) return {kIdentity, h, w, 1, 1};
+  if (h <= H && w <= W) return {kBilinear, h, w, 1, 1};
+  if (h >= H && w >= W && h % H == 0 && w % W == 0) return {kPool, h, w, h / H, w / W};
+  TORCH_CHECK_VALUE(false, op, ": cannot resample inputs[", p, "] of size ", h, "x", w, " to ", H, "x", W,
+                    ": a path must be smaller in both dimensions (bilinear up), equal, or larger by an "
+                    "integer factor in both (average-pool down)");
+}
+
+// One axis of a bilinear resize: for every output index d its two taps and
+// weights (exactly the forward's formula), and for every input index the
+// contiguous range [lo, hi) of output indices whose taps include it.
+struct Axis {
+  std::vector<int64_t> i0, i1, lo, hi;
+  std::vector<double> l0, l1;
+  double coef(int64_t d, int64_t i) const {
+    return (i0[d] == i ? l0[d] : 0.0) + (i1[d] == i ? l1[d] : 0.0);
+  }
+};
+
+template <typename scalar_t>
+Axis make_axis(int64_t in, int64_t out) {
+  using real = scalar_t;  // ATen computes source indices in the data's precision
+  Axis a;
+  a.i0.resize(out), a.i1.resize(out), a.l0.resize(out), a.l1.resize(out);
+  a.lo.assign(in, out), a.hi.assign(in, 0);
+  const real scale = static_cast<real>(in) / static_cast<real>(out);
+  for (int64_t d = 0; d < out; ++d) {
+    real src = scale * (static_cast<real>(d) + static_cast<real>(0.5)) - static_cast<real>(0.5);
+    if (src < 0) src = 0;
+    const int64_t i0 = std::min(static_cast<int64_t>(src), in - 1);
+    const int64_t i1 = i0 + (i0 < in - 1 ? 1 : 0);
+    const real l1 = src - static_cast<real>(i0);
+    a.i0[d] = i0, a.i1[d] = i1;
+    a.l1[d] = static_cast<double>(l1);
+    a.l0[d] = static_cast<double>(static_cast<real>(1) - l1);
+    for (int64_t i : {i0, i1}) {
+      a.lo[i] = std::min(a.lo[i], d);
+      a.hi[i] = std::max(a.hi[i], d + 1);
+    }
+  }
+  return a;
+}
+
+template <typename scalar_t>
+struct Path {
+  Geometry geo;
+  const scalar_t* x;  // [NC, h, w], contiguous
+  scalar_t* dx;       // same, or nullptr
+  Axis rows, cols;    // kBilinear only
+};
+
+struct Plan {
+  int64_t NC, H, W, band, bands;
+  int64_t units() const { return NC * bands; }
+  // Input rows of a path with h rows owned by band b: a partition of [0, h).
+  int64_t first_row(int64_t b, int64_t h) const { return std::min(H, b * band) * h / H; }
+};
+
+Plan make_plan(int64_t NC, int64_t H, int64_t W) {
+  // Bands of ~32k output elements: enough units for the threads, small
+  // enough that a band of every input stays in cache.
+  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(H, (int64_t{1} << 15) / std::max<int64_t>(W, 1)));
+  return {NC, H, W, band, (H + band - 1) / band};
+}
+
+std::vector<double> softmax_weights(const at::Tensor& logits, double temperature) {
+  auto l = logits.detach().to(at::kCPU, at::kDouble).contiguous();
+  const double* lp = l.const_data_ptr<double>();
+  const int64_t P = l.numel();
+  std::vector<double> w(P);
+  double m = -INFINITY, s = 0.0;
+  for (int64_t p = 0; p < P; ++p) m = std::max(m, lp[p] / temperature);
+  for (int64_t p = 0; p < P; ++p) s += (w[p] = std::exp(lp[p] / temperature - m));
+  for (auto& v : w) v /= s;
+  return w;
+}
+
+// ------------------------------------------------------------------ forward
+template <typename scalar_t>
+void forward_impl(const std::vector<Path<scalar_t>>& paths, const std::vector<double>& w, const Plan& plan,
+                  scalar_t* y) {
+  const int64_t H = plan.H, W = plan.W;
+  const size_t P = paths.size();
+  at::parallel_for(0, plan.units(), 1, [&](int64_t u0, int64_t u1) {
+    std::vector<double> acc(W), pooled(W);
+    // Horizontally resampled input rows, cached by row parity: an output row
+    // needs input rows i and i+1 (different parities), and consecutive output
+    // rows mostly need the same ones.
+    std::vector<std::vector<double>> hrow(2 * P, std::vector<double>(W));
+    std::vector<int64_t> cached(2 * P);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t plane = u / plan.bands, b = u % plan.bands;
+      std::fill(cached.begin(), cached.end(), -1);
+      for (int64_t yy = b * plan.band; yy < std::min(H, (b + 1) * plan.band); ++yy) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (size_t p = 0; p < P; ++p) {
+          const auto& pa = paths[p];
+          const int64_t h = pa.geo.h, wi = pa.geo.w;
+          const scalar_t* xp = pa.x + plane * h * wi;
+          const double wp = w[p];
+          if (pa.geo.mode == kIdentity) {
+            const scalar_t* row = xp + yy * W;
+            for (int64_t x = 0; x < W; ++x) acc[x] += wp * static_cast<double>(row[x]);
+          } else if (pa.geo.mode == kPool) {
+            const int64_t kh = pa.geo.kh, kw = pa.geo.kw;
+            std::fill(pooled.begin(), pooled.end(), 0.0);
+            for (int64_t a = 0; a < kh; ++a) {
+              const scalar_t* row = xp + (yy * kh + a) * wi;
+              for (int64_t x = 0; x < W; ++x) {
+                double s = 0.0;
+                for (int64_t c = 0; c < kw; ++c) s += static_cast<double>(row[x * kw + c]);
+                pooled[x] += s;
+              }
+            }
+            const double scale = wp / static_cast<double>(kh * kw);
+            for (int64_t x = 0; x < W; ++x) acc[x] += scale * pooled[x];
+          } else {
+            const Axis& rows = pa.rows;
+            const Axis& cols = pa.cols;
+            const double* r[2];
+            const int64_t taps[2] = {rows.i0[yy], rows.i1[yy]};
+            for (int t = 0; t < 2; ++t) {
+              const int64_t i = taps[t];
+              const size_t slot = 2 * p + (i & 1);
+              if (cached[slot] != i) {
+                const scalar_t* src = xp + i * wi;
+                double* dst = hrow[slot].data();
+                for (int64_t x = 0; x < W; ++x) {
+                  dst[x] = cols.l0[x] * static_cast<double>(src[cols.i0[x]]) +
+                           cols.l1[x] * static_cast<double>(src[cols.i1[x]]);
+                }
+                cached[slot] = i;
+              }
+              r[t] = hrow[slot].data();
+            }
+            const double a0 = wp * rows.l0[yy], a1 = wp * rows.l1[yy];
+            for (int64_t x = 0; x < W; ++x) acc[x] += a0 * r[0][x] + a1 * r[1][x];
+          }
+        }
+        scalar_t* out = y + (plane * H + yy) * W;
+        for (int64_t x = 0; x < W; ++x) out[x] = static_cast<scalar_t>(acc[x]);
+      }
+    }
+  });
+}
+
+// ----------------------------------------------------------------- backward
+// For the input rows a unit owns, t = resample^T(g) one row at a time:
+//   identity: t = g;  pool: t[i, j] = g[i/kh, j/kw] / (kh*kw);
+//   bilinear: r[x] = sum over output rows y whose taps include i of A(y,i) g[y, x],
+//             t[j] = sum over output columns x whose taps include j of B(x,j) r[x].
+// Then dx = w_p t and partial += <x_p, t>.
+template <typename scalar_t>
+void backward_impl(const scalar_t* g, const std::vector<Path<scalar_t>>& paths, const std::vector<double>& w,
+                   const Plan& plan, double* partial, bool logit_grad) {
+  const int64_t H = plan.H, W = plan.W;
+  const size_t P = paths.size();
+  int64_t wmax = W;
+  for (const auto& pa : paths) wmax = std::max(wmax, pa.geo.w);
+  at::parallel_for(0, plan.units(), 1, [&](int64_t u0, int64_t u1) {
+    std::vector<double> r(W), t(wmax);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t plane = u / plan.bands, b = u % plan.bands;
+      const scalar_t* gp = g + plane * H * W;
+      for (size_t p = 0; p < P; ++p) {
+        const auto& pa = paths[p];
+        const int64_t h = pa.geo.h, wi = pa.geo.w;
+        const scalar_t* xp = pa.x + plane * h * wi;
+        scalar_t* dxp = pa.dx ? pa.dx + plane * h * wi : nullptr;
+        double dot = 0.0;
+        for (int64_t i = plan.first_row(b, h); i < plan.first_row(b + 1, h); ++i) {
+          if (pa.geo.mode == kIdentity) {
+            const scalar_t* grow = gp + i * W;
+            for (int64_t j = 0; j < wi; ++j) t[j] = static_cast<double>(grow[j]);
+          } else if (pa.geo.mode == kPool) {
+            const int64_t kh = pa.geo.kh, kw = pa.geo.kw;
+            const scalar_t* grow = gp + (i / kh) * W;
+            const double inv = 1.0 / static_cast<double>(kh * kw);
+            for (int64_t j = 0; j < wi; ++j) t[j] = static_cast<double>(grow[j / kw]) * inv;
+          } else {
+            const Axis& rows = pa.rows;
+            const Axis& cols = pa.cols;
+            std::fill(r.begin(), r.end(), 0.0);
+            for (int64_t yy = rows.lo[i]; yy < rows.hi[i]; ++yy) {
+              const double a = rows.coef(yy, i);
+              if (a == 0.0) continue;
+              const scalar_t* grow = gp + yy * W;
+              for (int64_t x = 0; x < W; ++x) r[x] += a * static_cast<double>(grow[x]);
+            }
+            for (int64_t j = 0; j < wi; ++j) {
+              double s = 0.0;
+              for (int64_t x = cols.lo[j]; x < cols.hi[j]; ++x) s += cols.coef(x, j) * r[x];
+              t[j] = s;
+            }
+          }
+          const scalar_t* xrow = xp + i * wi;
+          if (dxp) {
+            scalar_t* drow = dxp + i * wi;
+            for (int64_t j = 0; j < wi; ++j) drow[j] = static_cast<scalar_t>(w[p] * t[j]);
+          }
+          if (logit_grad) {
+            for (int64_t j = 0; j < wi; ++j) dot += static_cast<double>(xrow[j]) * t[j];
+          }
+        }
+        partial[u * P + p] = dot;
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------ helpers
+struct Checked {
+  std::vector<at::Tensor> xs;  // contiguous
+  std::vector<Geometry> geo;
+  int64_t N, C, H, W;
+};
+
+Checked check_inputs(const char* op, const at::Tensor& logits, at::TensorList inputs, int64_t H, int64_t W) {
+  TORCH_CHECK_VALUE(!inputs.empty(), op, ": inputs must not be empty");
+  TORCH_CHECK_VALUE(logits.dim() == 1, op, ": logits must be 1-D, got shape ", logits.sizes());
+  TORCH_CHECK_VALUE(static_cast<size_t>(logits.size(0)) == inputs.size(), op, ": ", logits.size(0),
+                    " logits for ", inputs.size(), " inputs");
+  TORCH_CHECK_VALUE(H > 0 && W > 0, op, ": size must be positive, got ", H, "x", W);
+  Checked c;
+  const auto& x0 = inputs[0];
+  TORCH_CHECK_VALUE(x0.dim() == 4, op, ": inputs must be 4-D [N, C, H, W], got shape ", x0.sizes());
+  c.N = x0.size(0), c.C = x0.size(1), c.H = H, c.W = W;
+  for (size_t p = 0; p < inputs.size(); ++p) {
+    const auto& x = inputs[p];
+    TORCH_CHECK_VALUE(x.dim() == 4 && x.size(0) == c.N && x.size(1) == c.C, op, ": inputs[", p, "] has shape ",
+                      x.sizes(), " but inputs[0] has ", x0.sizes(), " (N and C must match)");
+    TORCH_CHECK_VALUE(x.scalar_type() == x0.scalar_type(), op, ": inputs[", p, "] is ", x.scalar_type(),
+                      " but inputs[0] is ", x0.scalar_type());
+    TORCH_CHECK_VALUE(x.device() == x0.device(), op, ": inputs[", p, "] is on ", x.device(),
+                      " but inputs[0] is on ", x0.device());
+    TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, op, ": inputs[", p, "] has an empty spatial size");
+    c.geo.push_back(classify(op, p, x.size(2), x.size(3), H, W));
+    c.xs.push_back(x.contiguous());
+  }
+  return c;
+}
+
+template <typename scalar_t>
+std::vector<Path<scalar_t>> make_paths(const Checked& c, std::vector<at::Tensor>* dxs) {
+  std::vector<Path<scalar_t>> paths;
+  for (size_t p = 0; p < c.xs.size(); ++p) {
+    Path<scalar_t> pa{c.geo[p], c.xs[p].const_data_ptr<scalar_t>(),
+                      dxs ? (*dxs)[p].mutable_data_ptr<scalar_t>() : nullptr, {}, {}};
+    if (pa.geo.mode == kBilinear) {
+      pa.rows = make_axis<scalar_t>(pa.geo.h, c.H);
+      pa.cols = make_axis<scalar_t>(pa.geo.w, c.W);
+    }
+    paths.push_back(std::move(pa));
+  }
+  return paths;
+}
+
+at::Tensor path_fusion_cpu(const at::Tensor& logits, at::TensorList inputs, c10::SymIntArrayRef size,
+                           double temperature) {
+  TORCH_CHECK_VALUE(size.size() == 2, "path_fusion: size must have 2 entries");
+  TORCH_CHECK_VALUE(temperature > 0, "path_fusion: temperature must be positive, got ", temperature);
+  const int64_t H = size[0].expect_int(), W = size[1].expect_int();
+  auto c = check_inputs("path_fusion", logits, inputs, H, W);
+  auto y = at::empty({c.N, c.C, H, W}, c.xs[0].options());
+  if (y.numel() == 0) return y;
+  const auto w = softmax_weights(logits, temperature);
+  const Plan plan = make_plan(c.N * c.C, H, W);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "path_fusion_cpu", [&] {
+    forward_impl<scalar_t>(make_paths<scalar_t>(c, nullptr), w, plan, y.mutable_data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> path_fusion_backward_cpu(const at::Tensor& grad,
+                                                                          const at::Tensor& logits,
+                                                                          at::TensorList inputs, double temperature,
+                                                                          bool input_grads, bool logit_grad) {
+  TORCH_CHECK_VALUE(temperature > 0, "path_fusion_backward: temperature must be positive, got ", temperature);
+  TORCH_CHECK_VALUE(grad.dim() == 4, "path_fusion_backward: grad must be 4-D, got shape ", grad.sizes());
+  auto c = check_inputs("path_fusion_backward", logits, inputs, grad.size(2), grad.size(3));
+  TORCH_CHECK_VALUE(grad.size(0) == c.N && grad.size(1) == c.C, "path_fusion_backward: grad has shape ",
+                    grad.sizes(), " but inputs have N=", c.N, ", C=", c.C);
+  auto g = grad.to(c.xs[0].scalar_type()).contiguous();
+  std::vector<at::Tensor> dxs;
+  if (input_grads) {
+    for (const auto& x : c.xs) dxs.push_back(at::empty_like(x));
+  }
+  const int64_t P = static_cast<int64_t>(c.xs.size());
+  const Plan plan = make_plan(c.N * c.C, c.H, c.W);
+  auto partial = at::zeros({std::max<int64_t>(plan.units(), 1), P}, g.options().dtype(at::kDouble));
+  const auto w = softmax_weights(logits, temperature);
+  if ((input_grads || logit_grad) && g.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "path_fusion_backward_cpu", [&] {
+      backward_impl<scalar_t>(g.const_data_ptr<scalar_t>(), make_paths<scalar_t>(c, input_grads ? &dxs : nullptr),
+                              w, plan, partial.mutable_data_ptr<double>(), logit_grad);
+    });
+  } else if (input_grads) {
+    for (auto& d : dxs) d.zero_();
+  }
+  // dL/dw_p summed over units in index order (deterministic), then through
+  // the softmax: dlogits = w * (dw - <w, dw>) / T.
+  std::vector<double> dw(P, 0.0);
+  const double* pp = partial.const_data_ptr<double>();
+  for (int64_t u = 0; u < plan.units(); ++u) {
+    for (int64_t p = 0; p < P; ++p) dw[p] += pp[u * P + p];
+  }
+  double mean = 0.0;
+  for (int64_t p = 0; p < P; ++p) mean += w[p] * dw[p];
+  auto dl = at::empty({P}, partial.options());
+  double* dlp = dl.mutable_data_ptr<double>();
+  for (int64_t p = 0; p < P; ++p) dlp[p] = logit_grad ? w[p] * (dw[p] - mean) / temperature : 0.0;
+  return {dxs, dl.to(logits.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rspnet, CPU, m) {
+  m.impl("path_fusion", &path_fusion_cpu);
+  m.impl("path_fusion_backward", &path_fusion_backward_cpu);
+}
+
+}  // namespace rspnet
