@@ -121,21 +121,32 @@ def mixed_sum_rows(ceiling, quick, dtype=torch.float32):
     return rows
 
 
-def optional_rows(module: str, quick: bool):
-    """Suites of the other ops (added by their own modules when present)."""
+def cell_rows(mod, quick):
+    """The ANCHORS DARTS-cell workload (benchmarks/cell_workload.py) as table rows."""
+    res = mod.run("cuda", quick=quick)
+    wl = res["workload"]
+    name = f"DARTS cell 14x8 n={wl['n']} c={wl['c']} {wl['h']}x{wl['w']}"
+    return [{"workload": name, "method": ("peer " if k in ("eager", "checkpoint") else "rspnet ") + k,
+             "ms": v["ms"], "peak extra MiB": v["peak_mib"],
+             "alpha grad rel diff": res["alpha_grad_rel_diff"].get(k)}
+            for k, v in res.items() if isinstance(v, dict) and "ms" in v]
+
+
+def optional_rows(module: str, quick: bool, adapt=None):
+    """Suites of the other ops and workloads, from their own modules."""
     try:
         mod = __import__(module)
     except ImportError as exc:
         print(f"skipping {module}: {exc}", flush=True)
         return []
     try:
-        return mod.run(quick=quick)
+        return adapt(mod, quick) if adapt else mod.run(quick=quick)
     except Exception as exc:  # noqa: BLE001
         return [{"workload": module, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}]
 
 
 def to_markdown(info, ceiling, rows) -> str:
-    cols = ["workload", "method", "ms", "GB/s", "% copy", "peak extra MiB", "error"]
+    cols = ["workload", "method", "ms", "GB/s", "% copy", "peak extra MiB", "alpha grad rel diff", "error"]
     cols = [c for c in cols if any(c in r for r in rows)]
     out = [f"Device: {info['gpu']}; torch {info['torch']} (CUDA {info['cuda']}), triton {info['triton']}, "
            f"{info['nvcc']}; {info['date']}. Copy ceiling measured in this run: {ceiling:.0f} GB/s.", "",
@@ -159,7 +170,7 @@ def main(argv=None):
     print(f"copy ceiling: {ceiling:.0f} GB/s", flush=True)
     rows = mixed_sum_rows(ceiling, args.quick) + mixed_sum_rows(ceiling, args.quick, torch.bfloat16)
     rows += optional_rows("gpu_fusion", args.quick)
-    rows += optional_rows("cell_workload_suite", args.quick)
+    rows += optional_rows("cell_workload", args.quick, cell_rows)
     md = to_markdown(info, ceiling, rows)
     print(md)
     if args.out:

@@ -1,0 +1,214 @@
+"""Peak memory of one stage-1 search step, ``store`` vs ``recompute`` edges.
+
+A step is what ``python -m rspnet.search`` does per batch after the warm-up:
+the architecture step (forward + backward on a split-B batch, Adam on α) and
+the weight step (forward + backward on a split-A batch, SGD). Each memory mode
+runs in its own subprocess, so one mode's allocator state cannot hide the
+other's peak. In each subprocess:
+
+1. build the supernet, the optimisers and the two batches (the resident state);
+2. keep the gradients of α (on B) and of every weight (on A) at the initial
+   parameters, to check that both modes compute the same step, then take one
+   step (warm-up: lazy allocations, optimiser state);
+3. take a second step with the peak measured above what is live before it:
+   CPU: the process's peak RSS (VmHWM, reset through /proc/self/clear_refs,
+   glibc asked to return freed memory and to mmap large blocks) minus the RSS
+   before the step, and the peak of live tensor bytes from the profiler's
+   allocation events (``benchmarks/memory.py``); CUDA:
+   ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
+
+A third subprocess measures the floor: a derived network of the same
+topology (one fixed op per kept edge) taking a weight step. Whatever recompute
+cannot go below is there too (stem, head, the loss at full resolution).
+
+    python benchmarks/search_memory.py [--batch-size 4 --size 64x128 --channels 16]
+                                       [--device cpu|cuda] [--json PATH]
+
+The defaults are the search CLI's defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from memory import peak_bytes  # noqa: E402  (benchmarks/memory.py)
+
+from rspnet.data import NUM_CLASSES, get_dataset  # noqa: E402
+from rspnet.models import RSPNet  # noqa: E402
+from rspnet.nn import Genotype  # noqa: E402
+from rspnet.search import Architect, Architecture, SearchConfig, SinglePathSupernet  # noqa: E402
+
+DEFAULTS = SearchConfig()
+MODES = ("store", "recompute", "single_path")
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _release_freed_memory() -> None:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _batches(args, device):
+    data = get_dataset("synthetic", "train", size=args.size, length=2 * args.batch_size)
+    items = [data[i] for i in range(2 * args.batch_size)]
+    return [tuple(torch.stack([it[j] for it in items[k::2]]).to(device) for j in range(2))
+            for k in range(2)]
+
+
+def _search_step(args, device):
+    """The supernet, its optimisers, and one search step (architecture, then weights)."""
+    c = DEFAULTS
+    model = SinglePathSupernet(NUM_CLASSES, args.channels, c.scales, c.steps, args.mode,
+                               head_channels=4 * args.channels).to(device)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=c.w_lr, momentum=c.w_momentum,
+                            weight_decay=c.w_weight_decay)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=c.alpha_lr, betas=c.alpha_betas,
+                             weight_decay=c.alpha_weight_decay)
+    architect = Architect(model, a_opt, args.order)
+    batch_a, batch_b = _batches(args, device)
+    weights = model.weight_parameters()
+
+    def step():
+        architect.step(batch_a, batch_b, c.w_lr, w_opt)
+        w_opt.zero_grad(set_to_none=True)
+        model.loss(*batch_a).backward(inputs=weights)
+        w_opt.step()
+
+    def gradients():
+        """α's gradient on B and the weights' on A, at the same parameters in
+        both modes (after a step, Adam's first update, about lr·sign(g), would
+        turn rounding-level differences of near-zero entries into real ones)."""
+        names = ["alphas"] + [n for n, p in model.named_parameters() if n != "alphas"]
+        g_arch = torch.autograd.grad(model.loss(*batch_b), model.arch_parameters())
+        g_weights = torch.autograd.grad(model.loss(*batch_a), weights)
+        return dict(zip(names, [g.cpu() for g in g_arch + g_weights]))
+    return step, gradients
+
+
+def _single_path_step(args, device):
+    """The floor: the stage-1 topology with one fixed op per kept edge (a
+    derived network), one weight step."""
+    cell = Genotype(normal=tuple(("sep_conv_3x3", s, t) for s, t in
+                                 [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3), (2, 4), (3, 4)]),
+                    normal_concat=(1, 2, 3, 4))
+    arch = Architecture(cell=cell, channels=args.channels, scales=DEFAULTS.scales,
+                        head_channels=4 * args.channels)
+    model = RSPNet(arch, NUM_CLASSES).to(device)
+    w_opt = torch.optim.SGD(model.parameters(), lr=DEFAULTS.w_lr, momentum=DEFAULTS.w_momentum)
+    batch_a, _ = _batches(args, device)
+
+    def step():
+        w_opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(batch_a[0]), batch_a[1], ignore_index=255).backward()
+        w_opt.step()
+    return step, None
+
+
+def worker(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    step, gradients = (_single_path_step if args.mode == "single_path" else _search_step)(args, device)
+    if gradients is not None:
+        torch.save(gradients(), args.grads_out)
+    step()
+    result = {"mode": args.mode}
+    if device.type == "cuda":
+        result["peak_bytes"] = peak_bytes(step, "cuda")
+        result["measure"] = "torch.cuda.max_memory_allocated above the step's start"
+        return result
+    _release_freed_memory()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    step()
+    result["rss_peak_bytes"] = (_status_kib("VmHWM") - before) * 1024
+    result["tensor_peak_bytes"] = peak_bytes(step, "cpu")
+    result["peak_bytes"] = result["rss_peak_bytes"]
+    result["measure"] = "peak RSS (VmHWM) above the RSS at the step's start"
+    return result
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.lower().split("x"))
+    return h, w
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--size", type=_size, default=DEFAULTS.size, help="HxW")
+    p.add_argument("--channels", type=int, default=DEFAULTS.channels)
+    p.add_argument("--order", choices=("first", "second"), default=DEFAULTS.order)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="write the results to this file")
+    p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)        # worker only
+    p.add_argument("--grads-out", help=argparse.SUPPRESS)                 # worker only
+    args = p.parse_args()
+    if args.mode:
+        print(json.dumps(worker(args)))
+        return 0
+
+    config = {"batch_size": args.batch_size, "size": list(args.size), "channels": args.channels,
+              "order": args.order, "device": args.device}
+    env = {"python": platform.python_version(), "torch": torch.__version__, "device": args.device,
+           "cpu_threads": torch.get_num_threads(),
+           "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+    print(json.dumps(env))
+    results, grads = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in MODES:
+            grads_path = os.path.join(tmp, f"{mode}.pt")
+            cmd = [sys.executable, os.path.abspath(__file__), "--mode", mode, "--grads-out", grads_path,
+                   "--batch-size", str(args.batch_size), "--size", f"{args.size[0]}x{args.size[1]}",
+                   "--channels", str(args.channels), "--order", args.order, "--device", args.device]
+            # a fixed mmap threshold: large tensors go back to the OS when freed, so RSS tracks them
+            run_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=run_env).stdout
+            results[mode] = json.loads(out.strip().splitlines()[-1])
+            if mode != "single_path":
+                grads[mode] = torch.load(grads_path, weights_only=True)
+    worst = 0.0
+    for name, ref in grads["store"].items():
+        other = grads["recompute"][name]
+        torch.testing.assert_close(other, ref, msg=f"gradient of {name} differs between the modes")
+        worst = max(worst, ((other - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item())
+    ratio = results["recompute"]["peak_bytes"] / results["store"]["peak_bytes"]
+    print(f"one stage-1 search step, batch {args.batch_size} at {args.size[0]}x{args.size[1]}, "
+          f"F={args.channels}, {args.order} order, {args.device}")
+    print(f"{'':<12} {'peak MiB':>10} {'tensor peak MiB':>16}")
+    for mode in MODES:
+        r = results[mode]
+        tensor = r.get("tensor_peak_bytes")
+        print(f"{mode:<12} {r['peak_bytes'] / 2**20:>10.1f} "
+              f"{'' if tensor is None else f'{tensor / 2**20:>16.1f}'}")
+    print(f"recompute / store: {100 * ratio:.1f} % of the peak ({results['store']['measure']})")
+    if "tensor_peak_bytes" in results["store"]:
+        t_ratio = results["recompute"]["tensor_peak_bytes"] / results["store"]["tensor_peak_bytes"]
+        print(f"recompute / store, live tensor bytes: {100 * t_ratio:.1f} %")
+    print(f"gradients (α and every weight) agree: largest difference {worst:.2e} of the largest entry")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "config": config, "results": results, "ratio": ratio,
+                       "max_relative_grad_difference": worst}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The networks' bodies: stem, single-path chain (stage 1) and trellis (stage 2).
+
+Scales are numbered 0..scales-1 for 1/4, 1/8, 1/16, 1/32 of the input; a node
+at scale ``s`` has ``channels * 2**s`` channels. Trellis nodes are named
+``(layer, scale)``; the stem is node ``(0, 0)``. Both bodies take a
+``make_block(c)`` factory for what runs at a node (an ``RSPBlock`` around a
+search or derived cell), so supernets and derived networks share them.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from .pam import PathAttention
+from .primitives import ConvBNReLU
+
+Node = tuple[int, int]
+STEM: Node = (0, 0)
+
+
+class Stem(nn.Sequential):
+    """Two 3×3 stride-2 convs (BN, ReLU) from the image to 1/4 resolution."""
+
+    def __init__(self, channels: int, in_channels: int = 3):
+        super().__init__(ConvBNReLU(in_channels, channels, 3, stride=2),
+                         ConvBNReLU(channels, channels, 3, stride=2))
+
+
+def trellis_nodes(layers: int, scales: int) -> list[Node]:
+    """Every node of the full trellis, layer by layer (Auto-DeepLab's
+    reachability: layer l has the scales 0..min(l, scales - 1))."""
+    return [(layer, scale) for layer in range(1, layers + 1)
+            for scale in range(min(layer, scales - 1) + 1)]
+
+
+def layer_nodes(nodes: Sequence[Node], layer: int) -> list[Node]:
+    """The nodes of ``layer`` (the stem for layer 0), by scale."""
+    return [STEM] if layer == 0 else sorted(n for n in nodes if n[0] == layer)
+
+
+class SinglePathBackbone(nn.Module):
+    """Stage-1 body (SPEC §5): a block at each scale, a stride-2 ConvBNReLU
+    between scales; returns every scale's output, finest first."""
+
+    def __init__(self, channels: int, scales: int, make_block: Callable[[int], nn.Module]):
+        super().__init__()
+        widths = [channels * 2 ** s for s in range(scales)]
+        self.blocks = nn.ModuleList(make_block(c) for c in widths)
+        self.downsample = nn.ModuleList(ConvBNReLU(widths[s], widths[s + 1], 3, stride=2)
+                                        for s in range(scales - 1))
+
+    def forward(self, x: torch.Tensor, *block_args) -> list[torch.Tensor]:
+        features = []
+        for s, block in enumerate(self.blocks):
+            if s:
+                x = self.downsample[s - 1](x)
+            x = block(x, *block_args)
+            features.append(x)
+        return features
+
+
+class TrellisBackbone(nn.Module):
+    """Stage-2 body (SPEC §4): each node fuses its incoming paths with a
+    ``PathAttention`` and applies its block; returns the last layer's outputs
+    by scale.
+
+    Args:
+        channels: F, the channels at scale 0 (and of the stem).
+        nodes: the nodes, layer by layer.
+        sources: for each node, the nodes of the previous layer it reads.
+        make_block: builds the block applied after the fusion.
+        affine: BN affine parameters of the path projections.
+    """
+
+    def __init__(self, channels: int, nodes: Sequence[Node], sources: Sequence[Sequence[Node]],
+                 make_block: Callable[[int], nn.Module], affine: bool = True):
+        super().__init__()
+        self.nodes = [tuple(n) for n in nodes]
+        self.sources = [[tuple(s) for s in src] for src in sources]
+        self.pams = nn.ModuleList(
+            PathAttention([channels * 2 ** s for _, s in src], channels * 2 ** scale, affine)
+            for (_, scale), src in zip(self.nodes, self.sources))
+        self.blocks = nn.ModuleList(make_block(channels * 2 ** scale) for _, scale in self.nodes)
+
+    def forward(self, stem: torch.Tensor, logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        h, w = stem.shape[-2:]
+        previous: dict[Node, torch.Tensor] = {STEM: stem}
+        current: dict[Node, torch.Tensor] = {}
+        layer = 1
+        for i, node in enumerate(self.nodes):
+            if node[0] != layer:
+                # a layer reads only the one before it: drop older maps early
+                previous, current, layer = current, {}, node[0]
+            size = (h >> node[1], w >> node[1])
+            fused = self.pams[i]([previous[s] for s in self.sources[i]], logits[i], size)
+            current[node] = self.blocks[i](fused)
+        return [current[n] for n in sorted(current)]

@@ -1,0 +1,42 @@
+"""Path-Attention Module (SPEC §4): fuse the maps arriving at a trellis node.
+
+Each incoming path is first brought to the node's channels by ReLU, 1×1 conv
+and BN at the path's own resolution (cheaper than after resampling, and the
+1×1 conv commutes with the linear resampling), then ``rspnet.ops.path_fusion``
+resamples every path to the node's size and sums them weighted by
+``softmax(logits)`` without materialising the resampled maps.
+
+The logits are the node's architecture parameters β during the search and the
+logarithms of the fixed path weights in a derived network; the module does
+not own them, so that architecture parameters stay apart from weights.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from rspnet.ops import path_fusion
+
+from .primitives import ReLUConvBN
+
+
+class PathAttention(nn.Module):
+    """Args:
+        in_channels: channels of each incoming path, in the order of ``forward``'s inputs.
+        out_channels: the node's channels.
+        affine: BN affine parameters (False during the search, as for the cell:
+            an affine scale per path could undo what β learns).
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int, affine: bool = True):
+        super().__init__()
+        self.projections = nn.ModuleList(ReLUConvBN(c, out_channels, affine) for c in in_channels)
+
+    def forward(self, inputs: Sequence[torch.Tensor], logits: torch.Tensor,
+                size: tuple[int, int]) -> torch.Tensor:
+        if len(inputs) != len(self.projections) or logits.shape != (len(inputs),):
+            raise ValueError(f"PathAttention: {len(self.projections)} paths, got "
+                             f"{len(inputs)} inputs and logits of shape {tuple(logits.shape)}")
+        return path_fusion(logits, [p(x) for p, x in zip(self.projections, inputs)], size)

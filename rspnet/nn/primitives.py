@@ -1,0 +1,93 @@
+"""The candidate operations of a cell edge (DARTS's eight) and small conv blocks.
+
+``PRIMITIVES`` keeps DARTS's names and order so that genotypes read the same
+as in the DARTS papers and code. ``OPS[name](C, affine)`` builds the stride-1
+operation on ``C`` channels: in RSPNet every cell keeps its resolution (the
+change of scale happens between cells), so there are no reduction variants.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+PRIMITIVES = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+
+class Zero(nn.Module):
+    """The ``none`` operation: a zero map of the input's shape."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul(0.0)
+
+
+class SepConv(nn.Sequential):
+    """DARTS's separable convolution: (ReLU, depthwise k×k, pointwise, BN) twice."""
+
+    def __init__(self, C: int, kernel_size: int, padding: int, affine: bool):
+        super().__init__(
+            nn.ReLU(),
+            nn.Conv2d(C, C, kernel_size, padding=padding, groups=C, bias=False),
+            nn.Conv2d(C, C, 1, bias=False),
+            nn.BatchNorm2d(C, affine=affine),
+            nn.ReLU(),
+            nn.Conv2d(C, C, kernel_size, padding=padding, groups=C, bias=False),
+            nn.Conv2d(C, C, 1, bias=False),
+            nn.BatchNorm2d(C, affine=affine),
+        )
+
+
+class DilConv(nn.Sequential):
+    """DARTS's dilated separable convolution: ReLU, dilated depthwise, pointwise, BN."""
+
+    def __init__(self, C: int, kernel_size: int, padding: int, dilation: int, affine: bool):
+        super().__init__(
+            nn.ReLU(),
+            nn.Conv2d(C, C, kernel_size, padding=padding, dilation=dilation, groups=C, bias=False),
+            nn.Conv2d(C, C, 1, bias=False),
+            nn.BatchNorm2d(C, affine=affine),
+        )
+
+
+OPS = {
+    "none": lambda C, affine: Zero(),
+    "max_pool_3x3": lambda C, affine: nn.MaxPool2d(3, stride=1, padding=1),
+    "avg_pool_3x3": lambda C, affine: nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+    "skip_connect": lambda C, affine: nn.Identity(),
+    "sep_conv_3x3": lambda C, affine: SepConv(C, 3, 1, affine),
+    "sep_conv_5x5": lambda C, affine: SepConv(C, 5, 2, affine),
+    "dil_conv_3x3": lambda C, affine: DilConv(C, 3, 2, 2, affine),
+    "dil_conv_5x5": lambda C, affine: DilConv(C, 5, 4, 2, affine),
+}
+
+
+class ConvBNReLU(nn.Sequential):
+    """Conv (no bias, 'same' padding), BN, ReLU: the stem, the stride-2 links of
+    the single-path network and the head."""
+
+    def __init__(self, C_in: int, C_out: int, kernel_size: int = 3, stride: int = 1,
+                 affine: bool = True):
+        super().__init__(
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+            nn.ReLU(),
+        )
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU, 1×1 conv, BN: DARTS's preprocessing block (used by the PAM's paths)."""
+
+    def __init__(self, C_in: int, C_out: int, affine: bool = True):
+        super().__init__(
+            nn.ReLU(),
+            nn.Conv2d(C_in, C_out, 1, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )

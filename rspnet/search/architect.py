@@ -1,0 +1,127 @@
+"""The architecture step of the bi-level search (SPEC §6), after DARTS.
+
+First order (the default): ``α ← α - ξ_α ∇_α L_B(w, α)``, the weights held
+where the last weight step left them.
+
+Second order: DARTS's unrolled gradient
+``∇_α L_B(w', α) - ξ ∇²_{α,w} L_A(w, α) ∇_{w'} L_B(w', α)`` with
+``w' = w - ξ (momentum · buf + ∇_w L_A + wd · w)`` the weight step SGD would
+take, and the Hessian-vector product by central finite differences
+``(∇_α L_A(w + εv) - ∇_α L_A(w - εv)) / 2ε`` with ``ε = 0.01 / ‖v‖``.
+The weights are moved in place and put back bit for bit, and BatchNorm
+running statistics are restored, so the step changes only α / β.
+
+An optional parameter penalty (``ParamPenalty``) is added to the architecture
+loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+ORDERS = ("first", "second")
+
+
+@dataclass(frozen=True)
+class ParamPenalty:
+    """Light-weight pressure ``λ · E[params]`` on the architecture loss.
+
+    With a ``budget`` (parameters), only the excess is penalised:
+    ``λ · max(0, E[params] / budget - 1)``; without one, ``λ · E[params] / 1e6``
+    (λ per million expected parameters).
+    """
+    weight: float
+    budget: float | None = None
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        expected = model.expected_params()
+        if self.budget is None:
+            return self.weight * expected / 1e6
+        return self.weight * torch.relu(expected / self.budget - 1)
+
+
+class Architect:
+    """Updates a supernet's architecture parameters on split-B batches.
+
+    Args:
+        model: provides ``loss(x, y)``, ``arch_parameters()``,
+            ``weight_parameters()`` (and ``expected_params()`` with a penalty).
+        optimizer: the optimiser of ``model.arch_parameters()``.
+        order: ``"first"`` or ``"second"``.
+        penalty: optional ``ParamPenalty``.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, order: str = "first",
+                 penalty: ParamPenalty | None = None):
+        if order not in ORDERS:
+            raise ValueError(f"Architect: order must be one of {ORDERS}, got {order!r}")
+        self.model, self.optimizer, self.order, self.penalty = model, optimizer, order, penalty
+
+    def arch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = self.model.loss(images, labels)
+        return loss if self.penalty is None else loss + self.penalty(self.model)
+
+    def step(self, train_batch: tuple[torch.Tensor, torch.Tensor],
+             valid_batch: tuple[torch.Tensor, torch.Tensor],
+             lr: float, w_optimizer: torch.optim.SGD) -> float:
+        """One architecture update; returns the architecture loss on ``valid_batch``.
+        ``train_batch``, ``lr`` and ``w_optimizer`` are used by the second order only."""
+        arch = self.model.arch_parameters()
+        if self.order == "first":
+            loss = self.arch_loss(*valid_batch)
+            grads = torch.autograd.grad(loss, arch, allow_unused=True, materialize_grads=True)
+        else:
+            loss, grads = self._unrolled(train_batch, valid_batch, lr, w_optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(arch, grads):
+            p.grad = g
+        self.optimizer.step()
+        return loss.item()
+
+    def _unrolled(self, train_batch, valid_batch, lr, w_optimizer):
+        model = self.model
+        arch, weights = model.arch_parameters(), model.weight_parameters()
+        original = [w.detach().clone() for w in weights]
+        buffers = [b.detach().clone() for b in model.buffers()]
+        try:
+            self._virtual_step(train_batch, weights, lr, w_optimizer)
+            loss = self.arch_loss(*valid_batch)
+            grads = torch.autograd.grad(loss, arch + weights, allow_unused=True, materialize_grads=True)
+            d_arch, v = grads[:len(arch)], grads[len(arch):]
+            hessian_v = self._hessian_vector(train_batch, weights, original, v)
+            return loss, [d - lr * h for d, h in zip(d_arch, hessian_v)]
+        finally:
+            with torch.no_grad():
+                for w, value in zip(weights, original):
+                    w.copy_(value)
+                for b, value in zip(model.buffers(), buffers):
+                    b.copy_(value)
+
+    def _virtual_step(self, batch, weights, lr, w_optimizer) -> None:
+        """``w ← w - lr (momentum · buf + g + wd · w)``: torch.optim.SGD's own
+        update (dampening 0, no Nesterov), without touching its state."""
+        grads = torch.autograd.grad(self.model.loss(*batch), weights, allow_unused=True,
+                                    materialize_grads=True)
+        group_of = {id(p): g for g in w_optimizer.param_groups for p in g["params"]}
+        with torch.no_grad():
+            for w, g in zip(weights, grads):
+                group = group_of[id(w)]
+                step = g + group["weight_decay"] * w
+                buf = w_optimizer.state.get(w, {}).get("momentum_buffer")
+                if buf is not None:
+                    step = step + group["momentum"] * buf
+                w.sub_(lr * step)
+
+    def _hessian_vector(self, batch, weights, original, v):
+        arch = self.model.arch_parameters()
+        eps = 0.01 / torch.cat([x.reshape(-1) for x in v]).norm()
+        sides = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for w, w0, d in zip(weights, original, v):
+                    w.copy_(w0).add_(d, alpha=sign * eps.item())
+            sides.append(torch.autograd.grad(self.model.loss(*batch), arch, allow_unused=True,
+                                             materialize_grads=True))
+        return [(p - n) / (2 * eps) for p, n in zip(*sides)]

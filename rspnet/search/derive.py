@@ -1,0 +1,95 @@
+"""From architecture parameters to a discrete architecture (SPEC §2, §4).
+
+Cell (DARTS's rule): intermediate node ``t`` keeps its ``min(2, t)`` strongest
+incoming edges, an edge's strength being its largest non-``none`` weight; each
+kept edge takes its arg-max non-``none`` op.
+
+Paths: each trellis node keeps its ``top_k`` incoming paths by ``softmax(β)``;
+nodes that cannot reach the head (which reads every last-layer node) are
+pruned; the kept paths' weights are their softmax renormalised to sum to 1.
+
+Ties are broken deterministically toward the lower index (the earlier source
+node, the earlier op in ``PRIMITIVES``), as DARTS's stable sort does.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Sequence
+
+import torch
+
+from rspnet.nn import PRIMITIVES, Genotype, edge_list, edge_normalization
+
+# A node of a derived trellis: ``node`` = (layer, scale); ``paths`` =
+# ((source node, weight), ...) with the weights summing to 1.
+KeptNode = namedtuple("KeptNode", "node paths")
+
+
+def _strongest(scores: Sequence[float], k: int) -> list[int]:
+    """Indices of the ``k`` largest scores, lower index first among equals,
+    returned in increasing order."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties keep index order
+    return sorted(order[:k])
+
+
+def derive_cell(alphas: torch.Tensor, steps: int = 4, edge_logits: torch.Tensor | None = None,
+                primitives: Sequence[str] = PRIMITIVES) -> Genotype:
+    """The DARTS cell of ``alphas`` ([edges, ops]); with PC-DARTS edge
+    normalisation (``edge_logits``), an edge's op weights are scaled by its
+    edge weight before ranking, as PC-DARTS derives."""
+    weights = torch.softmax(alphas.detach().double(), dim=-1)
+    if edge_logits is not None:
+        weights = weights * edge_normalization(edge_logits.detach().double(), steps)[:, None]
+    weights = weights.tolist()
+    candidates = [k for k, name in enumerate(primitives) if name != "none"]
+    edges = edge_list(steps)
+    normal = []
+    for target in range(1, steps + 1):
+        rows = [e for e, (_, t) in enumerate(edges) if t == target]
+        strength = [max(weights[e][k] for k in candidates) for e in rows]
+        for i in _strongest(strength, min(2, target)):
+            row = weights[rows[i]]
+            best = max(candidates, key=lambda k: (row[k], -k))  # first maximum wins
+            normal.append((primitives[best], edges[rows[i]][0], target))
+    return Genotype(normal=tuple(normal), normal_concat=tuple(range(1, steps + 1)))
+
+
+def reaching_head(kept: dict[tuple[int, int], Sequence[tuple[int, int]]]) -> set[tuple[int, int]]:
+    """The nodes from which the head can be reached, given each node's kept
+    sources: the last layer's nodes and, layer by layer backwards, every
+    source a reaching node keeps."""
+    last = max(layer for layer, _ in kept)
+    alive = {node for node in kept if node[0] == last}
+    for layer in range(last, 1, -1):
+        for node in [n for n in alive if n[0] == layer]:
+            alive.update(kept[node])
+    return alive
+
+
+def derive_paths(betas: Sequence[torch.Tensor], nodes: Sequence[tuple[int, int]],
+                 sources: Sequence[Sequence[tuple[int, int]]], top_k: int = 2) -> tuple[KeptNode, ...]:
+    """The derived trellis: for each surviving node (in ``nodes`` order) its
+    kept paths with fixed weights."""
+    chosen = {}
+    for beta, node, src in zip(betas, nodes, sources):
+        weights = torch.softmax(beta.detach().double(), dim=0).tolist()
+        keep = _strongest(weights, min(top_k, len(src)))
+        total = sum(weights[p] for p in keep)
+        chosen[tuple(node)] = tuple((tuple(src[p]), weights[p] / total) for p in keep)
+    alive = reaching_head({node: [s for s, _ in paths] for node, paths in chosen.items()})
+    return tuple(KeptNode(node, paths) for node, paths in chosen.items() if node in alive)
+
+
+def format_cell(genotype: Genotype) -> str:
+    """One line: ``node=op(source)+op(source)`` per intermediate node."""
+    nodes: dict[int, list[str]] = {}
+    for op, source, target in genotype.normal:
+        nodes.setdefault(target, []).append(f"{op}({source})")
+    return " ".join(f"{t}={'+'.join(edges)}" for t, edges in sorted(nodes.items()))
+
+
+def format_paths(kept: Sequence[KeptNode]) -> str:
+    """One line: ``layer.scale<source:weight+...`` per kept node."""
+    return " ".join(
+        f"{n.node[0]}.{n.node[1]}<" + "+".join(f"{s[0]}.{s[1]}:{w:.2f}" for s, w in n.paths)
+        for n in kept)

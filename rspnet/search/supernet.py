@@ -1,0 +1,168 @@
+"""The two search networks (SPEC §4, §5).
+
+``SinglePathSupernet`` (stage 1) searches the cell: stem, one RSP block with a
+search cell at each scale, stride-2 links, head; every cell shares α.
+``MacroSupernet`` (stage 2) searches the paths: the fully connected trellis,
+a PAM with logits β at every node, an RSP block around the fixed stage-1 cell.
+
+Both keep architecture parameters apart from weights (``arch_parameters()``,
+``weight_parameters()``) and name them by kind (``arch_param_groups()``: α or
+β) so each kind gets its own optimiser settings.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rspnet.data.labels import IGNORE_INDEX
+from rspnet.nn import (PRIMITIVES, Cell, DerivedCell, Genotype, Head, RSPBlock, SinglePathBackbone,
+                       Stem, TrellisBackbone, edge_list, edge_normalization, layer_nodes,
+                       trellis_nodes)
+
+from .derive import KeptNode, derive_cell, derive_paths
+
+
+def _entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each row of a row-stochastic matrix."""
+    return -(weights * weights.clamp_min(1e-30).log()).sum(-1)
+
+
+class _Supernet(nn.Module):
+    """What the search loop and the ``Architect`` use from a supernet; a
+    subclass provides ``arch_param_groups()``, ``genotype()``,
+    ``expected_params()``, ``arch_weights()`` and ``entropy()``."""
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(images), labels, ignore_index=IGNORE_INDEX)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [p for group in self.arch_param_groups().values() for p in group]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+
+class SinglePathSupernet(_Supernet):
+    """Stage-1 network. Args:
+        num_classes: segmentation classes.
+        channels: F, channels at 1/4 (doubling per scale).
+        scales: number of scales (4: 1/4 .. 1/32).
+        steps: intermediate nodes per cell.
+        memory: ``"store"`` or ``"recompute"`` mixed edges.
+        edge_partial: PC-DARTS partial channels (1 = off).
+        edge_normalization: PC-DARTS edge normalisation (an extra logit per edge).
+        rsp_ratio, rsp_depth: the RSP split around each cell.
+        head_channels: width of the head's 3×3 conv.
+    """
+
+    def __init__(self, num_classes: int, channels: int = 16, scales: int = 4, steps: int = 4,
+                 memory: str = "recompute", edge_partial: int = 1, edge_normalization: bool = False,
+                 rsp_ratio: float = 0.5, rsp_depth: int = 1, head_channels: int = 64,
+                 primitives: Sequence[str] = PRIMITIVES):
+        super().__init__()
+        self.steps = steps
+        self.primitives = tuple(primitives)
+
+        def make_cell(c: int) -> Cell:
+            return Cell(c, steps, memory, edge_partial, self.primitives)
+
+        self.stem = Stem(channels)
+        self.backbone = SinglePathBackbone(
+            channels, scales, lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth))
+        self.head = Head([channels * 2 ** s for s in range(scales)], num_classes, head_channels)
+        num_edges = len(edge_list(steps))
+        # DARTS's initialisation: near-uniform mixtures, broken by small noise
+        self.alphas = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
+        self.edge_logits = nn.Parameter(torch.zeros(num_edges)) if edge_normalization else None
+
+    def arch_param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"alpha": [self.alphas] + ([self.edge_logits] if self.edge_logits is not None else [])}
+
+    def _edge_weights(self) -> torch.Tensor | None:
+        if self.edge_logits is None:
+            return None
+        return edge_normalization(self.edge_logits, self.steps)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.alphas, dim=-1)
+        features = self.backbone(self.stem(images), weights, self._edge_weights())
+        return self.head(features, images.shape[-2:])
+
+    def genotype(self) -> Genotype:
+        return derive_cell(self.alphas, self.steps, self.edge_logits, self.primitives)
+
+    def expected_params(self) -> torch.Tensor:
+        """Parameters of the searched edges of every cell, in expectation under α."""
+        weights = torch.softmax(self.alphas, dim=-1)
+        cells = [m for m in self.modules() if isinstance(m, Cell)]
+        return sum(cell.expected_params(weights) for cell in cells)
+
+    def arch_weights(self) -> dict[str, list[list[float]]]:
+        """softmax(α) per edge, for the history plots."""
+        return {"alpha": torch.softmax(self.alphas.detach(), -1).tolist()}
+
+    def entropy(self) -> dict[str, float]:
+        """Mean entropy (nats) of the edges' op distributions."""
+        return {"alpha": _entropy(torch.softmax(self.alphas.detach(), -1)).mean().item()}
+
+
+class MacroSupernet(_Supernet):
+    """Stage-2 network over the full trellis. Args:
+        num_classes: segmentation classes.
+        genotype: the fixed cell (stage-1 result).
+        channels, scales: as ``SinglePathSupernet``.
+        layers: trellis depth L.
+        rsp_ratio, rsp_depth, head_channels: as ``SinglePathSupernet``.
+    """
+
+    def __init__(self, num_classes: int, genotype: Genotype, channels: int = 16, scales: int = 4,
+                 layers: int = 8, rsp_ratio: float = 0.5, rsp_depth: int = 1,
+                 head_channels: int = 64):
+        super().__init__()
+        self.nodes = trellis_nodes(layers, scales)
+        self.sources = [layer_nodes(self.nodes, layer - 1) for layer, _ in self.nodes]
+
+        def make_cell(c: int) -> DerivedCell:
+            return DerivedCell(c, genotype, affine=False)
+
+        self.stem = Stem(channels)
+        self.backbone = TrellisBackbone(
+            channels, self.nodes, self.sources,
+            lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth), affine=False)
+        last = layer_nodes(self.nodes, layers)
+        self.head = Head([channels * 2 ** s for _, s in last], num_classes, head_channels)
+        self.betas = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(len(src)))
+                                      for src in self.sources)
+
+    def arch_param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"beta": list(self.betas)}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(self.stem(images), list(self.betas))
+        return self.head(features, images.shape[-2:])
+
+    def genotype(self, top_k: int = 2) -> tuple[KeptNode, ...]:
+        return derive_paths(self.betas, self.nodes, self.sources, top_k)
+
+    def expected_params(self) -> torch.Tensor:
+        """Parameters of the path projections, each weighted by its softmax(β):
+        the only part of the trellis whose size the paths decide."""
+        total = 0
+        for beta, pam in zip(self.betas, self.backbone.pams):
+            counts = torch.tensor([sum(p.numel() for p in proj.parameters())
+                                   for proj in pam.projections], dtype=beta.dtype)
+            total = total + (torch.softmax(beta, 0) * counts).sum()
+        return total
+
+    def arch_weights(self) -> dict[str, list[list[float]]]:
+        """softmax(β) per node, for the history plots."""
+        return {"beta": [torch.softmax(b.detach(), 0).tolist() for b in self.betas]}
+
+    def entropy(self) -> dict[str, float]:
+        """Mean entropy (nats) of the nodes' path distributions."""
+        values = [_entropy(torch.softmax(b.detach(), 0)) for b in self.betas]
+        return {"beta": torch.stack(values).mean().item()}

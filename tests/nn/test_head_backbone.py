@@ -1,0 +1,60 @@
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rspnet.nn import Head, SinglePathBackbone, Stem, TrellisBackbone, layer_nodes, trellis_nodes
+
+
+def test_head_matches_its_definition():
+    torch.manual_seed(0)
+    head = Head([4, 8], num_classes=5, channels=6).double().eval()
+    f = [torch.randn(2, 4, 8, 16, dtype=torch.float64), torch.randn(2, 8, 4, 8, dtype=torch.float64)]
+    up = F.interpolate(f[1], size=(8, 16), mode="bilinear", align_corners=False)
+    logits = head.classifier(head.fuse(torch.cat([f[0], up], 1)))
+    expected = F.interpolate(logits, size=(32, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(head(f, (32, 64)), expected, rtol=0, atol=0)
+
+
+def test_trellis_nodes_follow_auto_deeplab_reachability():
+    nodes = trellis_nodes(4, 4)
+    assert nodes == [(1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2), (3, 3),
+                     (4, 0), (4, 1), (4, 2), (4, 3)]
+    assert layer_nodes(nodes, 0) == [(0, 0)]
+    assert layer_nodes(nodes, 2) == [(2, 0), (2, 1), (2, 2)]
+
+
+class Tag(nn.Module):
+    """Adds a per-node constant so the test can trace which block ran."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, x, *args):
+        assert x.shape[1] == self.c
+        return x + 1.0
+
+
+def test_single_path_backbone_shapes():
+    stem = Stem(4)
+    body = SinglePathBackbone(4, 4, Tag)
+    x = torch.randn(2, 3, 64, 128)
+    s = stem(x)
+    assert s.shape == (2, 4, 16, 32)
+    assert [f.shape for f in body(s)] == [(2, 4 * 2 ** i, 16 >> i, 32 >> i) for i in range(4)]
+
+
+def test_trellis_backbone_fuses_only_the_given_sources():
+    nodes = [(1, 0), (1, 1), (2, 1)]
+    sources = [[(0, 0)], [(0, 0)], [(1, 0), (1, 1)]]
+    body = TrellisBackbone(2, nodes, sources, Tag).double().eval()
+    stem = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    logits = [torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
+              torch.tensor([0.3, -0.2], dtype=torch.float64)]
+    out = body(stem, logits)
+    assert len(out) == 1 and out[0].shape == (1, 4, 4, 4)
+    pams = body.pams
+    h10 = pams[0]([stem], logits[0], (8, 8)) + 1
+    h11 = pams[1]([stem], logits[1], (4, 4)) + 1
+    expected = pams[2]([h10, h11], logits[2], (4, 4)) + 1
+    torch.testing.assert_close(out[0], expected, rtol=0, atol=0)

@@ -1,0 +1,120 @@
+import copy
+import json
+
+import pytest
+
+from rspnet.nn import Genotype
+from rspnet.search import Architecture, KeptNode, load_architecture
+
+CELL = Genotype(normal=(("sep_conv_3x3", 0, 1), ("skip_connect", 0, 2), ("dil_conv_3x3", 1, 2),
+                        ("max_pool_3x3", 1, 3), ("sep_conv_5x5", 2, 3),
+                        ("avg_pool_3x3", 0, 4), ("dil_conv_5x5", 3, 4)),
+                normal_concat=(1, 2, 3, 4))
+NODES = (KeptNode((1, 0), (((0, 0), 1.0),)),
+         KeptNode((1, 1), (((0, 0), 1.0),)),
+         KeptNode((2, 0), (((1, 0), 0.625), ((1, 1), 0.375))),
+         KeptNode((2, 1), (((1, 0), 0.5), ((1, 1), 0.5))),
+         KeptNode((2, 2), (((1, 1), 1.0),)))
+
+
+def _arch(**kw):
+    fields = dict(cell=CELL, channels=8, scales=4, head_channels=32, rsp_ratio=0.5, rsp_depth=1,
+                  layers=2, nodes=NODES, search={"seed": 3})
+    fields.update(kw)
+    return Architecture(**fields)
+
+
+def test_round_trip_through_a_file(tmp_path):
+    arch = _arch()
+    path = tmp_path / "architecture.json"
+    arch.save(path)
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 1
+    assert data["cell"]["normal"][0] == {"op": "sep_conv_3x3", "from": 0, "to": 1}
+    assert load_architecture(path) == arch
+    assert Architecture.load(data) == arch
+    assert not [p for p in tmp_path.iterdir() if p.name != "architecture.json"]  # no temp file left
+
+
+def test_round_trip_single_path():
+    arch = _arch(layers=None, nodes=None)
+    data = json.loads(json.dumps(arch.to_dict()))
+    assert data["macro"] is None
+    assert Architecture.load(data) == arch
+
+
+def _set(path, value):
+    def mutate(d):
+        *parents, last = path
+        for key in parents:
+            d = d[key]
+        if value is _DELETE:
+            del d[last]
+        else:
+            d[last] = value
+    return mutate
+
+
+_DELETE = object()
+
+MALFORMED = [
+    (_set(["cell", "normal", 3, "op"], "conv_9x9"),
+     "architecture file: cell.normal[3].op: 'conv_9x9' is not one of PRIMITIVES"),
+    (_set(["cell", "normal", 0, "op"], "none"), "cell.normal[0].op: 'none' cannot be a kept edge"),
+    (_set(["cell", "normal", 2, "to"], 5), "cell.normal[2].to: 5 is out of range [1, 4]"),
+    (_set(["cell", "normal", 1, "from"], 2), "cell.normal[1].from: 2 is out of range [0, 1]"),
+    (_set(["cell", "normal", 1, "from"], "0"), "cell.normal[1].from: expected an integer"),
+    (_set(["cell", "normal", 2, "extra"], 1), "cell.normal[2]: unknown field 'extra'"),
+    (_set(["cell", "normal", 0, "to"], 3), "cell.normal: node 1 has no incoming edge"),
+    (_set(["cell", "normal", 2, "from"], 0), "cell.normal[2]: duplicate edge 0 -> 2"),
+    (_set(["cell", "normal_concat"], [1, 1]), "cell.normal_concat: repeated node"),
+    (_set(["cell", "steps"], _DELETE), "cell.steps: missing"),
+    (_set(["schema_version"], _DELETE), "architecture file: schema_version: missing"),
+    (_set(["schema_version"], 2), "schema_version: 2 is not supported"),
+    (_set(["extra"], 1), "(top level): unknown field 'extra'"),
+    (_set(["widths", "channels"], "8"), "widths.channels: expected an integer, got '8'"),
+    (_set(["widths", "scales"], True), "widths.scales: expected an integer"),
+    (_set(["rsp", "ratio"], 1.5), "rsp.ratio: expected a number in (0, 1)"),
+    (_set(["rsp", "depth"], 4), "rsp: at scale 0 (8 channels)"),
+    (_set(["macro", "layers"], 0), "macro.layers: 0 is out of range"),
+    (_set(["macro", "nodes", 2, "node"], [1, 2]), "macro.nodes[2].node[1]: 2 is out of range [0, 1]"),
+    (_set(["macro", "nodes", 2, "node"], [1, 0]), "macro.nodes[2].node: node [1, 0] is listed twice"),
+    (_set(["macro", "nodes", 2, "paths", 0, "from"], [0, 0]),
+     "macro.nodes[2].paths[0].from: [0, 0] is not in layer 1"),
+    (_set(["macro", "nodes", 2, "paths", 1, "from"], [1, 0]),
+     "macro.nodes[2].paths[1].from: [1, 0] is read twice"),
+    (_set(["macro", "nodes", 2, "paths", 0, "weight"], 0.5), "macro.nodes[2].paths: weights sum to 0.875"),
+    (_set(["macro", "nodes", 2, "paths", 0, "weight"], -1.0),
+     "macro.nodes[2].paths[0].weight: expected a positive number"),
+    (_set(["macro", "nodes", 4, "paths", 0, "from"], [1, 3]),
+     "macro.nodes[4].paths[0].from: [1, 3] is not a node of this network"),
+    (_set(["macro", "layers"], 3), "macro.nodes: no node in the last layer (3)"),
+    (_set(["macro", "nodes", 1, "paths"], []), "macro.nodes[1].paths: must not be empty"),
+]
+
+
+@pytest.mark.parametrize("mutate, message", MALFORMED, ids=[m for _, m in MALFORMED])
+def test_malformed_files_name_the_bad_field(mutate, message):
+    data = copy.deepcopy(_arch().to_dict())
+    mutate(data)
+    with pytest.raises(ValueError) as info:
+        Architecture.load(data)
+    assert message in str(info.value)
+    assert str(info.value).startswith("architecture file: ")
+
+
+def test_unreachable_node_is_rejected():
+    data = _arch().to_dict()
+    data["macro"]["layers"] = 3
+    data["macro"]["nodes"].append({"node": [3, 0], "paths": [{"from": [2, 0], "weight": 1.0}]})
+    with pytest.raises(ValueError, match=r"macro.nodes\[3\]: node \[2, 1\] does not reach the head"):
+        Architecture.load(data)
+
+
+def test_not_json_and_not_an_object(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ nope")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_architecture(bad)
+    with pytest.raises(ValueError, match=r"\(top level\): expected an object"):
+        Architecture.from_dict([1, 2])

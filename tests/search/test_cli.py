@@ -1,0 +1,125 @@
+import json
+
+import pytest
+import torch
+
+from rspnet.models import RSPNet
+from rspnet.search import Architecture
+from rspnet.search import searcher
+from rspnet.search.__main__ import main
+from rspnet.search.checkpoint import load_checkpoint
+
+TINY = ["--size", "32x32", "--images", "4", "--batch-size", "2", "--epochs", "2", "--channels", "4",
+        "--layers", "2", "--no-progress"]
+
+
+def test_two_stage_search_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(TINY + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("architecture.json", "summary.json", "cell.png", "network.png", "alphas.png",
+                 "betas.png", "checkpoint-stage1.pt", "checkpoint-stage2.pt", "search.log"):
+        assert (out / name).is_file(), name
+    assert f"architecture file: {out / 'architecture.json'}" in printed
+    log = (out / "search.log").read_text()
+    assert "[stage 1] epoch 2/2  train loss" in log and "arch loss" in log and "H(alpha)" in log
+    assert "[stage 1] epoch 1/2" in log and "arch loss warm-up" in log   # warm-up: half the epochs
+    assert "[stage 2] epoch 2/2" in log and "H(beta)" in log and "val mIoU(B)" in log
+    arch = Architecture.load(out / "architecture.json")
+    assert arch.layers == 2 and arch.channels == 4 and len(arch.cell.normal) == 7
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["derived"]["params"] == sum(p.numel() for p in RSPNet(arch, 19).parameters())
+    assert summary["derived"]["flops"] > 0 and summary["peak_memory"]["bytes"] > 0
+    model = RSPNet.from_architecture(out / "architecture.json", num_classes=19)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 19, 32, 32)
+    state = load_checkpoint(out / "checkpoint-stage2.pt")
+    assert state["epoch"] == 2 and state["step"] == 2 and "a_optimizer" in state
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_where_the_search_stopped(tmp_path, monkeypatch):
+    reference = tmp_path / "reference"
+    main(TINY + ["--out", str(reference)])
+
+    real_save = searcher.save_checkpoint
+    stops = iter([(1, 1), (2, 1)])          # die right after these (stage, epoch) checkpoints
+    stop = next(stops)
+
+    def save_then_die(state, path):
+        nonlocal stop
+        real_save(state, path)
+        if (state["stage"], state["epoch"]) == stop:
+            stop = next(stops, None)
+            raise Interrupt
+
+    monkeypatch.setattr(searcher, "save_checkpoint", save_then_die)
+    out = tmp_path / "interrupted"
+    with pytest.raises(Interrupt):
+        main(TINY + ["--out", str(out)])
+    assert load_checkpoint(out / "checkpoint-stage1.pt")["epoch"] == 1
+    with pytest.raises(Interrupt):
+        main(TINY + ["--out", str(out), "--resume"])
+    assert load_checkpoint(out / "checkpoint-stage2.pt")["epoch"] == 1
+    main(TINY + ["--out", str(out), "--resume"])
+
+    assert "resumed from" in (out / "search.log").read_text()
+    for stage in (1, 2):
+        a = load_checkpoint(reference / f"checkpoint-stage{stage}.pt")
+        b = load_checkpoint(out / f"checkpoint-stage{stage}.pt")
+        assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
+        for name, value in a["model"].items():
+            assert torch.equal(value, b["model"][name]), (stage, name)
+    assert Architecture.load(reference / "architecture.json") == Architecture.load(out / "architecture.json")
+
+
+def test_stage2_alone_from_a_cell_file(tmp_path):
+    first = tmp_path / "stage1"
+    main(TINY + ["--stage", "1", "--out", str(first), "--edge-partial", "2", "--edge-normalization"])
+    arch = Architecture.load(first / "architecture.json")
+    assert arch.nodes is None and not (first / "checkpoint-stage2.pt").exists()
+    second = tmp_path / "stage2"
+    main(TINY + ["--stage", "2", "--cell", str(first / "architecture.json"), "--out", str(second),
+                 "--order", "second", "--memory", "store", "--param-penalty", "0.1",
+                 "--param-budget", "0.001"])
+    assert Architecture.load(second / "architecture.json").cell == arch.cell
+    assert not (second / "checkpoint-stage1.pt").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "100x100"], "multiples of 32"),
+    (["--size", "big"], "expected HxW"),
+    (["--data", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--data", "cityscapes"], "--data cityscapes needs --data-root"),
+    (["--stage", "2"], "--stage 2 needs --cell"),
+    (["--resume"], "--resume needs --out"),
+    (["--batch-size", "1"], "at least 2"),
+    (["--epochs", "0"], "expected a positive integer"),
+    (["--channels", "6", "--rsp-depth", "2"], "--channels 6"),
+    (["--warmup", "11"], "--warmup must be in"),
+    (["--memory", "cheap"], "invalid choice: 'cheap'"),
+    (["--param-budget", "1"], "--param-budget needs --param-penalty"),
+    (["--edge-partial", "3"], "--edge-partial 3 must divide"),
+])
+def test_bad_arguments_give_argparse_errors(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(argv + ["--out", str(tmp_path / "x")] if "--resume" not in argv else argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_needs_a_checkpoint_and_the_same_settings(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--resume", "--out", str(tmp_path)])
+    assert "no checkpoint" in capsys.readouterr().err
+    out = tmp_path / "run"
+    main(TINY + ["--stage", "1", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        main(TINY + ["--stage", "1", "--out", str(out), "--resume", "--epochs", "3"])
+    assert "--resume: epochs is 3 but the checkpoint was made with 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(TINY + ["--images", "2", "--out", str(tmp_path / "few")])
+    assert "fewer than --batch-size 2" in capsys.readouterr().err
