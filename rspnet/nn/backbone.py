@@ -15,17 +15,27 @@ import torch.nn as nn
 
 from .pam import PathAttention
 from .primitives import ConvBNReLU
+from .recompute import Recomputable, check_memory_mode, checkpoint
 
 Node = tuple[int, int]
 STEM: Node = (0, 0)
 
 
-class Stem(nn.Sequential):
-    """Two 3×3 stride-2 convs (BN, ReLU) from the image to 1/4 resolution."""
+class Stem(Recomputable, nn.Sequential):
+    """Two 3×3 stride-2 convs (BN, ReLU) from the image to 1/4 resolution.
+    ``memory="recompute"`` keeps only the image for backward (its 1/2- and
+    1/4-resolution maps are recomputed); ``store`` (default) is the plain
+    network."""
 
-    def __init__(self, channels: int, in_channels: int = 3):
+    def __init__(self, channels: int, in_channels: int = 3, memory: str = "store"):
         super().__init__(ConvBNReLU(in_channels, channels, 3, stride=2),
                          ConvBNReLU(channels, channels, 3, stride=2))
+        self.memory = check_memory_mode(memory, "Stem")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory == "recompute":
+            return checkpoint(super().forward, x, modules=(self,))
+        return super().forward(x)
 
 
 def trellis_nodes(layers: int, scales: int) -> list[Node]:
@@ -61,10 +71,12 @@ class SinglePathBackbone(nn.Module):
         return features
 
 
-class TrellisBackbone(nn.Module):
+class TrellisBackbone(Recomputable, nn.Module):
     """Stage-2 body (SPEC §4): each node fuses its incoming paths with a
     ``PathAttention`` and applies its block; returns the last layer's outputs
-    by scale.
+    by scale. ``memory="recompute"`` keeps only each node's inputs and output
+    for backward (the node, PAM and block, runs again in backward); ``store``
+    (default) is the plain network.
 
     Args:
         channels: F, the channels at scale 0 (and of the stem).
@@ -72,11 +84,13 @@ class TrellisBackbone(nn.Module):
         sources: for each node, the nodes of the previous layer it reads.
         make_block: builds the block applied after the fusion.
         affine: BN affine parameters of the path projections.
+        memory: ``"store"`` or ``"recompute"``.
     """
 
     def __init__(self, channels: int, nodes: Sequence[Node], sources: Sequence[Sequence[Node]],
-                 make_block: Callable[[int], nn.Module], affine: bool = True):
+                 make_block: Callable[[int], nn.Module], affine: bool = True, memory: str = "store"):
         super().__init__()
+        self.memory = check_memory_mode(memory, "TrellisBackbone")
         self.nodes = [tuple(n) for n in nodes]
         self.sources = [[tuple(s) for s in src] for src in sources]
         self.pams = nn.ModuleList(
@@ -94,6 +108,13 @@ class TrellisBackbone(nn.Module):
                 # a layer reads only the one before it: drop older maps early
                 previous, current, layer = current, {}, node[0]
             size = (h >> node[1], w >> node[1])
-            fused = self.pams[i]([previous[s] for s in self.sources[i]], logits[i], size)
-            current[node] = self.blocks[i](fused)
+            inputs = [previous[s] for s in self.sources[i]]
+            if self.memory == "recompute":
+                current[node] = checkpoint(self._node, i, size, logits[i], *inputs,
+                                           modules=(self.pams[i], self.blocks[i]))
+            else:
+                current[node] = self._node(i, size, logits[i], *inputs)
         return [current[n] for n in sorted(current)]
+
+    def _node(self, i: int, size: tuple[int, int], logits: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.blocks[i](self.pams[i](list(inputs), logits, size))

@@ -16,8 +16,7 @@ Both give the same loss and gradients, to floating-point rounding.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -26,8 +25,9 @@ from torch.autograd.function import once_differentiable
 from rspnet.ops import channel_merge, mixed_sum
 
 from .primitives import OPS, PRIMITIVES, Zero
+from .recompute import MEMORY_MODES, Recomputable, check_memory_mode, running_stats_kept, set_memory_mode
 
-MEMORY_MODES = ("store", "recompute")
+__all__ = ["MEMORY_MODES", "MixedOp", "set_memory_mode"]
 
 # How the recompute pass treats a candidate: ``none`` contributes nothing and
 # ``skip_connect`` is its own input, so neither is ever run again.
@@ -40,20 +40,6 @@ def _kind(op: nn.Module) -> str:
     if isinstance(op, nn.Identity):
         return _IDENTITY
     return _COMPUTE
-
-
-@contextlib.contextmanager
-def _running_stats_kept(module: nn.Module) -> Iterator[None]:
-    """Undo whatever a re-run forward does to the buffers (BatchNorm running
-    statistics and ``num_batches_tracked``): the first forward updated them
-    already, a recompute must not count the batch twice."""
-    saved = [b.clone() for b in module.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in zip(module.buffers(), saved):
-                buffer.copy_(value)
 
 
 class _RecomputedMixture(torch.autograd.Function):
@@ -103,7 +89,7 @@ class _RecomputedMixture(torch.autograd.Function):
             wanted = [i for i in range(lo, hi) if need_params[i]]
             # BN saves its running statistics for backward: restore them only
             # once the candidate's gradients are taken
-            with _running_stats_kept(op):
+            with running_stats_kept(op):
                 with torch.enable_grad():
                     x_k = x.detach().requires_grad_(need_x)
                     y = op(x_k)
@@ -121,7 +107,7 @@ class _RecomputedMixture(torch.autograd.Function):
         return (dx, dw, None, None, None, *dparams)
 
 
-class MixedOp(nn.Module):
+class MixedOp(Recomputable, nn.Module):
     """One edge of a search cell: a weighted sum of every candidate operation.
 
     Args:
@@ -140,8 +126,7 @@ class MixedOp(nn.Module):
     def __init__(self, C: int, memory: str = "store", partial: int = 1,
                  primitives: Sequence[str] = PRIMITIVES):
         super().__init__()
-        if memory not in MEMORY_MODES:
-            raise ValueError(f"MixedOp: memory must be one of {MEMORY_MODES}, got {memory!r}")
+        check_memory_mode(memory, "MixedOp")
         if partial < 1 or C % partial:
             raise ValueError(f"MixedOp: partial={partial} must divide C={C}")
         self.memory = memory
@@ -183,13 +168,3 @@ class MixedOp(nn.Module):
     def expected_params(self, weights: torch.Tensor) -> torch.Tensor:
         """``sum_k w_k * |params(op_k)|``: this edge's parameter count in expectation."""
         return (weights * self.param_counts.to(weights.dtype)).sum()
-
-
-def set_memory_mode(module: nn.Module, memory: str) -> nn.Module:
-    """Switch every ``MixedOp`` inside ``module`` to ``memory``; returns ``module``."""
-    if memory not in MEMORY_MODES:
-        raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
-    for m in module.modules():
-        if isinstance(m, MixedOp):
-            m.memory = memory
-    return module

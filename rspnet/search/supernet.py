@@ -15,7 +15,6 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from rspnet.data.labels import IGNORE_INDEX
 from rspnet.nn import (PRIMITIVES, Cell, DerivedCell, Genotype, Head, RSPBlock, SinglePathBackbone,
@@ -36,7 +35,13 @@ class _Supernet(nn.Module):
     ``expected_params()``, ``arch_weights()`` and ``entropy()``."""
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self(images), labels, ignore_index=IGNORE_INDEX)
+        """Mean cross-entropy of ``self(images)``; with ``memory="recompute"``
+        the head's final upsampling and the loss are fused (no full-resolution
+        scores are kept for backward), same value and gradients."""
+        return self.head.loss(self.features(images), labels, ignore_index=IGNORE_INDEX)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images), images.shape[-2:])
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [p for group in self.arch_param_groups().values() for p in group]
@@ -52,7 +57,9 @@ class SinglePathSupernet(_Supernet):
         channels: F, channels at 1/4 (doubling per scale).
         scales: number of scales (4: 1/4 .. 1/32).
         steps: intermediate nodes per cell.
-        memory: ``"store"`` or ``"recompute"`` mixed edges.
+        memory: ``"store"`` or ``"recompute"``: mixed edges, stem and head keep
+            only their inputs for backward, and the loss fuses the final
+            upsampling (``rspnet.nn.recompute``).
         edge_partial: PC-DARTS partial channels (1 = off).
         edge_normalization: PC-DARTS edge normalisation (an extra logit per edge).
         rsp_ratio, rsp_depth: the RSP split around each cell.
@@ -70,10 +77,11 @@ class SinglePathSupernet(_Supernet):
         def make_cell(c: int) -> Cell:
             return Cell(c, steps, memory, edge_partial, self.primitives)
 
-        self.stem = Stem(channels)
+        self.stem = Stem(channels, memory=memory)
         self.backbone = SinglePathBackbone(
             channels, scales, lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth))
-        self.head = Head([channels * 2 ** s for s in range(scales)], num_classes, head_channels)
+        self.head = Head([channels * 2 ** s for s in range(scales)], num_classes, head_channels,
+                         memory=memory)
         num_edges = len(edge_list(steps))
         # DARTS's initialisation: near-uniform mixtures, broken by small noise
         self.alphas = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
@@ -87,10 +95,10 @@ class SinglePathSupernet(_Supernet):
             return None
         return edge_normalization(self.edge_logits, self.steps)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """What the head reads: every scale's output."""
         weights = torch.softmax(self.alphas, dim=-1)
-        features = self.backbone(self.stem(images), weights, self._edge_weights())
-        return self.head(features, images.shape[-2:])
+        return self.backbone(self.stem(images), weights, self._edge_weights())
 
     def genotype(self) -> Genotype:
         return derive_cell(self.alphas, self.steps, self.edge_logits, self.primitives)
@@ -117,11 +125,14 @@ class MacroSupernet(_Supernet):
         channels, scales: as ``SinglePathSupernet``.
         layers: trellis depth L.
         rsp_ratio, rsp_depth, head_channels: as ``SinglePathSupernet``.
+        memory: ``"store"`` (default: the plain network) or ``"recompute"``: the
+            stem, every trellis node and the head keep only their inputs for
+            backward, and the loss fuses the final upsampling (``rspnet.nn.recompute``).
     """
 
     def __init__(self, num_classes: int, genotype: Genotype, channels: int = 16, scales: int = 4,
                  layers: int = 8, rsp_ratio: float = 0.5, rsp_depth: int = 1,
-                 head_channels: int = 64):
+                 head_channels: int = 64, memory: str = "store"):
         super().__init__()
         self.nodes = trellis_nodes(layers, scales)
         self.sources = [layer_nodes(self.nodes, layer - 1) for layer, _ in self.nodes]
@@ -129,21 +140,22 @@ class MacroSupernet(_Supernet):
         def make_cell(c: int) -> DerivedCell:
             return DerivedCell(c, genotype, affine=False)
 
-        self.stem = Stem(channels)
+        self.stem = Stem(channels, memory=memory)
         self.backbone = TrellisBackbone(
             channels, self.nodes, self.sources,
-            lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth), affine=False)
+            lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth), affine=False, memory=memory)
         last = layer_nodes(self.nodes, layers)
-        self.head = Head([channels * 2 ** s for _, s in last], num_classes, head_channels)
+        self.head = Head([channels * 2 ** s for _, s in last], num_classes, head_channels,
+                         memory=memory)
         self.betas = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(len(src)))
                                       for src in self.sources)
 
     def arch_param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"beta": list(self.betas)}
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(self.stem(images), list(self.betas))
-        return self.head(features, images.shape[-2:])
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """What the head reads: the last layer's outputs."""
+        return self.backbone(self.stem(images), list(self.betas))
 
     def genotype(self, top_k: int = 2) -> tuple[KeptNode, ...]:
         return derive_paths(self.betas, self.nodes, self.sources, top_k)

@@ -120,7 +120,9 @@ def test_opcheck_cpp():
 
 
 def test_torch_compile_fullgraph_cpu():
-    w, xs = _inputs(4, (2, 3, 9, 10), torch.float32)
+    # fp64: Inductor's fused reductions sum in another order than eager, so
+    # fp32 results differ by rounding that grows with the values.
+    w, xs = _inputs(4, (2, 3, 9, 10), torch.float64)
 
     def step(w, xs):
         return mixed_sum(torch.softmax(w, 0), xs, backend="cpp").square().sum()

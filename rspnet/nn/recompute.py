@@ -1,0 +1,143 @@
+"""Activation recomputation for the supernets' ``recompute`` memory mode (SPEC §7).
+
+``store`` is the plain behaviour and the reference: autograd keeps whatever each
+operation saves for backward. In ``recompute`` every part that dominates a
+search step's memory keeps only its inputs and runs again during backward:
+
+* the mixed edges (``MixedOp``, its own autograd function, ``mixed_op.py``);
+* the stem, the head up to its 1/4-resolution logits, and each node of the
+  stage-2 trellis: :func:`checkpoint` (PyTorch's non-reentrant activation
+  checkpointing, BatchNorm running statistics guarded);
+* the loss: :func:`upsampled_cross_entropy`, the head's final bilinear
+  upsampling and the cross-entropy fused, one image at a time, so that no
+  full-resolution map of class scores outlives one image's loss or gradient.
+
+Every module with a memory mode derives from :class:`Recomputable`;
+:func:`set_memory_mode` switches all of them inside a model.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch.autograd.function import once_differentiable
+
+MEMORY_MODES = ("store", "recompute")
+
+
+def check_memory_mode(memory: str, owner: str = "memory") -> str:
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"{owner}: memory must be one of {MEMORY_MODES}, got {memory!r}")
+    return memory
+
+
+class Recomputable:
+    """Mixin of the modules that have a ``memory`` mode (``store`` or
+    ``recompute``), which :func:`set_memory_mode` switches."""
+
+    memory: str = "store"
+
+
+def set_memory_mode(module: nn.Module, memory: str) -> nn.Module:
+    """Switch every :class:`Recomputable` module inside ``module`` (mixed edges,
+    stem, head, trellis) to ``memory``; returns ``module``."""
+    check_memory_mode(memory)
+    for m in module.modules():
+        if isinstance(m, Recomputable):
+            m.memory = memory
+    return module
+
+
+@contextlib.contextmanager
+def running_stats_kept(*modules: nn.Module) -> Iterator[None]:
+    """Undo whatever a re-run forward does to the buffers (BatchNorm running
+    statistics and ``num_batches_tracked``): the first forward updated them
+    already, a recompute must not count the batch twice."""
+    buffers = [b for m in modules for b in m.buffers()]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
+
+
+def checkpoint(fn: Callable[..., torch.Tensor], *args, modules: tuple[nn.Module, ...]):
+    """``fn(*args)`` keeping only ``args`` for backward: PyTorch's non-reentrant
+    activation checkpointing (gradients of the parameters of ``modules`` flow as
+    usual, ``autograd.grad(inputs=...)`` and ``backward(inputs=...)`` work).
+    The recomputation in backward runs with the buffers of ``modules`` restored
+    afterwards, so BatchNorm counts the batch once. ``fn`` must be
+    deterministic given its inputs (no dropout). Without autograd it is a
+    plain call."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
+
+    def contexts():
+        return contextlib.nullcontext(), running_stats_kept(*modules)
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, context_fn=contexts,
+                                             preserve_rng_state=False)
+
+
+def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class _UpsampledCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``upsample(logits)`` against ``labels``, one image
+    at a time; keeps only the low-resolution logits (the labels are the
+    caller's). Backward recomputes each image's upsampled scores, turns them
+    into ``softmax - onehot`` in place and takes them back through the
+    upsampling."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, ignore_index):
+        size = tuple(labels.shape[-2:])
+        total = None
+        for i in range(logits.shape[0]):
+            up = _upsample(logits[i:i + 1], size)
+            loss = F.cross_entropy(up, labels[i:i + 1], ignore_index=ignore_index, reduction="sum")
+            total = loss if total is None else total + loss
+            del up
+        count = (labels != ignore_index).sum().to(total.dtype)
+        ctx.save_for_backward(logits, labels, count)
+        ctx.ignore_index = ignore_index
+        return total / count  # no labelled pixel: nan, as F.cross_entropy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        logits, labels, count = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        size = tuple(labels.shape[-2:])
+        # no labelled pixel: every entry is masked, the gradient is 0 as F.cross_entropy's
+        scale = grad / count.clamp_min(1)
+        out = torch.empty_like(logits)
+        for i in range(logits.shape[0]):
+            target = labels[i:i + 1]
+            ignored = target == ctx.ignore_index
+            with torch.enable_grad():
+                q = logits[i:i + 1].detach().requires_grad_()
+                up = _upsample(q, size)
+            # d(-log softmax(up)[target]) / d(up) = softmax(up) - onehot(target)
+            g = torch.softmax(up.detach(), 1)
+            g.scatter_add_(1, target.masked_fill(ignored, 0).unsqueeze(1),
+                           ignored.to(g.dtype).sub_(1).unsqueeze(1))
+            g.mul_((~ignored).to(g.dtype).mul_(scale).unsqueeze(1))
+            out[i:i + 1] = torch.autograd.grad(up, q, g)[0]
+            del up, g
+        return out, None, None
+
+
+def upsampled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                            ignore_index: int = -100) -> torch.Tensor:
+    """``F.cross_entropy(upsample(logits, labels' size), labels, ignore_index=)``
+    (bilinear, ``align_corners=False``; mean over the labelled pixels) without
+    ever holding more than one image's full-resolution scores."""
+    return _UpsampledCrossEntropy.apply(logits, labels, ignore_index)
