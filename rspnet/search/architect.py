@@ -13,13 +13,23 @@ running statistics are restored, so the step changes only α / β.
 
 An optional parameter penalty (``ParamPenalty``) is added to the architecture
 loss.
+
+Distributed (``reduce``, e.g. ``rspnet.distributed.all_reduce_mean_``): the
+architecture gradient and the loss are averaged over the ranks before the
+optimiser step; in the second order, so are the virtual step's weight gradient
+and the vector ``v`` (which sets ε), so that every rank moves its weights
+identically and the result is the single-process one with the global batch.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+
+from rspnet.distributed import NonFiniteError
 
 ORDERS = ("first", "second")
 
@@ -51,13 +61,17 @@ class Architect:
         optimizer: the optimiser of ``model.arch_parameters()``.
         order: ``"first"`` or ``"second"``.
         penalty: optional ``ParamPenalty``.
+        reduce: averages a list of tensors over the data-parallel ranks in
+            place (``None``: one process).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, order: str = "first",
-                 penalty: ParamPenalty | None = None):
+                 penalty: ParamPenalty | None = None,
+                 reduce: Callable[[Sequence[torch.Tensor]], object] | None = None):
         if order not in ORDERS:
             raise ValueError(f"Architect: order must be one of {ORDERS}, got {order!r}")
         self.model, self.optimizer, self.order, self.penalty = model, optimizer, order, penalty
+        self.reduce = reduce if reduce is not None else (lambda tensors: tensors)
 
     def arch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = self.model.loss(images, labels)
@@ -66,19 +80,26 @@ class Architect:
     def step(self, train_batch: tuple[torch.Tensor, torch.Tensor],
              valid_batch: tuple[torch.Tensor, torch.Tensor],
              lr: float, w_optimizer: torch.optim.SGD) -> float:
-        """One architecture update; returns the architecture loss on ``valid_batch``.
-        ``train_batch``, ``lr`` and ``w_optimizer`` are used by the second order only."""
+        """One architecture update; returns the architecture loss on ``valid_batch``
+        (averaged over the ranks). ``train_batch``, ``lr`` and ``w_optimizer``
+        are used by the second order only. A loss that is not finite raises
+        ``NonFiniteError`` before the optimiser step, leaving α / β untouched."""
         arch = self.model.arch_parameters()
         if self.order == "first":
             loss = self.arch_loss(*valid_batch)
             grads = torch.autograd.grad(loss, arch, allow_unused=True, materialize_grads=True)
         else:
             loss, grads = self._unrolled(train_batch, valid_batch, lr, w_optimizer)
+        value = loss.detach().reshape(1).to(grads[0].dtype).clone()
+        self.reduce([*grads, value])   # one collective: gradients and loss averaged together
+        value = value.item()
+        if not math.isfinite(value):
+            raise NonFiniteError("the architecture loss (split B)", value)
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(arch, grads):
             p.grad = g
         self.optimizer.step()
-        return loss.item()
+        return value
 
     def _unrolled(self, train_batch, valid_batch, lr, w_optimizer):
         model = self.model
@@ -89,7 +110,8 @@ class Architect:
             self._virtual_step(train_batch, weights, lr, w_optimizer)
             loss = self.arch_loss(*valid_batch)
             grads = torch.autograd.grad(loss, arch + weights, allow_unused=True, materialize_grads=True)
-            d_arch, v = grads[:len(arch)], grads[len(arch):]
+            d_arch, v = grads[:len(arch)], list(grads[len(arch):])
+            self.reduce(v)
             hessian_v = self._hessian_vector(train_batch, weights, original, v)
             return loss, [d - lr * h for d, h in zip(d_arch, hessian_v)]
         finally:
@@ -102,8 +124,9 @@ class Architect:
     def _virtual_step(self, batch, weights, lr, w_optimizer) -> None:
         """``w ← w - lr (momentum · buf + g + wd · w)``: torch.optim.SGD's own
         update (dampening 0, no Nesterov), without touching its state."""
-        grads = torch.autograd.grad(self.model.loss(*batch), weights, allow_unused=True,
-                                    materialize_grads=True)
+        grads = list(torch.autograd.grad(self.model.loss(*batch), weights, allow_unused=True,
+                                         materialize_grads=True))
+        self.reduce(grads)
         group_of = {id(p): g for g in w_optimizer.param_groups for p in g["params"]}
         with torch.no_grad():
             for w, g in zip(weights, grads):

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from rspnet.nn import PRIMITIVES, Genotype, partial_channels
 
-from .atomic import atomic_open
+from rspnet.checkpoint import atomic_open
 from .derive import KeptNode, reaching_head
 
 SCHEMA_VERSION = 1

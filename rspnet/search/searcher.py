@@ -1,18 +1,37 @@
 """One stage of the bi-level search (SPEC §6): data split, optimisers,
-epochs, logging, checkpoints.
+epochs, logging, checkpoints, data parallelism and faults.
 
 The training images are split in two halves: A trains the weights, B the
 architecture parameters and gives the logged mIoU. Each step makes an
 architecture update on a B batch (after the warm-up) and then a weight update
-on an A batch, as DARTS does. A checkpoint is written after every epoch and
-holds everything needed to continue bit for bit: weights and architecture
-parameters, both optimisers, the scheduler, epoch, step and every random
-generator's state; the data order of an epoch depends only on (seed, stage,
-epoch).
+on an A batch, as DARTS does.
+
+Data parallel (under ``torchrun``, ``rspnet.distributed``): ``batch_size`` is
+the global batch; every rank takes ``batch_size / world`` samples of each
+global batch of A and of B (``ShardSampler``); the weights are trained through
+``DistributedDataParallel`` (the architecture parameters are excluded from it),
+the architecture gradient is averaged over the ranks by the ``Architect``
+before its optimiser step, BatchNorm is ``SyncBatchNorm`` on CUDA and the
+running statistics are averaged before every evaluation and checkpoint.
+
+Checkpoints (``rspnet.checkpoint``) are written at every epoch end and
+every ``checkpoint_every`` steps, and hold everything needed to continue
+exactly, mid-epoch included: weights and architecture parameters, both
+optimisers, the scheduler, epoch, batch within the epoch, step, the epoch's
+losses so far and every rank's random generator states. The data order of an
+epoch depends only on (seed, stage, split, epoch), so a resumed run skips the
+batches already done and sees the same ones next.
+
+Faults: a stop request (``stop()``, set by SIGTERM/SIGINT) is honoured at the
+next step boundary with a checkpoint (``StopRequested``); a loss, gradient norm
+or architecture parameter that is not finite stops the stage
+(``Diverged``) before anything is written, so the last good checkpoint
+stays the newest one.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -22,14 +41,19 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from rspnet import distributed
 from rspnet.data.labels import IGNORE_INDEX
+from rspnet.distributed import (Diverged, NonFiniteError, ShardSampler, StopRequested, first_nonfinite,
+                                mean_and_any)
 from rspnet.metrics import ConfusionMatrix, mean_iou
 from rspnet.nn import Genotype
 
 from .architect import Architect, ParamPenalty
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from rspnet.checkpoint import CheckpointSeries, load_checkpoint, rng_state, seed_everything, set_rng_state
 from .derive import format_cell, format_paths
 from .supernet import MacroSupernet, SinglePathSupernet
+
+FORMAT = "rspnet-search-checkpoint/2"
 
 
 @dataclass
@@ -84,28 +108,61 @@ class SearchConfig:
 RESUMABLE_CHANGES = ("device", "memory")
 
 
-def checkpoint_path(out_dir: str | os.PathLike, stage: int) -> str:
-    return os.path.join(out_dir, f"checkpoint-stage{stage}.pt")
+def checkpoint_series(out_dir: str | os.PathLike, stage: int, keep: int = 3) -> CheckpointSeries:
+    """``checkpoint-stage{stage}-step{NNNNNNNN}.pt`` in ``out_dir``; the number
+    is the stage's weight-step count."""
+    return CheckpointSeries(out_dir, f"checkpoint-stage{stage}-step", keep)
+
+
+def load_search_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A verified search checkpoint (``CheckpointError`` otherwise)."""
+    return load_checkpoint(path, format=FORMAT)
+
+
+class _LossOf(torch.nn.Module):
+    """``forward(images, labels) = model.loss(images, labels)``: what DDP wraps."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(images, labels)
 
 
 class StageSearch:
-    """Stage 1 (the cell, ``cell=None``) or stage 2 (the paths around ``cell``)."""
+    """Stage 1 (the cell, ``cell=None``) or stage 2 (the paths around ``cell``).
+
+    ``ctx``: the process's place in a data-parallel run
+    (``rspnet.distributed.init``); ``None``: one process on ``config.device``.
+    ``checkpoint_every``: also checkpoint every N weight steps (0: at epoch
+    ends only); ``keep``: checkpoints of this stage kept (0: all);
+    ``stop``: polled at every step, True asks for a checkpoint and a stop.
+    """
 
     def __init__(self, stage: int, config: SearchConfig, dataset: torch.utils.data.Dataset,
                  num_classes: int, out_dir: str | os.PathLike, cell: Genotype | None = None,
-                 log: Callable[[str], None] = print, progress: bool = True):
+                 log: Callable[[str], None] = print, progress: bool = True,
+                 ctx: distributed.Context | None = None, checkpoint_every: int = 0, keep: int = 3,
+                 stop: Callable[[], bool] | None = None):
         if stage not in (1, 2) or (stage == 2) != (cell is not None):
             raise ValueError("StageSearch: stage 1 takes no cell, stage 2 needs one")
         self.stage, self.config, self.cell, self.num_classes = stage, config, cell, num_classes
         self.out_dir, self.log, self.progress = out_dir, log, progress
-        self.device = torch.device(config.device)
-        c = config
+        self.ctx = ctx if ctx is not None else distributed.Context(device=torch.device(config.device))
+        self.device = self.ctx.device
+        self.checkpoint_every, self.stop = checkpoint_every, stop or (lambda: False)
+        c, world = config, self.ctx.world_size
+        if c.batch_size % world:
+            raise ValueError(f"the global batch {c.batch_size} does not divide over {world} processes")
+        self.local_batch = c.batch_size // world
         half = len(dataset) // 2
         if half < c.batch_size:
             raise ValueError(f"{len(dataset)} training images give halves of {half}, fewer than "
                              f"one batch of {c.batch_size}")
         self.split_a = Subset(dataset, range(half))
         self.split_b = Subset(dataset, range(half, 2 * half))
+        self.batches_per_epoch = half // c.batch_size
 
         seed_everything(c.seed * 10 + stage)  # each stage starts from its own known state
         if stage == 1:
@@ -114,8 +171,16 @@ class StageSearch:
                                        c.rsp_depth, c.head_width)
         else:
             model = MacroSupernet(num_classes, cell, c.channels, c.scales, c.layers, c.rsp_ratio,
-                                  c.rsp_depth, c.head_width)
-        self.model = model.to(self.device)
+                                  c.rsp_depth, c.head_width, memory=c.memory)
+        self.model = distributed.convert_sync_batchnorm(model, self.device).to(self.device)
+        # identical initialisation everywhere (DDP also broadcasts the weights, not α / β)
+        distributed.broadcast_tensors_(list(self.model.parameters()) + list(self.model.buffers()))
+        # the weight step goes through DDP's forward, which must return the
+        # supernet's own loss (its fused, memory-saving head + loss)
+        self.net = distributed.wrap_ddp(_LossOf(self.model), self.device,
+                                        ignore=self.model.arch_parameters())
+        # from here on every rank draws its own random stream
+        seed_everything((c.seed * 10 + stage) * 1000 + self.ctx.rank)
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=c.w_lr,
                                            momentum=c.w_momentum, weight_decay=c.w_weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -127,105 +192,227 @@ class StageSearch:
                   for kind, params in self.model.arch_param_groups().items()]
         self.a_optimizer = torch.optim.Adam(groups)
         penalty = ParamPenalty(c.param_penalty, c.param_budget) if c.param_penalty else None
-        self.architect = Architect(self.model, self.a_optimizer, c.order, penalty)
+        self.architect = Architect(self.model, self.a_optimizer, c.order, penalty,
+                                   reduce=distributed.all_reduce_mean_)
+        self.series = checkpoint_series(out_dir, stage, keep)
         self.epoch = 0        # epochs completed
+        self.batch = 0        # batches done in the current epoch
         self.step = 0         # weight steps taken
         self.elapsed = 0.0    # seconds spent in this stage, over every resumption
         self.history: list[dict[str, Any]] = []
+        self.last_checkpoint: str | None = None
+        self._losses: list[float] = []        # this epoch's weight losses so far (global means)
+        self._arch_losses: list[float] = []   # and architecture losses
+        self._clock: float | None = None
+        self._stop_at: str | None = None   # a stop requested at an epoch's last step
 
     # ----------------------------------------------------------------- state
-    @property
-    def path(self) -> str:
-        return checkpoint_path(self.out_dir, self.stage)
-
     @property
     def done(self) -> bool:
         return self.epoch >= self.config.epochs
 
-    def state_dict(self) -> dict[str, Any]:
+    def where(self) -> str:
+        return (f"stage {self.stage} step {self.step + 1} (epoch {self.epoch + 1}, batch "
+                f"{self.batch + 1}/{self.batches_per_epoch})")
+
+    def state_dict(self, rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return {
+            "format": FORMAT,
             "stage": self.stage,
             "config": dataclasses.asdict(self.config),
             "cell": None if self.cell is None else cell_to_state(self.cell),
-            "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
+            "epoch": self.epoch, "batch": self.batch, "step": self.step, "elapsed": self.elapsed,
             "model": self.model.state_dict(),
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.a_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
-            "rng": rng_state(),
+            "epoch_losses": list(self._losses), "epoch_arch_losses": list(self._arch_losses),
+            "world_size": self.ctx.world_size,
+            "rng": rng if rng is not None else [rng_state()],   # one state per rank
         }
 
-    def resume(self) -> None:
-        """Continue from this stage's checkpoint in ``out_dir``."""
-        state = load_checkpoint(self.path, map_location=self.device)
+    def check_resumable(self, state: dict[str, Any], name: str) -> None:
+        """``ValueError`` naming the first setting that differs from the checkpoint's."""
         saved = state["config"]
         for key, value in dataclasses.asdict(self.config).items():
             if key not in RESUMABLE_CHANGES and _plain(saved.get(key)) != _plain(value):
-                raise ValueError(f"--resume: {key} is {value!r} but the checkpoint was made with "
+                raise ValueError(f"--resume: {key} is {value!r} but {name} was made with "
                                  f"{saved.get(key)!r}; resume with the original settings")
+        if state["stage"] != self.stage:
+            raise ValueError(f"--resume: {name} is a stage-{state['stage']} checkpoint, not stage {self.stage}")
         if state["cell"] != (None if self.cell is None else cell_to_state(self.cell)):
             raise ValueError(f"--resume: the checkpoint's stage-2 search ran around another cell "
                              f"({state['cell']}); resume without --cell or with the same one")
+
+    def load_state_dict(self, state: dict[str, Any], name: str = "the checkpoint") -> None:
+        """Continue from ``state`` (a verified checkpoint of this stage)."""
+        self.check_resumable(state, name)
         self.model.load_state_dict(state["model"])
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.a_optimizer.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.elapsed = state["elapsed"]
         self.history = state["history"]
-        set_rng_state(state["rng"])
-        self.log(f"[stage {self.stage}] resumed from {self.path} after epoch {self.epoch}")
+        self._losses, self._arch_losses = list(state["epoch_losses"]), list(state["epoch_arch_losses"])
+        rngs, world = state["rng"], self.ctx.world_size
+        set_rng_state(rngs[self.ctx.rank] if len(rngs) == world else rngs[0])
+        self.last_checkpoint = name
+        note = ""
+        if state["world_size"] != world:
+            note = (f"; it ran on {state['world_size']} process(es), this run on {world}: the same "
+                    f"global batches, results differ by rounding and BatchNorm statistics")
+        self.log(f"[stage {self.stage}] resumed from {name} at epoch {self.epoch + 1}, batch "
+                 f"{self.batch}/{self.batches_per_epoch}, step {self.step}{note}")
+
+    def resume(self, path: str | None = None) -> None:
+        """Continue from ``path`` or from this stage's newest valid checkpoint."""
+        if path is None:
+            found = self.series.latest_valid(load_search_checkpoint, self.log)
+            if found is None:
+                raise ValueError(f"--resume: no stage-{self.stage} checkpoint in {self.out_dir}")
+            path, state = found
+        else:
+            state = load_search_checkpoint(path)
+        self.load_state_dict(state, path)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._clock is not None:
+            self.elapsed += now - self._clock
+        self._clock = now
+
+    def save(self) -> str:
+        """Checkpoint now (every rank calls it; rank 0 writes). Refuses to write
+        non-finite parameters, so that a good checkpoint is never followed by a
+        bad one.
+
+        BatchNorm statistics: at an epoch's end (``run``) they are the ranks'
+        average, the same everywhere. Mid-epoch (always before the epoch's last
+        step) the file holds rank 0's, which is exact too: in training mode the
+        statistics do not enter the computation, and DDP hands rank 0's to every
+        rank at the start of each weight forward, so the other ranks' own
+        statistics matter only after the epoch's last step, which is never
+        checkpointed mid-epoch (a stop requested there waits for the epoch's
+        end)."""
+        self._tick()
+        bad = first_nonfinite(list(self.model.named_parameters()))
+        if bad is not None:
+            raise Diverged(NonFiniteError(f"parameter {bad[0]!r}", bad[1]),
+                                 f"stage {self.stage} step {self.step}", self.last_checkpoint)
+        rngs = distributed.gather_object(rng_state())
+        path = self.series.path(self.step)
+        if self.ctx.is_main:
+            self.series.save(self.state_dict(rngs), self.step)
+        self.last_checkpoint = path
+        return path
 
     # --------------------------------------------------------------- search
-    def _loader(self, split: Subset, shuffle: bool, epoch: int = 0) -> DataLoader:
-        generator = None
-        if shuffle:
-            # the order depends on (seed, stage, epoch) only, so a resumed run sees the same batches
-            generator = torch.Generator().manual_seed((self.config.seed * 1000 + epoch) * 10 + self.stage)
-        return DataLoader(split, batch_size=self.config.batch_size, shuffle=shuffle,
-                          drop_last=shuffle, generator=generator)
+    def _loader(self, split: Subset, which: int, start_batch: int = 0) -> DataLoader:
+        """This rank's shard of split A (``which`` 0) or B (1) for the current
+        epoch, from batch ``start_batch`` on; the order depends only on
+        (seed, stage, split, epoch)."""
+        c = self.config
+        sampler = ShardSampler(split, self.ctx.world_size, self.ctx.rank, shuffle=True,
+                               seed=((c.seed * 10 + self.stage) * 2 + which) * 100_000, drop_last=True)
+        sampler.set_epoch(self.epoch)
+        sampler.set_start(start_batch * self.local_batch)
+        return DataLoader(split, batch_size=self.local_batch, sampler=sampler, drop_last=True,
+                          pin_memory=self.device.type == "cuda")
 
-    def _train_epoch(self) -> tuple[float, float | None]:
+    def _to(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return (batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True))
+
+    def _check_arch(self) -> None:
+        groups = self.model.arch_param_groups()
+        named = [(f"{kind}[{i}]" if len(params) > 1 else kind, p)
+                 for kind, params in groups.items() for i, p in enumerate(params)]
+        bad = first_nonfinite(named)
+        if bad is not None:
+            raise NonFiniteError(f"the architecture parameter {bad[0]}", bad[1])
+
+    def _train_step(self, a_batch, b_iter, search_arch: bool, lr: float) -> tuple[bool, Any]:
+        """One step; returns (stop requested by any rank, the B iterator)."""
+        c = self.config
+        images, labels = self._to(a_batch)
+        if search_arch:
+            try:
+                b = next(b_iter)
+            except StopIteration:  # B has fewer batches than A (never with equal halves)
+                b_iter = iter(self._loader(self.split_b, 1))
+                b = next(b_iter)
+            self._arch_losses.append(self.architect.step((images, labels), self._to(b), lr,
+                                                         self.w_optimizer))
+            self._check_arch()
+        # the weight step: α / β are constants here (no gradient is computed for
+        # them, and DDP sees a graph in which every parameter it syncs is used)
+        arch = [p for p in self.model.arch_parameters() if p.requires_grad]
+        for p in arch:
+            p.requires_grad_(False)
+        try:
+            loss = self.net(images, labels)
+            # the global mean loss, checked before anything is updated, and
+            # whether any rank was asked to stop: one small collective
+            value, stop = mean_and_any(loss, self.stop())
+            if not math.isfinite(value):
+                raise NonFiniteError("the weight loss (split A)", value)
+            weights = self.model.weight_parameters()
+            self.w_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            for p in arch:
+                p.requires_grad_(True)
+        norm = torch.nn.utils.clip_grad_norm_(weights, c.grad_clip)
+        if not torch.isfinite(norm):
+            raise NonFiniteError("the weight gradient norm (split A)", norm.item())
+        self.w_optimizer.step()
+        self._losses.append(value)
+        return stop, b_iter
+
+    def _train_epoch(self) -> None:
+        """The rest of the current epoch, from batch ``self.batch`` on."""
         c, model = self.config, self.model
         model.train()
-        weights = model.weight_parameters()
         search_arch = self.epoch >= c.warmup_epochs
         lr = self.scheduler.get_last_lr()[0]
-        b_batches = iter(self._loader(self.split_b, shuffle=True, epoch=self.epoch))
-        losses, arch_losses = [], []
-        bar = tqdm(self._loader(self.split_a, shuffle=True, epoch=self.epoch), leave=False,
-                   desc=f"stage {self.stage} epoch {self.epoch + 1}/{c.epochs}",
-                   disable=not self.progress)
-        for images, labels in bar:
-            images, labels = images.to(self.device), labels.to(self.device)
-            if search_arch:
-                try:
-                    b = next(b_batches)
-                except StopIteration:
-                    b_batches = iter(self._loader(self.split_b, shuffle=True, epoch=self.epoch))
-                    b = next(b_batches)
-                b = (b[0].to(self.device), b[1].to(self.device))
-                arch_losses.append(self.architect.step((images, labels), b, lr, self.w_optimizer))
-            self.w_optimizer.zero_grad(set_to_none=True)
-            loss = model.loss(images, labels)
-            loss.backward(inputs=weights)
-            torch.nn.utils.clip_grad_norm_(weights, c.grad_clip)
-            self.w_optimizer.step()
+        n = self.batches_per_epoch
+        b_iter = iter(self._loader(self.split_b, 1, self.batch % n))
+        bar = tqdm(total=n, initial=self.batch, leave=False, disable=not self.progress,
+                   desc=f"stage {self.stage} epoch {self.epoch + 1}/{c.epochs}")
+        for a_batch in self._loader(self.split_a, 0, self.batch):
+            where = self.where()
+            try:
+                stop, b_iter = self._train_step(a_batch, b_iter, search_arch, lr)
+            except NonFiniteError as exc:
+                raise Diverged(exc, where, self.last_checkpoint) from None
             self.step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            self.batch += 1
+            bar.update()
+            bar.set_postfix(loss=f"{self._losses[-1]:.3f}")
+            if stop:
+                where = f"stage {self.stage} step {self.step} (epoch {self.epoch + 1}, batch {self.batch}/{n})"
+                if self.batch == n:   # the epoch's end is the next boundary: stop after its checkpoint
+                    self._stop_at = where
+                    break
+                bar.close()
+                raise StopRequested(self.save(), where)
+            if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.batch < n:
+                self.save()
+        bar.close()
         self.scheduler.step()
-        mean = sum(losses) / len(losses)
-        return mean, (sum(arch_losses) / len(arch_losses) if arch_losses else None)
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """mIoU of the supernet on split B."""
+        """mIoU of the supernet on split B (each rank evaluates a shard; the
+        confusion matrices are summed)."""
         self.model.eval()
         confusion = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
-        for images, labels in self._loader(self.split_b, shuffle=False):
+        shard = Subset(self.split_b, range(self.ctx.rank, len(self.split_b), self.ctx.world_size))
+        for images, labels in DataLoader(shard, batch_size=self.local_batch):
             confusion.update(self.model(images.to(self.device)).argmax(1), labels.to(self.device))
-        return mean_iou(confusion.matrix)
+        matrix = distributed.all_reduce_sum(confusion.matrix.to(self.device))
+        return mean_iou(matrix.cpu())
 
     def describe(self) -> str:
         if self.stage == 1:
@@ -233,12 +420,16 @@ class StageSearch:
         return format_paths(self.model.genotype(self.config.top_k))
 
     def run(self) -> None:
+        self._clock = time.perf_counter()
         while not self.done:
-            start = time.perf_counter()
-            train_loss, arch_loss = self._train_epoch()
+            self._train_epoch()
+            distributed.average_buffers_(self.model)
             miou = self.evaluate()
             self.epoch += 1
-            self.elapsed += time.perf_counter() - start
+            self.batch = 0
+            train_loss = sum(self._losses) / len(self._losses)
+            arch_loss = sum(self._arch_losses) / len(self._arch_losses) if self._arch_losses else None
+            self._losses, self._arch_losses = [], []
             entropy = self.model.entropy()
             self.history.append({"epoch": self.epoch, "train_loss": train_loss, "arch_loss": arch_loss,
                                  "val_miou": miou, "entropy": entropy,
@@ -249,7 +440,11 @@ class StageSearch:
                     f"train loss {train_loss:.4f}  arch loss {arch}  val mIoU(B) {100 * miou:.2f}%  "
                     f"{ent}  genotype {self.describe()}")
             self.log(line)
-            save_checkpoint(self.state_dict(), self.path)
+            path = self.save()
+            if self._stop_at is not None:
+                raise StopRequested(path, self._stop_at)
+        self._tick()
+        self._clock = None
 
 
 def cell_to_state(cell: Genotype) -> dict[str, list]:

@@ -5,12 +5,16 @@ import torch
 
 from rspnet.models import RSPNet
 from rspnet.search import Architecture
-from rspnet.search import searcher
 from rspnet.search.__main__ import main
-from rspnet.search.checkpoint import load_checkpoint
+from rspnet.search.searcher import StageSearch, checkpoint_series, load_search_checkpoint
 
 TINY = ["--size", "32x32", "--images", "4", "--batch-size", "2", "--epochs", "2", "--channels", "4",
         "--layers", "2", "--no-progress"]
+
+
+def newest(out, stage):
+    """The newest checkpoint of a stage, loaded and verified."""
+    return load_search_checkpoint(checkpoint_series(out, stage).list()[-1][1])
 
 
 def test_two_stage_search_end_to_end(tmp_path, capsys):
@@ -18,7 +22,8 @@ def test_two_stage_search_end_to_end(tmp_path, capsys):
     assert main(TINY + ["--out", str(out)]) == 0
     printed = capsys.readouterr().out
     for name in ("architecture.json", "summary.json", "cell.png", "network.png", "alphas.png",
-                 "betas.png", "checkpoint-stage1.pt", "checkpoint-stage2.pt", "search.log"):
+                 "betas.png", "checkpoint-stage1-step00000002.pt", "checkpoint-stage2-step00000002.pt",
+                 "search.log"):
         assert (out / name).is_file(), name
     assert f"architecture file: {out / 'architecture.json'}" in printed
     log = (out / "search.log").read_text()
@@ -32,7 +37,7 @@ def test_two_stage_search_end_to_end(tmp_path, capsys):
     assert summary["derived"]["flops"] > 0 and summary["peak_memory"]["bytes"] > 0
     model = RSPNet.from_architecture(out / "architecture.json", num_classes=19)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 19, 32, 32)
-    state = load_checkpoint(out / "checkpoint-stage2.pt")
+    state = newest(out, 2)
     assert state["epoch"] == 2 and state["step"] == 2 and "a_optimizer" in state
 
 
@@ -44,31 +49,31 @@ def test_resume_continues_where_the_search_stopped(tmp_path, monkeypatch):
     reference = tmp_path / "reference"
     main(TINY + ["--out", str(reference)])
 
-    real_save = searcher.save_checkpoint
+    real_save = StageSearch.save
     stops = iter([(1, 1), (2, 1)])          # die right after these (stage, epoch) checkpoints
     stop = next(stops)
 
-    def save_then_die(state, path):
+    def save_then_die(self):
         nonlocal stop
-        real_save(state, path)
-        if (state["stage"], state["epoch"]) == stop:
+        path = real_save(self)
+        if (self.stage, self.epoch) == stop:
             stop = next(stops, None)
             raise Interrupt
+        return path
 
-    monkeypatch.setattr(searcher, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(StageSearch, "save", save_then_die)
     out = tmp_path / "interrupted"
     with pytest.raises(Interrupt):
         main(TINY + ["--out", str(out)])
-    assert load_checkpoint(out / "checkpoint-stage1.pt")["epoch"] == 1
+    assert newest(out, 1)["epoch"] == 1
     with pytest.raises(Interrupt):
         main(TINY + ["--out", str(out), "--resume"])
-    assert load_checkpoint(out / "checkpoint-stage2.pt")["epoch"] == 1
+    assert newest(out, 2)["epoch"] == 1
     main(TINY + ["--out", str(out), "--resume"])
 
     assert "resumed from" in (out / "search.log").read_text()
     for stage in (1, 2):
-        a = load_checkpoint(reference / f"checkpoint-stage{stage}.pt")
-        b = load_checkpoint(out / f"checkpoint-stage{stage}.pt")
+        a, b = newest(reference, stage), newest(out, stage)
         assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
         for name, value in a["model"].items():
             assert torch.equal(value, b["model"][name]), (stage, name)
@@ -79,13 +84,13 @@ def test_stage2_alone_from_a_cell_file(tmp_path):
     first = tmp_path / "stage1"
     main(TINY + ["--stage", "1", "--out", str(first), "--edge-partial", "2", "--edge-normalization"])
     arch = Architecture.load(first / "architecture.json")
-    assert arch.nodes is None and not (first / "checkpoint-stage2.pt").exists()
+    assert arch.nodes is None and not checkpoint_series(first, 2).list()
     second = tmp_path / "stage2"
     main(TINY + ["--stage", "2", "--cell", str(first / "architecture.json"), "--out", str(second),
                  "--order", "second", "--memory", "store", "--param-penalty", "0.1",
                  "--param-budget", "0.001"])
     assert Architecture.load(second / "architecture.json").cell == arch.cell
-    assert not (second / "checkpoint-stage1.pt").exists()
+    assert not checkpoint_series(second, 1).list()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -111,15 +116,18 @@ def test_bad_arguments_give_argparse_errors(argv, message, capsys, tmp_path):
     assert message in err and "Traceback" not in err
 
 
-def test_resume_needs_a_checkpoint_and_the_same_settings(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["--resume", "--out", str(tmp_path)])
-    assert "no checkpoint" in capsys.readouterr().err
+def test_resume_without_checkpoint_starts_afresh_and_needs_the_same_settings(tmp_path, capsys):
     out = tmp_path / "run"
-    main(TINY + ["--stage", "1", "--out", str(out)])
+    main(TINY + ["--stage", "1", "--out", str(out), "--resume"])   # nothing to resume: a fresh search
+    assert "no checkpoint in" in (out / "search.log").read_text()
+    assert newest(out, 1)["epoch"] == 2
     with pytest.raises(SystemExit):
         main(TINY + ["--stage", "1", "--out", str(out), "--resume", "--epochs", "3"])
-    assert "--resume: epochs is 3 but the checkpoint was made with 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--resume: epochs is 3 but" in err and "was made with 2" in err
     with pytest.raises(SystemExit):
         main(TINY + ["--images", "2", "--out", str(tmp_path / "few")])
     assert "fewer than --batch-size 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(TINY + ["--out", str(tmp_path / "x"), "--resume", str(tmp_path / "missing.pt")])
+    assert "--resume " + str(tmp_path / "missing.pt") + ": no such file" in capsys.readouterr().err

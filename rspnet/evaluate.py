@@ -1,0 +1,332 @@
+"""``python -m rspnet.evaluate``: mIoU of a trained RSPNet, with a per-class table.
+
+Single-scale by default; ``--scales 0.75 1.0 1.25`` averages the class
+probabilities over rescaled inputs and ``--flip`` adds horizontally flipped
+ones. Predictions are always scored at the resolution of the labels (Cityscapes:
+the native 1024x2048, as the official benchmark), with the definitions of the
+official evaluation (``cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling``),
+so the mIoU printed here is the one the official script computes on the PNGs
+that ``--save-predictions DIR`` writes:
+
+    DIR/labelIds/<city>/<stem>_leftImg8bit.png   labelId PNGs the official script reads
+                                                 (point CITYSCAPES_RESULTS at DIR/labelIds)
+    DIR/overlay/<city>/<stem>_overlay.png        image blended with the coloured prediction
+
+``--official`` runs that script on the saved PNGs afterwards and reports its
+mIoU beside ours.
+
+Example::
+
+    python -m rspnet.evaluate --arch runs/search/architecture.json --checkpoint runs/train/best.pt
+    python -m rspnet.evaluate --arch A.json --checkpoint C.pt --data cityscapes \\
+        --data-root /data/cityscapes --scales 0.75 1.0 1.25 --flip --save-predictions preds --official
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from rspnet import data
+from rspnet.checkpoint import CheckpointError, architecture_fingerprint, check_architecture, \
+    load_model_weights, load_train_checkpoint
+from rspnet.metrics import ConfusionMatrix, format_table, summarize
+from rspnet.models import RSPNet
+from rspnet.checkpoint import atomic_open
+from rspnet.train import (AMP_MODES, SYNTHETIC_IMAGES, autocast, check_device, load_architecture_arg,
+                          nonnegative_int, parse_size, positive_int, set_threads, write_json)
+
+_IMAGE_SUFFIX = "_leftImg8bit.png"
+
+
+# ---------------------------------------------------------------- inference
+def _scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
+    """``size * scale`` rounded to the nearest multiple of 32 (at least 32)."""
+    return tuple(max(32, int(round(s * scale / 32)) * 32) for s in size)
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, out_size: Sequence[int],
+                          scales: Sequence[float] = (1.0,), flip: bool = False,
+                          base_size: Sequence[int] | None = None, amp_dtype: torch.dtype | None = None,
+                          channels_last: bool = False) -> torch.Tensor:
+    """Mean softmax probabilities ``[N, C, *out_size]`` (float32) over every
+    scale (and its horizontal flip). Scale s feeds the network
+    ``base_size * s`` rounded to multiples of 32 (``base_size`` defaults to the
+    images' own size); logits are resized bilinearly to ``out_size``."""
+    base = tuple(base_size) if base_size is not None else tuple(images.shape[-2:])
+    out_size = tuple(int(s) for s in out_size)
+    total = None
+    count = 0
+    for scale in scales:
+        size = _scaled_size(base, scale)
+        x = images if tuple(images.shape[-2:]) == size else F.interpolate(
+            images, size=size, mode="bilinear", align_corners=False)
+        for flipped in ((False, True) if flip else (False,)):
+            inp = x.flip(-1) if flipped else x
+            if channels_last:
+                inp = inp.contiguous(memory_format=torch.channels_last)
+            with autocast(images.device, amp_dtype):
+                logits = model(inp)
+            logits = logits.float()
+            if flipped:
+                logits = logits.flip(-1)
+            if tuple(logits.shape[-2:]) != out_size:
+                logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+            probs = logits.softmax(1)
+            total = probs if total is None else total + probs
+            count += 1
+    return total / count
+
+
+# ------------------------------------------------------------ prediction files
+def prediction_names(dataset, index: int) -> tuple[str, str]:
+    """(city, stem) of item ``index``: the official file's for Cityscapes,
+    ``synthetic_<index>_000019`` for the synthetic scenes."""
+    images = getattr(dataset, "images", None)
+    if images is not None:
+        name = os.path.basename(images[index])
+        stem = name[:-len(_IMAGE_SUFFIX)] if name.endswith(_IMAGE_SUFFIX) else os.path.splitext(name)[0]
+        return os.path.basename(os.path.dirname(images[index])), stem
+    return "synthetic", f"synthetic_{index:06d}_000019"
+
+
+def _write_png(path: str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    with atomic_open(path) as f:
+        f.write(buffer.getvalue())
+
+
+def save_prediction(out_dir: str, city: str, stem: str, train_ids: np.ndarray,
+                    image: np.ndarray | None = None) -> str:
+    """Write the labelId PNG (official format) and, given the uint8 image, an
+    overlay; returns the labelId PNG's path."""
+    label_dir = os.path.join(out_dir, "labelIds", city)
+    os.makedirs(label_dir, exist_ok=True)
+    path = os.path.join(label_dir, stem + _IMAGE_SUFFIX)
+    _write_png(path, data.trainid_to_labelid(train_ids))
+    if image is not None:
+        overlay_dir = os.path.join(out_dir, "overlay", city)
+        os.makedirs(overlay_dir, exist_ok=True)
+        colour = data.colorize(train_ids).astype(np.float32)
+        blend = (0.5 * image.astype(np.float32) + 0.5 * colour).round().clip(0, 255).astype(np.uint8)
+        _write_png(os.path.join(overlay_dir, stem + "_overlay.png"), blend)
+    return path
+
+
+# ------------------------------------------------------- official evaluation
+def official_evaluation(ground_truth: Sequence[str], prediction_dir: str) -> dict[str, Any]:
+    """Run ``cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling`` on
+    ``ground_truth`` (``*_gtFine_labelIds.png`` paths) against the PNGs under
+    ``prediction_dir``, without its instance-level scores (which need
+    ``*_instanceIds.png``), console output or JSON file. Returns its result
+    dict (``classScores``, ``averageScoreClasses``, ``confMatrix``, ...)."""
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
+
+    args = official.args
+    saved = dict(vars(args))
+    try:
+        args.predictionPath = os.path.abspath(prediction_dir)
+        args.predictionWalk = None
+        args.evalInstLevelScore = False
+        args.evalPixelAccuracy = False
+        args.JSONOutput = False
+        args.quiet = True
+        args.colorized = False
+        args.bold = args.nocol = ""
+        with contextlib.redirect_stdout(io.StringIO()) as captured:
+            try:
+                predictions = [official.getPrediction(args, gt) for gt in ground_truth]
+                return official.evaluateImgLists(predictions, list(ground_truth), args)
+            except SystemExit:  # its printError() exits the process
+                raise RuntimeError("official Cityscapes evaluation failed: "
+                                   + captured.getvalue().strip().splitlines()[-1]) from None
+    finally:
+        vars(args).clear()
+        vars(args).update(saved)
+
+
+def official_class_scores(result: dict[str, Any]) -> dict[str, float | None]:
+    """The official per-class IoU of the 19 training classes, in trainId order."""
+    return {name: (None if math.isnan(result["classScores"][name]) else result["classScores"][name])
+            for name in data.CLASS_NAMES}
+
+
+# ----------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rspnet.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", required=True, help="architecture file the checkpoint was trained for")
+    p.add_argument("--checkpoint", required=True, help="checkpoint of rspnet.train (e.g. best.pt)")
+    p.add_argument("--data", choices=data.DATASETS, default="synthetic")
+    p.add_argument("--data-root", help="Cityscapes directory (holding leftImg8bit/ and gtFine/)")
+    p.add_argument("--split", choices=("train", "val"), default="val")
+    p.add_argument("--images", type=positive_int,
+                   help="evaluate the first N images (default: Cityscapes all; synthetic the number the "
+                        "checkpoint's run used for this split)")
+    p.add_argument("--size", type=parse_size,
+                   help="HxW fed to the network at scale 1.0 (multiples of 32). Synthetic: also the "
+                        "size the scenes are rendered at (default: the training size of the "
+                        "checkpoint); Cityscapes: default the image's own size rounded to 32. "
+                        "Predictions are always scored at the labels' resolution")
+    p.add_argument("--seed", type=nonnegative_int,
+                   help="synthetic scene seed (default: the checkpoint's training seed)")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                   help="input scales to average (e.g. 0.75 1.0 1.25)")
+    p.add_argument("--flip", action="store_true", help="also average horizontally flipped inputs")
+    p.add_argument("--batch-size", type=positive_int, default=1)
+    p.add_argument("--workers", type=nonnegative_int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=nonnegative_int, default=None,
+                   help="PyTorch CPU threads (0: PyTorch's default; default: 1 on CPU, as rspnet.train)")
+    p.add_argument("--amp", choices=AMP_MODES, default="off",
+                   help="mixed-precision inference (auto: bf16/fp16 on a GPU); off by default so "
+                        "that scores are fp32")
+    p.add_argument("--save-predictions", metavar="DIR",
+                   help="write labelId PNGs (DIR/labelIds) and overlays (DIR/overlay)")
+    p.add_argument("--official", action="store_true",
+                   help="with --save-predictions on Cityscapes: also run the official "
+                        "cityscapesscripts evaluation on the saved PNGs and report its mIoU")
+    p.add_argument("--report", help="JSON report path (default: <checkpoint>-eval.json beside it)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.architecture = load_architecture_arg(parser, args.arch)
+    check_device(parser, args.device)
+    if not os.path.isfile(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+    if args.data == "cityscapes" and not (args.data_root and os.path.isdir(args.data_root)):
+        parser.error("--data cityscapes needs --data-root, an existing directory")
+    for s in args.scales:
+        if not (math.isfinite(s) and 0.1 <= s <= 4):
+            parser.error(f"--scales: {s} is outside [0.1, 4]")
+    if args.official and not args.save_predictions:
+        parser.error("--official needs --save-predictions DIR (it scores the saved PNGs)")
+    if args.official and args.data != "cityscapes":
+        parser.error("--official needs --data cityscapes (the official script reads gtFine files)")
+    if args.official and args.images is not None:
+        parser.error("--official scores every ground-truth file of the split; drop --images")
+    if args.save_predictions and os.path.exists(args.save_predictions) \
+            and not os.path.isdir(args.save_predictions):
+        parser.error(f"--save-predictions {args.save_predictions}: exists and is not a directory")
+    if args.report is None:
+        args.report = os.path.splitext(args.checkpoint)[0] + "-eval.json"
+    try:
+        args.state = load_train_checkpoint(args.checkpoint)
+        check_architecture(args.state, args.architecture, data.NUM_CLASSES,
+                           f"checkpoint {args.checkpoint}", f"--arch {args.arch}")
+    except CheckpointError as exc:
+        parser.error(str(exc))
+    return parser, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, args = parse_args(argv)
+    train_config = args.state.get("config", {})
+    device = torch.device(args.device)
+    set_threads(args.threads, device)
+    model = RSPNet(args.architecture, data.NUM_CLASSES)
+    try:
+        load_model_weights(model, args.state, f"checkpoint {args.checkpoint}")
+    except CheckpointError as exc:
+        parser.error(str(exc))
+    model = model.to(device).eval()
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = None
+    if args.amp != "off" and device.type == "cuda":
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            args.amp, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+    if args.data == "synthetic":
+        size = args.size or tuple(train_config.get("size", (128, 256)))
+        seed = args.seed if args.seed is not None else int(train_config.get("seed", 0))
+        # by default the very scenes the training run validated on (or trained on)
+        length = args.images or train_config.get(f"{args.split}_images") or SYNTHETIC_IMAGES[args.split]
+        dataset = data.get_dataset("synthetic", args.split, size=size, length=length, seed=seed)
+    else:
+        size, seed = args.size, None
+        try:
+            dataset = data.get_dataset("cityscapes", args.split, root=args.data_root, size=None,
+                                       length=args.images)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--data-root {args.data_root}: {exc}")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
+                                         num_workers=args.workers)
+
+    confusion = ConfusionMatrix(data.NUM_CLASSES, data.IGNORE_INDEX)
+    start = time.perf_counter()
+    index = 0
+    saved = []
+    for images, labels in tqdm(loader, desc="evaluate", disable=args.no_progress, dynamic_ncols=True):
+        images = images.to(device)
+        labels = labels.to(device)
+        label_size = tuple(labels.shape[-2:])
+        base = size if size is not None else _scaled_size(images.shape[-2:], 1.0)
+        probs = predict_probabilities(model, images, label_size, args.scales, args.flip, base,
+                                      amp_dtype, channels_last)
+        pred = probs.argmax(1)
+        confusion.update(pred, labels)
+        if args.save_predictions:
+            for k in range(pred.shape[0]):
+                city, stem = prediction_names(dataset, index + k)
+                saved.append(save_prediction(args.save_predictions, city, stem,
+                                             pred[k].to(torch.uint8).cpu().numpy(),
+                                             data.denormalize(images[k])))
+        index += pred.shape[0]
+    seconds = time.perf_counter() - start
+
+    summary = summarize(confusion.matrix, data.CLASS_NAMES)
+    scales = " ".join(f"{s:g}" for s in args.scales)
+    title = (f"{args.data} {args.split}, {len(dataset)} images, scales {scales}"
+             f"{' + flip' if args.flip else ''}, checkpoint {args.checkpoint}")
+    print(format_table(summary, title))
+    report = {
+        "checkpoint": os.path.abspath(args.checkpoint), "architecture": os.path.abspath(args.arch),
+        "architecture_fingerprint": architecture_fingerprint(args.architecture),
+        "checkpoint_epoch": args.state.get("epoch"),
+        "data": args.data, "data_root": args.data_root, "split": args.split, "images": len(dataset),
+        "seed": seed, "input_size": None if size is None else list(size),
+        "scales": list(args.scales), "flip": args.flip, "device": str(device),
+        "amp": None if amp_dtype is None else str(amp_dtype).split(".")[-1],
+        "seconds": round(seconds, 2), **summary,
+        "confusion_matrix": confusion.matrix.tolist(),
+    }
+    if args.save_predictions:
+        report["predictions"] = {"labelIds": os.path.abspath(os.path.join(args.save_predictions, "labelIds")),
+                                 "overlay": os.path.abspath(os.path.join(args.save_predictions, "overlay")),
+                                 "files": len(saved)}
+        print(f"predictions: {len(saved)} labelId PNGs in {report['predictions']['labelIds']}, "
+              f"overlays in {report['predictions']['overlay']}")
+    if args.official:
+        ground_truth = list(dataset.labels) if hasattr(dataset, "labels") else []
+        result = official_evaluation(ground_truth, os.path.join(args.save_predictions, "labelIds"))
+        official = official_class_scores(result)
+        report["official"] = {"miou": result["averageScoreClasses"], "per_class_iou": official}
+        diff = abs(result["averageScoreClasses"] - (summary["miou"] or 0.0))
+        print(f"official cityscapesscripts mIoU: {100 * result['averageScoreClasses']:.4f}% "
+              f"(rspnet {100 * summary['miou']:.4f}%, difference {diff:.2e})")
+    write_json(args.report, report)
+    print(f"report: {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""``python -m rspnet.export``: ONNX export and a cost report of a trained RSPNet.
+
+``--onnx PATH`` exports the network (opset 18 by default, at least 17) with the
+TorchDynamo-based exporter, the fused ops being traced through their
+plain-PyTorch references so that the graph holds standard ONNX operators only.
+The batch dimension is dynamic; height and width are made dynamic too when the
+network can be traced with symbolic sizes (``--dynamic auto`` tries that first
+and says what it got). The file is then run with onnxruntime and compared with
+PyTorch in fp32: a maximum absolute difference above ``--tolerance`` (1e-4) is
+an error, and the file is only put in place once it passes.
+
+``--report [PATH]`` prints and writes (JSON) the parameter count, the forward
+FLOPs (``torch.utils.flop_counter.FlopCounterMode``, a multiply-add counting
+2), and the latency and FPS at ``--resolution H W``, batch 1, on ``--device``
+(optionally ``--compile`` with ``torch.compile`` and ``--dtype bf16|fp16``).
+
+Example::
+
+    python -m rspnet.export --arch runs/search/architecture.json \\
+        --checkpoint runs/train/best.pt --onnx rspnet.onnx --report
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from rspnet import data
+from rspnet.checkpoint import CheckpointError, architecture_fingerprint, check_architecture, \
+    load_model_weights, load_train_checkpoint
+from rspnet.models import RSPNet
+from rspnet.ops import _backend
+from rspnet.train import check_device, load_architecture_arg, nonnegative_int, positive_int, write_json
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 17
+DYNAMIC_MODES = ("auto", "all", "batch", "none")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def reference_ops():
+    """Route rspnet's fused ops to their plain-PyTorch references while
+    tracing: the exporter then sees standard aten ops (interpolate, avg_pool,
+    softmax, cat, ...) that have ONNX translations, instead of custom ops."""
+    saved = _backend.OVERRIDE
+    _backend.OVERRIDE = "reference"
+    try:
+        yield
+    finally:
+        _backend.OVERRIDE = saved
+
+
+@contextlib.contextmanager
+def _quiet_tracing():
+    """The exporter logs every failed symbolic-shape attempt at length; a
+    failed attempt is expected (and reported) when --dynamic auto falls back."""
+    names = ("torch._guards", "torch.fx.experimental.symbolic_shapes", "torch._dynamo",
+             "torch.export", "torch.onnx", "torch._export")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _dynamic_shapes(mode: str) -> dict | None:
+    if mode == "none":
+        return None
+    dims = {0: torch.export.Dim("batch", min=1, max=1024)}
+    if mode == "all":
+        # multiples of 32: the network halves the resolution five times
+        dims[2] = 32 * torch.export.Dim("height_32", min=1, max=256)
+        dims[3] = 32 * torch.export.Dim("width_32", min=1, max=256)
+    return {"images": dims}
+
+
+def export_onnx(model: torch.nn.Module, path: str, resolution: Sequence[int], opset: int = DEFAULT_OPSET,
+                dynamic: str = "auto", log=print) -> str:
+    """Export ``model`` (eval, fp32, CPU) to ONNX at ``path`` (written to a
+    temporary file first); returns the dynamic mode obtained ('all',
+    'batch' or 'none')."""
+    model = model.eval()
+    # batch 2: torch.export specialises dimensions of size 1, so an example
+    # of batch 1 could not be dynamic in the batch
+    example = (torch.zeros(2, 3, *resolution),)
+    modes = {"auto": ("all", "batch", "none"), "all": ("all",), "batch": ("batch",),
+             "none": ("none",)}[dynamic]
+    failures = []
+    for mode in modes:
+        try:
+            with reference_ops(), _quiet_tracing(), contextlib.redirect_stdout(sys.stderr):
+                program = torch.onnx.export(model, example, dynamo=True, opset_version=opset,
+                                            dynamic_shapes=_dynamic_shapes(mode),
+                                            input_names=["images"], output_names=["logits"],
+                                            verbose=False)
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
+            reason = _first_line(exc)
+            failures.append(f"{mode}: {reason}")
+            if len(modes) > 1 and mode != modes[-1]:
+                log(f"onnx: dynamic {'batch, height and width' if mode == 'all' else 'batch'} not "
+                    f"exportable ({reason}); trying {'dynamic batch' if mode == 'all' else 'static shapes'}")
+            continue
+        program.save(path)
+        return mode
+    raise ExportError("ONNX export failed: " + " | ".join(failures))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("<class") and ">:" in line:
+            return line.split(">:", 1)[1].strip()[:300]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def check_onnx(model: torch.nn.Module, path: str, shapes: Sequence[Sequence[int]],
+               seed: int = 0) -> dict[str, Any]:
+    """Run the ONNX file with onnxruntime (CPU) on random inputs of each
+    shape and compare with PyTorch fp32 on CPU. Returns the max absolute
+    difference over all of them, and per shape."""
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(path)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    per_shape = []
+    model = model.eval()
+    for shape in shapes:
+        x = torch.randn(*shape, generator=generator)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        if got.shape != expected.shape:
+            raise ExportError(f"onnxruntime output shape {got.shape} differs from PyTorch's "
+                              f"{expected.shape} for input {tuple(shape)}")
+        per_shape.append({"input": list(shape), "max_abs_diff": float(np.abs(got - expected).max())})
+    return {"max_abs_diff": max(s["max_abs_diff"] for s in per_shape), "per_shape": per_shape,
+            "onnxruntime": ort.__version__}
+
+
+def onnx_latency(path: str, resolution: Sequence[int], warmup: int, iters: int) -> float:
+    """Median onnxruntime CPU latency (ms) at batch 1."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    x = {session.get_inputs()[0].name: np.zeros((1, 3, *resolution), dtype=np.float32)}
+    for _ in range(warmup):
+        session.run(None, x)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        session.run(None, x)
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+# -------------------------------------------------------------------- report
+def count_flops(model: torch.nn.Module, resolution: Sequence[int]) -> int:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 3, *resolution, device=next(model.parameters()).device))
+    return int(counter.get_total_flops())
+
+
+def measure_latency(model: torch.nn.Module, resolution: Sequence[int], device: torch.device,
+                    dtype: torch.dtype = torch.float32, compile: bool = False, warmup: int = 5,
+                    iters: int = 20) -> dict[str, float]:
+    """Batch-1 forward latency in ms (median, p20, p80) on ``device``; the
+    model is cast to ``dtype`` (channels-last on GPU) and optionally
+    compiled. GPU timings use CUDA events."""
+    model = model.to(device=device, dtype=dtype).eval()
+    x = torch.zeros(1, 3, *resolution, device=device, dtype=dtype)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    run = torch.compile(model) if compile else model
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            run(x)
+        for _ in range(iters):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run(x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                start = time.perf_counter()
+                run(x)
+                times.append(1000 * (time.perf_counter() - start))
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    median = statistics.median(times)
+    return {"median_ms": median, "p20_ms": q(0.2), "p80_ms": q(0.8), "fps": 1000.0 / median}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    rows = [("parameters", f"{report['params']:,} ({report['params'] / 1e6:.3f} M)"),
+            ("FLOPs", f"{report['flops'] / 1e9:.3f} G at {report['resolution'][0]}x{report['resolution'][1]} "
+                      f"(multiply-add = 2)")]
+    lat = report.get("latency")
+    if lat:
+        rows += [("device", report["device_name"]),
+                 ("settings", f"batch 1, {report['dtype']}, {'torch.compile' if report['compile'] else 'eager'}, "
+                              f"{report['iters']} runs after {report['warmup']} warm-up"),
+                 ("latency", f"{lat['median_ms']:.2f} ms median (p20 {lat['p20_ms']:.2f}, p80 {lat['p80_ms']:.2f})"),
+                 ("FPS", f"{lat['fps']:.1f}")]
+    onnx = report.get("onnx")
+    if onnx:
+        rows += [("ONNX file", f"{onnx['path']} ({onnx['bytes'] / 2**20:.2f} MiB, opset {onnx['opset']}, "
+                               f"dynamic {onnx['dynamic']})"),
+                 ("ONNX parity", f"max |onnxruntime - torch| = {onnx['max_abs_diff']:.2e} "
+                                 f"(tolerance {onnx['tolerance']:.0e})")]
+        if onnx.get("onnxruntime_latency_ms") is not None:
+            rows.append(("ONNX latency", f"{onnx['onnxruntime_latency_ms']:.2f} ms median (onnxruntime CPU)"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+# ----------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rspnet.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", required=True, help="architecture file the checkpoint was trained for")
+    p.add_argument("--checkpoint", help="checkpoint of rspnet.train (without: random weights, "
+                                        "enough for --report)")
+    p.add_argument("--onnx", metavar="PATH", help="write the ONNX model here")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument("--dynamic", choices=DYNAMIC_MODES, default="auto",
+                   help="dynamic input dims: all (batch, H, W), batch, none; auto tries them in that "
+                        "order (all takes longer to export: symbolic shapes)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest max-abs difference onnxruntime vs PyTorch (fp32) accepted")
+    p.add_argument("--report", nargs="?", const="", metavar="PATH",
+                   help="print params/FLOPs/latency and write them as JSON (default path: beside the "
+                        "ONNX file, else export-report.json)")
+    p.add_argument("--resolution", type=positive_int, nargs=2, metavar=("H", "W"),
+                   help="input size for export, FLOPs and latency, multiples of 32 "
+                        "(default: the checkpoint's training size, else 512 1024)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device for the latency measurement")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="latency dtype")
+    p.add_argument("--compile", action="store_true", help="time the torch.compile'd network")
+    p.add_argument("--threads", type=nonnegative_int, default=0,
+                   help="PyTorch CPU threads for the latency measurement (0: PyTorch's default)")
+    p.add_argument("--warmup", type=positive_int, default=5)
+    p.add_argument("--iters", type=positive_int, default=20)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.architecture = load_architecture_arg(parser, args.arch)
+    check_device(parser, args.device)
+    if not args.onnx and args.report is None:
+        parser.error("nothing to do: give --onnx PATH and/or --report")
+    if args.opset < MIN_OPSET:
+        parser.error(f"--opset must be at least {MIN_OPSET}, got {args.opset}")
+    if not args.tolerance > 0:
+        parser.error(f"--tolerance must be positive, got {args.tolerance}")
+    if args.onnx:
+        import importlib.util
+        missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            parser.error(f"--onnx needs {', '.join(missing)}: pip install {' '.join(missing)}")
+        if os.path.isdir(args.onnx):
+            parser.error(f"--onnx {args.onnx}: is a directory")
+        parent = os.path.dirname(os.path.abspath(args.onnx))
+        if not os.path.isdir(parent):
+            parser.error(f"--onnx {args.onnx}: directory {parent} does not exist")
+    if args.dtype != "fp32" and torch.device(args.device).type == "cpu" and args.dtype == "fp16":
+        parser.error("--dtype fp16 is for GPUs (CPU fp16 convolutions are not supported by PyTorch)")
+    args.state = None
+    if args.checkpoint:
+        if not os.path.isfile(args.checkpoint):
+            parser.error(f"--checkpoint {args.checkpoint}: no such file")
+        try:
+            args.state = load_train_checkpoint(args.checkpoint)
+            check_architecture(args.state, args.architecture, data.NUM_CLASSES,
+                               f"checkpoint {args.checkpoint}", f"--arch {args.arch}")
+        except CheckpointError as exc:
+            parser.error(str(exc))
+    if args.resolution is None:
+        size = (args.state or {}).get("config", {}).get("size")
+        args.resolution = list(size) if size else [512, 1024]
+    if args.resolution[0] % 32 or args.resolution[1] % 32:
+        parser.error(f"--resolution {args.resolution[0]} {args.resolution[1]}: height and width must be "
+                     f"multiples of 32")
+    if args.report == "":
+        args.report = (os.path.splitext(args.onnx)[0] + "-report.json") if args.onnx else "export-report.json"
+    return parser, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = RSPNet(args.architecture, data.NUM_CLASSES)
+    if args.state is not None:
+        try:
+            load_model_weights(model, args.state, f"checkpoint {args.checkpoint}")
+        except CheckpointError as exc:
+            parser.error(str(exc))
+    model.eval()
+    resolution = tuple(args.resolution)
+    report: dict[str, Any] = {
+        "architecture": os.path.abspath(args.arch),
+        "architecture_fingerprint": architecture_fingerprint(args.architecture),
+        "checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None,
+        "resolution": list(resolution), "torch": torch.__version__,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+    if args.onnx:
+        directory = os.path.dirname(os.path.abspath(args.onnx))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".onnx")
+        os.close(fd)
+        try:
+            start = time.perf_counter()
+            mode = export_onnx(model, tmp, resolution, args.opset, args.dynamic,
+                               log=lambda m: print(m, file=sys.stderr))
+            shapes = [(1, 3, *resolution)]
+            if mode in ("all", "batch"):
+                shapes.append((2, 3, *resolution))
+            if mode == "all":
+                shapes.append((1, 3, resolution[0] + 32, resolution[1] + 64))
+            check = check_onnx(model, tmp, shapes)
+            if not check["max_abs_diff"] <= args.tolerance:
+                raise ExportError(
+                    f"onnxruntime and PyTorch disagree: max abs difference {check['max_abs_diff']:.3e} > "
+                    f"tolerance {args.tolerance:.0e} (per input: "
+                    + ", ".join(f"{tuple(s['input'])}: {s['max_abs_diff']:.2e}" for s in check["per_shape"])
+                    + f"); {args.onnx} was not written")
+            os.replace(tmp, args.onnx)
+        except ExportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        report["onnx"] = {"path": os.path.abspath(args.onnx), "bytes": os.path.getsize(args.onnx),
+                          "opset": args.opset, "dynamic": {"all": "batch, height, width",
+                                                           "batch": "batch", "none": "none"}[mode],
+                          "max_abs_diff": check["max_abs_diff"], "per_shape": check["per_shape"],
+                          "tolerance": args.tolerance, "onnxruntime": check["onnxruntime"],
+                          "export_seconds": round(time.perf_counter() - start, 1)}
+        print(f"onnx: wrote {args.onnx} (opset {args.opset}, dynamic {report['onnx']['dynamic']}); "
+              f"max |onnxruntime - torch| = {check['max_abs_diff']:.2e} <= {args.tolerance:.0e}")
+
+    if args.report is not None:
+        device = torch.device(args.device)
+        report["flops"] = count_flops(model, resolution)
+        report.update({"device": str(device), "device_name": device_name(device),
+                       "cpu_threads": torch.get_num_threads(), "dtype": args.dtype,
+                       "compile": args.compile, "warmup": args.warmup, "iters": args.iters,
+                       "backend_override": _backend.OVERRIDE})
+        if args.onnx:
+            report["onnx"]["onnxruntime_latency_ms"] = onnx_latency(args.onnx, resolution, args.warmup,
+                                                                    args.iters)
+        report["latency"] = measure_latency(model, resolution, device, DTYPES[args.dtype], args.compile,
+                                            args.warmup, args.iters)
+        print(format_report(report))
+        write_json(args.report, report)
+        print(f"report: {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

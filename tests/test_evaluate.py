@@ -1,0 +1,147 @@
+"""rspnet.evaluate: the CLI's mIoU equals the official Cityscapes evaluation
+on the PNGs it saves; multi-scale/flip inference; checkpoint checks."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rspnet import data
+from rspnet.checkpoint import architecture_fingerprint
+from rspnet.evaluate import main, official_evaluation, predict_probabilities
+from rspnet.search import Architecture
+from rspnet.train import main as train_main
+
+from .test_train import TINY, make_architecture
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """An architecture, a 2-epoch checkpoint, and a small Cityscapes tree."""
+    base = tmp_path_factory.mktemp("evaluate")
+    arch = base / "architecture.json"
+    arch.write_text(json.dumps(make_architecture(0)))
+    other = make_architecture(0)
+    other["widths"]["head_channels"] = 24
+    (base / "other.json").write_text(json.dumps(other))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train_main(["--arch", str(arch), "--out", str(base / "train"), "--epochs", "2",
+                           *TINY]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    root = base / "cityscapes"
+    data.write_cityscapes_layout(root, {"val": 3}, size=(64, 128), seed=3)
+    return {"arch": str(arch), "other": str(base / "other.json"),
+            "checkpoint": str(base / "train" / "best.pt"), "root": str(root), "base": base}
+
+
+def test_cityscapes_miou_equals_official_evaluation(run, tmp_path, capsys):
+    preds = tmp_path / "preds"
+    report_path = tmp_path / "report.json"
+    assert main(["--arch", run["arch"], "--checkpoint", run["checkpoint"], "--data", "cityscapes",
+                 "--data-root", run["root"], "--save-predictions", str(preds), "--official",
+                 "--report", str(report_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "official cityscapesscripts mIoU" in out and "road" in out
+    report = json.loads(report_path.read_text())
+    assert report["images"] == 3 and report["labelled_pixels"] > 0
+
+    # the official script, run by the CLI on its own PNGs ...
+    assert report["official"]["miou"] == pytest.approx(report["miou"], abs=1e-6)
+    for name in data.CLASS_NAMES:
+        official = report["official"]["per_class_iou"][name]
+        ours = report["per_class"][name]["iou"]
+        assert (official is None) == (ours is None), name
+        if ours is not None:
+            assert ours == pytest.approx(official, abs=1e-6), name
+
+    # ... and run again here, independently of the CLI's bookkeeping
+    gt_files = sorted(
+        os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(run["root"], "gtFine", "val"))
+        for f in fs if f.endswith("_gtFine_labelIds.png"))
+    result = official_evaluation(gt_files, str(preds / "labelIds"))
+    assert result["averageScoreClasses"] == pytest.approx(report["miou"], abs=1e-6)
+
+    # file names: the official stem, one labelId PNG and one overlay per image
+    images = sorted(os.path.basename(p) for p in
+                    (os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(run["root"], "leftImg8bit"))
+                     for f in fs))
+    written = sorted(os.path.basename(p) for p in
+                     (os.path.join(dp, f) for dp, _, fs in os.walk(preds / "labelIds") for f in fs))
+    assert written == images
+    overlays = [f for _, _, fs in os.walk(preds / "overlay") for f in fs]
+    assert len(overlays) == 3 and all(f.endswith("_overlay.png") for f in overlays)
+    png = np.array(Image.open(next(
+        os.path.join(dp, f) for dp, _, fs in os.walk(preds / "labelIds") for f in fs)))
+    assert png.dtype == np.uint8 and png.ndim == 2 and png.shape == (64, 128)
+    assert set(np.unique(png).tolist()) <= set(data.trainid_to_labelid(np.arange(19)).tolist())
+
+
+def test_synthetic_multiscale_flip_report(run, tmp_path, capsys):
+    report_path = tmp_path / "ms.json"
+    assert main(["--arch", run["arch"], "--checkpoint", run["checkpoint"], "--images", "2",
+                 "--scales", "0.75", "1.0", "1.25", "--flip", "--batch-size", "2",
+                 "--report", str(report_path), "--no-progress"]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["scales"] == [0.75, 1.0, 1.25] and report["flip"] is True
+    assert report["input_size"] == [64, 64]           # the checkpoint's training size
+    assert report["seed"] == 0
+    assert 0 <= report["miou"] <= 1 and 0 <= report["pixel_accuracy"] <= 1
+    assert report["architecture_fingerprint"] == architecture_fingerprint(Architecture.load(run["arch"]))
+    assert "scales 0.75 1 1.25 + flip" in capsys.readouterr().out
+
+
+def test_predict_probabilities():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 3, padding=1).eval()
+    x = torch.randn(2, 3, 64, 96)
+    single = predict_probabilities(model, x, (64, 96))
+    assert torch.allclose(single, model(x).softmax(1))
+    multi = predict_probabilities(model, x, (32, 48), scales=(0.5, 1.0, 1.5), flip=True)
+    assert multi.shape == (2, 4, 32, 48)
+    assert torch.allclose(multi.sum(1), torch.ones(2, 32, 48), atol=1e-5)
+    # flip averaging of a flip-symmetric model changes nothing
+    sym = torch.nn.Conv2d(3, 4, (1, 3), padding=(0, 1), bias=False).eval()
+    with torch.no_grad():
+        sym.weight.copy_(sym.weight + sym.weight.flip(-1))
+    assert torch.allclose(predict_probabilities(sym, x, (64, 96), flip=True),
+                          predict_probabilities(sym, x, (64, 96)), atol=1e-6)
+
+
+def test_wrong_architecture_and_bad_input_are_argparse_errors(run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--arch", run["other"], "--checkpoint", run["checkpoint"]])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert architecture_fingerprint(Architecture.load(run["other"])) in err
+    assert architecture_fingerprint(Architecture.load(run["arch"])) in err
+    assert "widths.head_channels" in err
+
+    corrupt = tmp_path / "corrupt.pt"
+    with open(run["checkpoint"], "rb") as f:
+        corrupt.write_bytes(f.read()[:1000])
+    for argv, message in [
+        (["--checkpoint", str(corrupt)], "truncated or corrupt"),
+        (["--checkpoint", str(tmp_path / "missing.pt")], "no such file"),
+        (["--checkpoint", run["checkpoint"], "--scales", "0"], "--scales"),
+        (["--checkpoint", run["checkpoint"], "--official"], "--save-predictions"),
+        (["--checkpoint", run["checkpoint"], "--data", "cityscapes", "--data-root", str(tmp_path / "nope")],
+         "--data-root"),
+        (["--checkpoint", run["checkpoint"], "--size", "33x64"], "multiples of 32"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(["--arch", run["arch"], *argv])
+        assert exc.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv

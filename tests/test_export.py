@@ -1,0 +1,130 @@
+"""rspnet.export: ONNX parity with onnxruntime (fp32, max abs diff <= 1e-4),
+the cost report, and that a failed check never replaces an existing file."""
+import json
+import os
+
+import pytest
+import torch
+
+from rspnet import export
+from rspnet.export import main
+from rspnet.train import main as train_main
+
+from .test_train import TINY, make_architecture
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    arch = base / "architecture.json"
+    arch.write_text(json.dumps(make_architecture(1)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train_main(["--arch", str(arch), "--out", str(base / "train"), "--epochs", "1",
+                           *TINY]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {"arch": str(arch), "checkpoint": str(base / "train" / "best.pt"), "base": base}
+
+
+@pytest.mark.slow  # the ONNX export traces the network: 20-50 s on 2 shared cores
+def test_onnx_parity_and_report(run, tmp_path, capsys):
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx onnxscript)")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["--arch", run["arch"], "--checkpoint", run["checkpoint"], "--onnx", str(onnx_path),
+                 "--report", "--resolution", "64", "64", "--warmup", "1", "--iters", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ONNX parity" in out and "FPS" in out and "parameters" in out
+    report = json.loads((tmp_path / "model-report.json").read_text())
+    onnx_report = report["onnx"]
+    assert onnx_report["opset"] >= 17
+    assert onnx_report["max_abs_diff"] <= 1e-4
+    assert "batch" in onnx_report["dynamic"]
+    assert any(s["input"][0] == 2 for s in onnx_report["per_shape"])   # the dynamic batch was checked
+    assert report["params"] > 0 and report["flops"] > 0
+    assert report["latency"]["median_ms"] > 0 and report["latency"]["fps"] > 0
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+    # the file stands on its own: onnxruntime on a fresh input of batch 3
+    import numpy as np
+    import onnxruntime as ort
+
+    from rspnet import data
+    from rspnet.checkpoint import load_checkpoint
+    from rspnet.models import RSPNet
+
+    model = RSPNet.from_architecture(run["arch"], data.NUM_CLASSES)
+    model.load_state_dict(load_checkpoint(run["checkpoint"])["model"])
+    model.eval()
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_failed_parity_check_keeps_the_existing_file(run, tmp_path, monkeypatch, capsys):
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"the previous, good export")
+
+    def fake_export(model, path, resolution, opset, dynamic, log):
+        with open(path, "wb") as f:
+            f.write(b"a broken export")
+        return "batch"
+
+    monkeypatch.setattr(export, "export_onnx", fake_export)
+    monkeypatch.setattr(export, "check_onnx", lambda model, path, shapes: {
+        "max_abs_diff": 0.5, "onnxruntime": "x",
+        "per_shape": [{"input": list(s), "max_abs_diff": 0.5} for s in shapes]})
+    assert main(["--arch", run["arch"], "--checkpoint", run["checkpoint"], "--onnx", str(target),
+                 "--resolution", "64", "64"]) == 1
+    err = capsys.readouterr().err
+    assert "max abs difference 5.000e-01 > tolerance 1e-04" in err and "was not written" in err
+    assert target.read_bytes() == b"the previous, good export"
+    assert os.listdir(tmp_path) == ["model.onnx"]       # no temporary file left behind
+
+
+def test_report_without_checkpoint(run, tmp_path, capsys):
+    path = tmp_path / "r.json"
+    assert main(["--arch", run["arch"], "--report", str(path), "--resolution", "32", "64",
+                 "--warmup", "1", "--iters", "1"]) == 0
+    report = json.loads(path.read_text())
+    assert report["checkpoint"] is None and report["resolution"] == [32, 64]
+    assert report["dtype"] == "fp32" and report["compile"] is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "nothing to do"),
+    (["--onnx", "m.onnx", "--opset", "16"], "at least 17"),
+    (["--report", "--resolution", "100", "100"], "multiples of 32"),
+    (["--report", "--resolution", "64"], "expected 2 arguments"),
+    (["--onnx", "/nonexistent/dir/m.onnx"], "does not exist"),
+    (["--report", "--checkpoint", "/nonexistent.pt"], "no such file"),
+])
+def test_bad_cli_input_is_an_argparse_error(run, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["--arch", run["arch"], *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_gpu_latency_bf16_compiled(run, tmp_path):
+    path = tmp_path / "gpu.json"
+    assert main(["--arch", run["arch"], "--checkpoint", run["checkpoint"], "--report", str(path),
+                 "--device", "cuda", "--dtype", "bf16", "--compile", "--resolution", "256", "512",
+                 "--warmup", "3", "--iters", "10"]) == 0
+    report = json.loads(path.read_text())
+    assert report["device"] == "cuda" and report["dtype"] == "bf16" and report["compile"] is True
+    assert report["latency"]["fps"] > 0
