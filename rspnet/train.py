@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from rspnet import data, distributed
+from rspnet.cli import nonnegative_int, parse_size, positive_float, positive_int
 from rspnet.checkpoint import (TRAIN_FORMAT, CheckpointError, CheckpointSeries, architecture_fingerprint,
                                atomic_open, check_architecture, load_model_weights, load_train_checkpoint,
                                rng_state, save_checkpoint, seed_everything, set_rng_state)
@@ -562,51 +563,6 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str, title: str = "") -
 
 
 # ----------------------------------------------------------------------- CLI
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 64x128), got {text!r}") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 64x128), got {text!r}")
-    if parts[0] % 32 or parts[1] % 32:
-        raise argparse.ArgumentTypeError(
-            f"{text}: height and width must be multiples of 32 (the network reaches 1/32 scale)")
-    return parts[0], parts[1]
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def check_device(parser: argparse.ArgumentParser, device: str) -> str:
     try:
         dev = torch.device(device)

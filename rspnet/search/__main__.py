@@ -36,36 +36,12 @@ from rspnet.nn import MEMORY_MODES, edge_list, partial_channels
 from .architect import ORDERS
 from .architecture import Architecture
 from rspnet.checkpoint import CheckpointError
+from rspnet.cli import parse_size, positive_int
 from .derive import format_cell, format_paths
 from .searcher import (SearchConfig, StageSearch, cell_from_state, checkpoint_series,
                        load_search_checkpoint)
 
 DEFAULTS = SearchConfig()
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 64x128), got {text!r}") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 64x128), got {text!r}")
-    if parts[0] % 32 or parts[1] % 32:
-        raise argparse.ArgumentTypeError(
-            f"{text}: height and width must be multiples of 32 (the network reaches 1/32 scale)")
-    return parts[0], parts[1]
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,38 +53,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", help="architecture file whose cell stage 2 uses (needed by --stage 2)")
     p.add_argument("--data", choices=data.DATASETS, default=DEFAULTS.data)
     p.add_argument("--data-root", help="Cityscapes directory (holding leftImg8bit/ and gtFine/)")
-    p.add_argument("--images", type=_positive, default=DEFAULTS.images,
+    p.add_argument("--images", type=positive_int, default=DEFAULTS.images,
                    help="training images to use, split in halves A/B (default: synthetic 64, Cityscapes all)")
-    p.add_argument("--size", type=_size, default=DEFAULTS.size, help="HxW, multiples of 32")
-    p.add_argument("--epochs", type=_positive, default=DEFAULTS.epochs, help="epochs per stage")
+    p.add_argument("--size", type=parse_size, default=DEFAULTS.size, help="HxW, multiples of 32")
+    p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="epochs per stage")
     p.add_argument("--warmup", type=int, default=DEFAULTS.warmup,
                    help="epochs of weight training before architecture updates (default: epochs // 2)")
-    p.add_argument("--batch-size", type=_positive, default=DEFAULTS.batch_size)
-    p.add_argument("--channels", type=_positive, default=DEFAULTS.channels,
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
+    p.add_argument("--channels", type=positive_int, default=DEFAULTS.channels,
                    help="F: channels at 1/4 scale, doubling per scale")
-    p.add_argument("--layers", type=_positive, default=DEFAULTS.layers, help="trellis depth of stage 2")
-    p.add_argument("--steps", type=_positive, default=DEFAULTS.steps, help="intermediate nodes per cell")
+    p.add_argument("--layers", type=positive_int, default=DEFAULTS.layers, help="trellis depth of stage 2")
+    p.add_argument("--steps", type=positive_int, default=DEFAULTS.steps, help="intermediate nodes per cell")
     p.add_argument("--memory", choices=MEMORY_MODES, default=DEFAULTS.memory,
                    help="supernet memory mode (both stages): recompute keeps only each edge's, "
                         "stem's, head's and node's inputs and recomputes in backward; store is plain autograd")
     p.add_argument("--order", choices=ORDERS, default=DEFAULTS.order,
                    help="first- or second-order (unrolled) architecture gradient")
-    p.add_argument("--edge-partial", type=_positive, default=DEFAULTS.edge_partial,
+    p.add_argument("--edge-partial", type=positive_int, default=DEFAULTS.edge_partial,
                    help="PC-DARTS partial channels K on the cell's edges (1 = off)")
     p.add_argument("--edge-normalization", action="store_true", help="PC-DARTS edge normalisation")
     p.add_argument("--rsp-ratio", type=float, default=DEFAULTS.rsp_ratio,
                    help="fraction of channels that go through the cell")
-    p.add_argument("--rsp-depth", type=_positive, default=DEFAULTS.rsp_depth, help="RSP recursion depth")
-    p.add_argument("--head-channels", type=_positive, default=DEFAULTS.head_channels,
+    p.add_argument("--rsp-depth", type=positive_int, default=DEFAULTS.rsp_depth, help="RSP recursion depth")
+    p.add_argument("--head-channels", type=positive_int, default=DEFAULTS.head_channels,
                    help="width of the head's 3x3 conv (default: 4 F)")
-    p.add_argument("--top-k", type=_positive, default=DEFAULTS.top_k, help="paths kept per node")
+    p.add_argument("--top-k", type=positive_int, default=DEFAULTS.top_k, help="paths kept per node")
     p.add_argument("--param-penalty", type=float, default=DEFAULTS.param_penalty,
                    help="λ of the expected-parameter penalty on the architecture loss (0 = off)")
     p.add_argument("--param-budget", type=float, default=None,
                    help="parameter budget in millions: only the excess over it is penalised")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=_positive, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: 1 with --device cpu, torch's own otherwise)")
     p.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms (bit-exact resumption on GPU; slower)")
