@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rspnet.ops import mixed_sum, mixed_sum_ref
+from tests.ops.accuracy import assert_as_accurate_as_reference, run_fwd_bwd
 from tests.aot import compile_for_sm90
 from tests.conftest import cpu_backends
 
@@ -19,32 +20,14 @@ def _inputs(k, shape, dtype, device="cpu", requires_grad=True):
     return w, xs
 
 
-def _run(fn, w, xs, g):
-    y = fn(w, xs)
-    grads = torch.autograd.grad(y, [w, *xs], g)
-    return [y.detach(), *grads]
-
-
-def _assert_as_accurate_as_reference(got, ref_lowp, truth, slack=2.0):
-    """The kernel's error against an fp64 truth is at most ``slack`` times the
-    plain-PyTorch reference's own error at the same precision (plus one ulp of
-    the values' magnitude, for results the reference gets exactly right)."""
-    for a, r, t in zip(got, ref_lowp, truth):
-        eps = torch.finfo(a.dtype).eps
-        err = (a.double() - t).abs().max().item()
-        ref_err = (r.double() - t).abs().max().item()
-        bound = slack * ref_err + 2 * eps * max(t.abs().max().item(), 1.0)
-        assert err <= bound, f"error {err:.3g} exceeds {bound:.3g} (reference error {ref_err:.3g})"
-
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("k", [1, 3, 8, 16])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_reference_fp64(backend, k, shape):
     w, xs = _inputs(k, shape, torch.float64)
     g = torch.randn(shape, dtype=torch.float64)
-    got = _run(lambda w, xs: mixed_sum(w, xs, backend=backend), w, xs, g)
-    want = _run(mixed_sum_ref, w, xs, g)
+    got = run_fwd_bwd(lambda w, xs: mixed_sum(w, xs, backend=backend), w, xs, g)
+    want = run_fwd_bwd(mixed_sum_ref, w, xs, g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -55,12 +38,12 @@ def test_fp32_as_accurate_as_reference(backend, k):
     shape = (4, 8, 31, 45)
     w, xs = _inputs(k, shape, torch.float32)
     g = torch.randn(shape)
-    got = _run(lambda w, xs: mixed_sum(w, xs, backend=backend), w, xs, g)
-    ref = _run(mixed_sum_ref, w, xs, g)
+    got = run_fwd_bwd(lambda w, xs: mixed_sum(w, xs, backend=backend), w, xs, g)
+    ref = run_fwd_bwd(mixed_sum_ref, w, xs, g)
     w64 = w.detach().double().requires_grad_()
     xs64 = [x.detach().double().requires_grad_() for x in xs]
-    truth = _run(mixed_sum_ref, w64, xs64, g.double())
-    _assert_as_accurate_as_reference(got, ref, truth)
+    truth = run_fwd_bwd(mixed_sum_ref, w64, xs64, g.double())
+    assert_as_accurate_as_reference(got, ref, truth)
 
 
 def _layouts():
@@ -82,8 +65,8 @@ def test_layouts(backend, layout):
     xs = [x.requires_grad_() for x in xs]
     w = torch.randn(4, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 6, 9, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    got = _run(lambda w, xs: mixed_sum(w, xs, backend=backend), w, xs, g)
-    want = _run(mixed_sum_ref, w, xs, g)
+    got = run_fwd_bwd(lambda w, xs: mixed_sum(w, xs, backend=backend), w, xs, g)
+    want = run_fwd_bwd(mixed_sum_ref, w, xs, g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     y = mixed_sum(w, xs, backend=backend)
@@ -247,12 +230,12 @@ def test_gpu_matches_reference(backend, dtype, k):
     shape = (3, 5, 33, 65)  # odd: exercises the unaligned tail
     w, xs = _inputs(k, shape, dtype, "cuda")
     g = torch.randn(shape, dtype=dtype, device="cuda")
-    got = _run(lambda w, xs: mixed_sum(w, xs, backend=backend), w, xs, g)
-    ref = _run(mixed_sum_ref, w, xs, g)
+    got = run_fwd_bwd(lambda w, xs: mixed_sum(w, xs, backend=backend), w, xs, g)
+    ref = run_fwd_bwd(mixed_sum_ref, w, xs, g)
     w64 = w.detach().double().requires_grad_()
     xs64 = [x.detach().double().requires_grad_() for x in xs]
-    truth = _run(mixed_sum_ref, w64, xs64, g.double())
-    _assert_as_accurate_as_reference(got, ref, truth)
+    truth = run_fwd_bwd(mixed_sum_ref, w64, xs64, g.double())
+    assert_as_accurate_as_reference(got, ref, truth)
 
 
 @pytest.mark.gpu
@@ -263,8 +246,8 @@ def test_gpu_channels_last_and_offsets(backend):
     xs = [x if i < 3 else x.contiguous() for i, x in enumerate(xs)]
     w = torch.randn(4, device="cuda", requires_grad=True)
     g = torch.randn_like(base)
-    got = _run(lambda w, xs: mixed_sum(w, xs, backend=backend), w, xs, g)
-    want = _run(mixed_sum_ref, w, xs, g)
+    got = run_fwd_bwd(lambda w, xs: mixed_sum(w, xs, backend=backend), w, xs, g)
+    want = run_fwd_bwd(mixed_sum_ref, w, xs, g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
 

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from rspnet.ops import path_fusion, path_fusion_ref
+from tests.ops.accuracy import assert_as_accurate_as_reference, run_fwd_bwd
 from tests.aot import compile_for_sm90
 from tests.conftest import cpu_backends
 
@@ -40,31 +41,13 @@ def _inputs(sizes, n=2, c=3, dtype=torch.float64, requires_grad=True, device="cp
     return logits, xs
 
 
-def _run(fn, logits, xs, g):
-    y = fn(logits, xs)
-    grads = torch.autograd.grad(y, [logits, *xs], g)
-    return [y.detach(), *grads]
-
-
-def _assert_as_accurate_as_reference(got, ref_lowp, truth, slack=2.0):
-    """The kernel's error against an fp64 truth is at most ``slack`` times the
-    plain-PyTorch reference's own error at the same precision (plus two ulps of
-    the values' magnitude, for results the reference gets exactly right)."""
-    for a, r, t in zip(got, ref_lowp, truth):
-        eps = torch.finfo(a.dtype).eps
-        err = (a.double() - t).abs().max().item()
-        ref_err = (r.double() - t).abs().max().item()
-        bound = slack * ref_err + 2 * eps * max(t.abs().max().item(), 1.0)
-        assert err <= bound, f"error {err:.3g} exceeds {bound:.3g} (reference error {ref_err:.3g})"
-
-
 @pytest.mark.parametrize("backend, case", _params())
 def test_matches_reference_fp64(backend, case):
     size, sizes = CASES[case]
     logits, xs = _inputs(sizes)
     g = torch.randn(2, 3, *size, dtype=torch.float64)
-    got = _run(lambda l, xs: path_fusion(l, xs, size, 0.7, backend=backend), logits, xs, g)
-    want = _run(lambda l, xs: path_fusion_ref(l, xs, size, 0.7), logits, xs, g)
+    got = run_fwd_bwd(lambda l, xs: path_fusion(l, xs, size, 0.7, backend=backend), logits, xs, g)
+    want = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size, 0.7), logits, xs, g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -74,12 +57,12 @@ def test_fp32_as_accurate_as_reference(backend):
     size, sizes = CASES["pam_scales"] if backend == "triton" else ((64, 96), [(64, 96), (32, 48), (16, 24), (8, 12)])
     logits, xs = _inputs(sizes, n=2, c=4, dtype=torch.float32)
     g = torch.randn(2, 4, *size)
-    got = _run(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
-    ref = _run(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
+    got = run_fwd_bwd(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
+    ref = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
     l64 = logits.detach().double().requires_grad_()
     xs64 = [x.detach().double().requires_grad_() for x in xs]
-    truth = _run(lambda l, xs: path_fusion_ref(l, xs, size), l64, xs64, g.double())
-    _assert_as_accurate_as_reference(got, ref, truth)
+    truth = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size), l64, xs64, g.double())
+    assert_as_accurate_as_reference(got, ref, truth)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -88,8 +71,8 @@ def test_temperature(backend, temperature):
     size, sizes = (6, 10), [(3, 5), (6, 10)]
     logits, xs = _inputs(sizes, n=1, c=2)
     g = torch.randn(1, 2, *size, dtype=torch.float64)
-    got = _run(lambda l, xs: path_fusion(l, xs, size, temperature, backend=backend), logits, xs, g)
-    want = _run(lambda l, xs: path_fusion_ref(l, xs, size, temperature), logits, xs, g)
+    got = run_fwd_bwd(lambda l, xs: path_fusion(l, xs, size, temperature, backend=backend), logits, xs, g)
+    want = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size, temperature), logits, xs, g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -99,8 +82,8 @@ def test_one_channel_one_sample(backend):
     size, sizes = (9, 7), [(3, 2), (9, 7), (18, 21)]
     logits, xs = _inputs(sizes, n=1, c=1)
     g = torch.randn(1, 1, *size, dtype=torch.float64)
-    got = _run(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
-    want = _run(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
+    got = run_fwd_bwd(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
+    want = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -112,8 +95,8 @@ def test_more_paths_than_one_launch_takes(backend):
     sizes = [(6, 8), (3, 4), (2, 2), (12, 16), (1, 1), (6, 8), (5, 7), (3, 8), (6, 4)]
     logits, xs = _inputs(sizes, n=1, c=2)
     g = torch.randn(1, 2, *size, dtype=torch.float64)
-    got = _run(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
-    want = _run(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
+    got = run_fwd_bwd(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
+    want = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -133,8 +116,8 @@ def test_layouts(backend, layout):
     xs = [make(2, 3, h, w).requires_grad_() for h, w in [(8, 10), (4, 5), (16, 20), (3, 7)]]
     logits = torch.randn(4, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 3, *size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    got = _run(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
-    want = _run(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
+    got = run_fwd_bwd(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
+    want = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -414,12 +397,12 @@ def test_gpu_matches_reference(backend, dtype, case):
     logits, xs = _inputs(sizes, n=2, c=5, dtype=dtype, device="cuda")
     logits = logits.detach().float().requires_grad_()
     g = torch.randn(2, 5, *size, dtype=dtype, device="cuda")
-    got = _run(lambda l, xs: path_fusion(l, xs, size, 0.8, backend=backend), logits, xs, g)
-    ref = _run(lambda l, xs: path_fusion_ref(l, xs, size, 0.8), logits, xs, g)
+    got = run_fwd_bwd(lambda l, xs: path_fusion(l, xs, size, 0.8, backend=backend), logits, xs, g)
+    ref = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size, 0.8), logits, xs, g)
     l64 = logits.detach().double().requires_grad_()
     xs64 = [x.detach().double().requires_grad_() for x in xs]
-    truth = _run(lambda l, xs: path_fusion_ref(l, xs, size, 0.8), l64, xs64, g.double())
-    _assert_as_accurate_as_reference(got, ref, truth, slack=4.0)
+    truth = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size, 0.8), l64, xs64, g.double())
+    assert_as_accurate_as_reference(got, ref, truth, slack=4.0)
 
 
 @pytest.mark.gpu
@@ -428,8 +411,8 @@ def test_gpu_fp64_exact(backend):
     size, sizes = GPU_CASES["odd"]
     logits, xs = _inputs(sizes, n=2, c=3, device="cuda")
     g = torch.randn(2, 3, *size, dtype=torch.float64, device="cuda")
-    got = _run(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
-    want = _run(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
+    got = run_fwd_bwd(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
+    want = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
@@ -442,10 +425,10 @@ def test_gpu_layouts_and_deterministic(backend):
           for h, w in [(24, 40), (12, 20), (6, 10), (48, 80)]]
     logits = torch.randn(4, device="cuda", requires_grad=True)
     g = torch.randn(2, 8, *size, device="cuda")
-    first = _run(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
-    second = _run(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
+    first = run_fwd_bwd(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
+    second = run_fwd_bwd(lambda l, xs: path_fusion(l, xs, size, backend=backend), logits, xs, g)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    want = _run(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
+    want = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
     for a, b in zip(first, want):
         torch.testing.assert_close(a, b)
 
@@ -669,7 +652,7 @@ def test_cuda_kernels_emulated_fp64(cuda_emulation, case):
     logits, xs = _inputs(sizes, n=n, c=c)
     g = torch.randn(n, c, *size, dtype=torch.float64)
     got = _emulated(cuda_emulation, logits, xs, size, 0.7, g)
-    want = _run(lambda l, xs: path_fusion_ref(l, xs, size, 0.7), logits, xs, g)
+    want = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size, 0.7), logits, xs, g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -679,18 +662,18 @@ def test_cuda_kernels_emulated_fp32(cuda_emulation):
     logits, xs = _inputs(sizes, dtype=torch.float32)
     g = torch.randn(2, 3, *size)
     got = _emulated(cuda_emulation, logits, xs, size, 1.0, g)
-    ref = _run(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
+    ref = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
     l64 = logits.detach().double().requires_grad_()
     xs64 = [x.detach().double().requires_grad_() for x in xs]
-    truth = _run(lambda l, xs: path_fusion_ref(l, xs, size), l64, xs64, g.double())
-    _assert_as_accurate_as_reference(got, ref, truth)
+    truth = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size), l64, xs64, g.double())
+    assert_as_accurate_as_reference(got, ref, truth)
 
 
 def test_cuda_kernels_emulated_partial_grads(cuda_emulation):
     size, sizes = CASES["odd_ratios"]
     logits, xs = _inputs(sizes)
     g = torch.randn(2, 3, *size, dtype=torch.float64)
-    want = _run(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
+    want = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
     only_dx = _emulated(cuda_emulation, logits, xs, size, 1.0, g, logit_grad=False)
     assert torch.equal(only_dx[1], torch.zeros(len(xs), dtype=torch.float64))
     for a, b in zip(only_dx[2:], want[2:]):
