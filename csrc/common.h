@@ -44,4 +44,32 @@ inline void check_weights(const char* op, const at::Tensor& w, size_t k) {
   TORCH_CHECK(static_cast<size_t>(w.size(0)) == k, op, ": ", w.size(0), " weights for ", k, " inputs");
 }
 
+inline void check_groups(const char* op, int64_t total, int64_t groups) {
+  TORCH_CHECK_VALUE(groups >= 1, op, ": groups must be positive, got ", groups);
+  TORCH_CHECK_VALUE(total % groups == 0, op, ": ", total, " channels in all are not divisible by groups=", groups);
+}
+
+// channel_merge's inputs: 4-D, one N/H/W, dtype and device; returns the total
+// channel count (divisible by groups).
+inline int64_t check_merge_inputs(at::TensorList inputs, int64_t groups) {
+  TORCH_CHECK_VALUE(!inputs.empty(), "channel_merge: inputs must not be empty");
+  const auto& x0 = inputs[0];
+  int64_t C = 0;
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const auto& x = inputs[k];
+    TORCH_CHECK_VALUE(x.dim() == 4, "channel_merge: inputs[", k, "] must be 4-D [N, C, H, W], got shape ",
+                      x.sizes());
+    TORCH_CHECK_VALUE(x.size(0) == x0.size(0) && x.size(2) == x0.size(2) && x.size(3) == x0.size(3),
+                      "channel_merge: inputs[", k, "] has shape ", x.sizes(), " but inputs[0] has ", x0.sizes(),
+                      " (N, H and W must match)");
+    TORCH_CHECK_VALUE(x.scalar_type() == x0.scalar_type(), "channel_merge: inputs[", k, "] is ", x.scalar_type(),
+                      " but inputs[0] is ", x0.scalar_type());
+    TORCH_CHECK_VALUE(x.device() == x0.device(), "channel_merge: inputs[", k, "] is on ", x.device(),
+                      " but inputs[0] is on ", x0.device());
+    C += x.size(1);
+  }
+  check_groups("channel_merge", C, groups);
+  return C;
+}
+
 }  // namespace rspnet

@@ -98,29 +98,9 @@ void copy_part(const at::Tensor& part, const at::Tensor& merged, int64_t offset,
   }
 }
 
-void check_groups(const char* op, int64_t total, int64_t groups) {
-  TORCH_CHECK_VALUE(groups >= 1, op, ": groups must be positive, got ", groups);
-  TORCH_CHECK_VALUE(total % groups == 0, op, ": ", total, " channels in all are not divisible by groups=", groups);
-}
-
 at::Tensor channel_merge_cuda(at::TensorList inputs, int64_t groups) {
-  TORCH_CHECK_VALUE(!inputs.empty(), "channel_merge: inputs must not be empty");
+  const int64_t C = check_merge_inputs(inputs, groups);
   const auto& x0 = inputs[0];
-  int64_t C = 0;
-  for (size_t k = 0; k < inputs.size(); ++k) {
-    const auto& x = inputs[k];
-    TORCH_CHECK_VALUE(x.dim() == 4, "channel_merge: inputs[", k, "] must be 4-D [N, C, H, W], got shape ",
-                      x.sizes());
-    TORCH_CHECK_VALUE(x.size(0) == x0.size(0) && x.size(2) == x0.size(2) && x.size(3) == x0.size(3),
-                      "channel_merge: inputs[", k, "] has shape ", x.sizes(), " but inputs[0] has ", x0.sizes(),
-                      " (N, H and W must match)");
-    TORCH_CHECK_VALUE(x.scalar_type() == x0.scalar_type(), "channel_merge: inputs[", k, "] is ", x.scalar_type(),
-                      " but inputs[0] is ", x0.scalar_type());
-    TORCH_CHECK_VALUE(x.device() == x0.device(), "channel_merge: inputs[", k, "] is on ", x.device(),
-                      " but inputs[0] is on ", x0.device());
-    C += x.size(1);
-  }
-  check_groups("channel_merge", C, groups);
   const c10::cuda::CUDAGuard guard(x0.device());
   auto out = at::empty({x0.size(0), C, x0.size(2), x0.size(3)}, x0.options());
   int64_t offset = 0;
