@@ -1,8 +1,14 @@
-"""Argument types shared by the command-line tools (search, train, evaluate, export)."""
+"""What the command-line tools (search, train, evaluate, export) share:
+argument types, the flags every run has, and how a run's outcome becomes an
+exit status. Each ``__main__`` only maps its flags to a config and calls the
+run."""
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
+from typing import Callable
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -48,3 +54,84 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+# ------------------------------------------------------ options of every run
+def add_run_options(parser: argparse.ArgumentParser, kind: str, seed: int = 0) -> None:
+    """The flags that search and train share, with one meaning in both
+    (``rspnet.engine.RunOptions``, plus the config's ``--seed`` and ``--device``)."""
+    import torch
+
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", help=f"output directory (default: runs/{kind}-<timestamp>; with --resume PATH "
+                                 "the checkpoint's directory)")
+    g.add_argument("--resume", nargs="?", const="auto", metavar="auto|PATH",
+                   help="continue a run: 'auto' (also plain --resume) from the newest valid checkpoint "
+                        "in --out, falling back past damaged ones and starting afresh when there is "
+                        "none; or PATH, one checkpoint file")
+    g.add_argument("--checkpoint-every", type=nonnegative_int, default=0, metavar="N",
+                   help="also write a checkpoint every N steps within an epoch (0: at epoch ends only)")
+    g.add_argument("--keep-checkpoints", "--keep", dest="keep", type=nonnegative_int, default=3, metavar="K",
+                   help="checkpoints to keep, newest first (0 = all; default %(default)s)")
+    g.add_argument("--seed", type=nonnegative_int, default=seed, help="(default %(default)s)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="(default %(default)s)")
+    g.add_argument("--threads", type=nonnegative_int, default=None,
+                   help="PyTorch CPU threads (0: PyTorch's default, one per core). Default: 1 on CPU, "
+                        "where the small networks gain little from more and oversubscribed cores "
+                        "make every step 10-30x slower; PyTorch's default on GPU")
+    g.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms (bit-exact resumption on GPU; slower)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_options(parser: argparse.ArgumentParser, args: argparse.Namespace, kind: str):
+    """The ``RunOptions`` of ``add_run_options``' flags, resolved (argparse
+    errors for options that cannot work together)."""
+    from rspnet.engine.config import RunOptions
+
+    options = RunOptions(out=args.out, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                         keep=args.keep, threads=args.threads, deterministic=args.deterministic,
+                         progress=not args.no_progress)
+    try:
+        return options.resolved(kind)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def checked(parser: argparse.ArgumentParser, check, *args) -> None:
+    """``check(*args)``, its ``ValueError`` as an argparse error."""
+    try:
+        check(*args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def architecture_arg(parser: argparse.ArgumentParser, path: str, flag: str = "--arch"):
+    """``Architecture.load(path)``, a problem with the file as an argparse error."""
+    from rspnet.architecture import Architecture
+
+    try:
+        return Architecture.load(path)
+    except FileNotFoundError:
+        parser.error(f"{flag} {path}: no such file")
+    except (OSError, ValueError) as exc:
+        parser.error(f"{flag} {path}: {exc}")
+
+
+def run_command(parser: argparse.ArgumentParser, run: Callable[[], object]) -> int:
+    """Run a search or a training run for a CLI: its exit status. A run that
+    cannot start is a usage error (rank 0 prints it, every rank exits with 2);
+    a run stopped by a signal or a divergence has logged why already."""
+    from rspnet.engine.faults import Diverged, StopRequested
+    from rspnet.engine.session import RunError, exit_status
+
+    try:
+        run()
+    except RunError as exc:
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            parser.error(str(exc))
+        sys.exit(2)
+    except (StopRequested, Diverged, KeyboardInterrupt) as exc:
+        return exit_status(exc)
+    return 0

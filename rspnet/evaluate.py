@@ -39,13 +39,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from rspnet import data
-from rspnet.checkpoint import CheckpointError, architecture_fingerprint, check_architecture, \
-    load_model_weights, load_train_checkpoint
+from rspnet.cli import architecture_arg, checked, nonnegative_int, parse_size, positive_int
+from rspnet.engine.checkpoint import CheckpointError
+from rspnet.engine.config import check_device
+from rspnet.engine import precision
+from rspnet.engine.precision import AMP_MODES, autocast
+from rspnet.engine.session import set_threads
+from rspnet.files import atomic_open, write_json
 from rspnet.metrics import ConfusionMatrix, format_table, summarize
 from rspnet.models import RSPNet
-from rspnet.checkpoint import atomic_open
-from rspnet.train import (AMP_MODES, SYNTHETIC_IMAGES, autocast, check_device, load_architecture_arg,
-                          nonnegative_int, parse_size, positive_int, set_threads, write_json)
+from rspnet.train.checkpoint import check_architecture, load_model_weights, load_train_checkpoint
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 
@@ -64,7 +67,7 @@ def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, out_size
     """Mean softmax probabilities ``[N, C, *out_size]`` (float32) over every
     scale (and its horizontal flip). Scale s feeds the network
     ``base_size * s`` rounded to multiples of 32 (``base_size`` defaults to the
-    images' own size); logits are resized bilinearly to ``out_size``."""
+    images' own size); class scores are resized bilinearly to ``out_size``."""
     base = tuple(base_size) if base_size is not None else tuple(images.shape[-2:])
     out_size = tuple(int(s) for s in out_size)
     total = None
@@ -78,13 +81,13 @@ def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, out_size
             if channels_last:
                 inp = inp.contiguous(memory_format=torch.channels_last)
             with autocast(images.device, amp_dtype):
-                logits = model(inp)
-            logits = logits.float()
+                scores = model(inp)
+            scores = scores.float()
             if flipped:
-                logits = logits.flip(-1)
-            if tuple(logits.shape[-2:]) != out_size:
-                logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-            probs = logits.softmax(1)
+                scores = scores.flip(-1)
+            if tuple(scores.shape[-2:]) != out_size:
+                scores = F.interpolate(scores, size=out_size, mode="bilinear", align_corners=False)
+            probs = scores.softmax(1)
             total = probs if total is None else total + probs
             count += 1
     return total / count
@@ -207,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.architecture = load_architecture_arg(parser, args.arch)
-    check_device(parser, args.device)
+    args.architecture = architecture_arg(parser, args.arch)
+    checked(parser, check_device, args.device)
     if not os.path.isfile(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint}: no such file")
     if args.data == "cityscapes" and not (args.data_root and os.path.isdir(args.data_root)):
@@ -250,16 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = None
-    if args.amp != "off" and device.type == "cuda":
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            args.amp, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    dtype = precision.amp_dtype(args.amp, device) if device.type == "cuda" else None   # CPU: always fp32
 
     if args.data == "synthetic":
         size = args.size or tuple(train_config.get("size", (128, 256)))
         seed = args.seed if args.seed is not None else int(train_config.get("seed", 0))
         # by default the very scenes the training run validated on (or trained on)
-        length = args.images or train_config.get(f"{args.split}_images") or SYNTHETIC_IMAGES[args.split]
+        length = (args.images or train_config.get(f"{args.split}_images")
+                  or data.SYNTHETIC_TRAINING_IMAGES[args.split])
         dataset = data.get_dataset("synthetic", args.split, size=size, length=length, seed=seed)
     else:
         size, seed = args.size, None
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         label_size = tuple(labels.shape[-2:])
         base = size if size is not None else _scaled_size(images.shape[-2:], 1.0)
         probs = predict_probabilities(model, images, label_size, args.scales, args.flip, base,
-                                      amp_dtype, channels_last)
+                                      dtype, channels_last)
         pred = probs.argmax(1)
         confusion.update(pred, labels)
         if args.save_predictions:
@@ -300,12 +301,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(summary, title))
     report = {
         "checkpoint": os.path.abspath(args.checkpoint), "architecture": os.path.abspath(args.arch),
-        "architecture_fingerprint": architecture_fingerprint(args.architecture),
+        "architecture_fingerprint": args.architecture.fingerprint(),
         "checkpoint_epoch": args.state.get("epoch"),
         "data": args.data, "data_root": args.data_root, "split": args.split, "images": len(dataset),
         "seed": seed, "input_size": None if size is None else list(size),
         "scales": list(args.scales), "flip": args.flip, "device": str(device),
-        "amp": None if amp_dtype is None else str(amp_dtype).split(".")[-1],
+        "amp": None if dtype is None else str(dtype).split(".")[-1],
         "seconds": round(seconds, 2), **summary,
         "confusion_matrix": confusion.matrix.tolist(),
     }

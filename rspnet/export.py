@@ -35,14 +35,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from rspnet import data
-from rspnet.checkpoint import CheckpointError, architecture_fingerprint, check_architecture, \
-    load_model_weights, load_train_checkpoint
-from rspnet.models import RSPNet
+from rspnet.cli import architecture_arg, checked, nonnegative_int, positive_int
+from rspnet.engine.checkpoint import CheckpointError
+from rspnet.engine.config import check_device
+from rspnet.files import write_json
+from rspnet.models import RSPNet, count_flops, count_params
 from rspnet.ops import _backend
-from rspnet.train import check_device, load_architecture_arg, nonnegative_int, positive_int, write_json
+from rspnet.train.checkpoint import check_architecture, load_model_weights, load_train_checkpoint
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -185,13 +186,6 @@ def onnx_latency(path: str, resolution: Sequence[int], warmup: int, iters: int) 
 
 
 # -------------------------------------------------------------------- report
-def count_flops(model: torch.nn.Module, resolution: Sequence[int]) -> int:
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, 3, *resolution, device=next(model.parameters()).device))
-    return int(counter.get_total_flops())
-
-
 def measure_latency(model: torch.nn.Module, resolution: Sequence[int], device: torch.device,
                     dtype: torch.dtype = torch.float32, compile: bool = False, warmup: int = 5,
                     iters: int = 20) -> dict[str, float]:
@@ -289,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.architecture = load_architecture_arg(parser, args.arch)
-    check_device(parser, args.device)
+    args.architecture = architecture_arg(parser, args.arch)
+    checked(parser, check_device, args.device)
     if not args.onnx and args.report is None:
         parser.error("nothing to do: give --onnx PATH and/or --report")
     if args.opset < MIN_OPSET:
@@ -345,10 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     resolution = tuple(args.resolution)
     report: dict[str, Any] = {
         "architecture": os.path.abspath(args.arch),
-        "architecture_fingerprint": architecture_fingerprint(args.architecture),
+        "architecture_fingerprint": args.architecture.fingerprint(),
         "checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None,
         "resolution": list(resolution), "torch": torch.__version__,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": count_params(model),
     }
 
     if args.onnx:

@@ -41,7 +41,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rspnet import distributed  # noqa: E402
+from rspnet.engine import distributed  # noqa: E402
 
 
 class _ExactDataset(torch.utils.data.Dataset):
@@ -73,11 +73,11 @@ def patched(cli: str, dump: str | None, exact: bool, stop_at: dict | None = None
 
     if dump:
         if cli == "search":
-            from rspnet.search.searcher import StageSearch
+            from rspnet.search.stage import StageSearch
             run = StageSearch.run
 
-            def search_run(self):
-                run(self)
+            def search_run(self, *args, **kwargs):
+                run(self, *args, **kwargs)
                 _dump_states(dump, f"stage{self.stage}", self.model,
                              {"w_optimizer": self.w_optimizer, "a_optimizer": self.a_optimizer})
             setattr_(StageSearch, "run", search_run)
@@ -92,7 +92,7 @@ def patched(cli: str, dump: str | None, exact: bool, stop_at: dict | None = None
     if stop_at:
         # a stop request (what SIGTERM sets) on one rank only, during a given step
         if cli == "search":
-            from rspnet.search.searcher import StageSearch as Loop
+            from rspnet.search.stage import StageSearch as Loop
         else:
             from rspnet.train import Trainer as Loop
         init = Loop.__init__
@@ -114,9 +114,9 @@ def patched(cli: str, dump: str | None, exact: bool, stop_at: dict | None = None
             get_dataset = rspnet.data.get_dataset
             setattr_(rspnet.data, "get_dataset", lambda *a, **k: _ExactDataset(get_dataset(*a, **k)))
         else:
-            import rspnet.train
-            build = rspnet.train.build_datasets
-            setattr_(rspnet.train, "build_datasets",
+            import rspnet.train.trainer
+            build = rspnet.train.trainer.build_datasets
+            setattr_(rspnet.train.trainer, "build_datasets",
                      lambda config: tuple(_ExactDataset(d) for d in build(config)))
     try:
         yield
@@ -130,7 +130,7 @@ def run_one(spec: dict) -> int:
     if spec["cli"] == "search":
         from rspnet.search.__main__ import main
     else:
-        from rspnet.train import main
+        from rspnet.train.__main__ import main
     with patched(spec["cli"], spec.get("dump"), spec.get("exact", False), spec.get("stop_at")):
         return main(spec["argv"])
 

@@ -1,4 +1,4 @@
-"""Data parallelism (rspnet.distributed) with two CPU processes and gloo,
+"""Data parallelism (rspnet.engine.distributed) with two CPU processes and gloo,
 launched by ``torchrun --standalone --nproc_per_node=2`` (a free port) on
 ``tests/dist_worker.py``, which runs the CLIs' own ``main`` and has every rank
 dump its final state (see its docstring for the test-only hooks).
@@ -14,9 +14,10 @@ import sys
 import pytest
 import torch
 
-from rspnet import distributed
-from rspnet.distributed import ShardSampler, StopSignal
-from rspnet.search.searcher import checkpoint_series, load_search_checkpoint
+from rspnet.engine import distributed
+from rspnet.engine.faults import StopSignal
+from rspnet.engine.sampler import ShardSampler
+from rspnet.search.stage import checkpoint_series, load_search_checkpoint
 from tests import dist_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

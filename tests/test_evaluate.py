@@ -9,10 +9,13 @@ import torch
 from PIL import Image
 
 from rspnet import data
-from rspnet.checkpoint import architecture_fingerprint
 from rspnet.evaluate import main, official_evaluation, predict_probabilities
-from rspnet.search import Architecture
-from rspnet.train import main as train_main
+from rspnet.architecture import Architecture
+from rspnet.train.__main__ import main as train_main
+
+
+def architecture_fingerprint(architecture):
+    return Architecture.load(architecture).fingerprint()
 
 from .test_train import TINY, make_architecture
 

@@ -8,7 +8,7 @@ import torch
 
 from rspnet import export
 from rspnet.export import main
-from rspnet.train import main as train_main
+from rspnet.train.__main__ import main as train_main
 
 from .test_train import TINY, make_architecture
 
@@ -60,10 +60,10 @@ def test_onnx_parity_and_report(run, tmp_path, capsys):
     import onnxruntime as ort
 
     from rspnet import data
-    from rspnet.checkpoint import load_checkpoint
+    from rspnet.engine.checkpoint import load_checkpoint
     from rspnet.models import RSPNet
 
-    model = RSPNet.from_architecture(run["arch"], data.NUM_CLASSES)
+    model = RSPNet(run["arch"], data.NUM_CLASSES)
     model.load_state_dict(load_checkpoint(run["checkpoint"])["model"])
     model.eval()
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5))

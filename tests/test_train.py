@@ -14,11 +14,17 @@ import torch
 import torch.nn.functional as F
 
 from rspnet import data
-from rspnet.checkpoint import CheckpointError, architecture_fingerprint, check_architecture
-from rspnet.checkpoint import load_train_checkpoint as load_checkpoint
-from rspnet.search import Architecture, MacroSupernet, SinglePathSupernet
-from rspnet.train import (TrainConfig, Trainer, build_datasets, checkpoint_series, main, ohem_cross_entropy,
-                          poly_lambda)
+from rspnet.architecture import Architecture
+from rspnet.engine.checkpoint import CheckpointError
+from rspnet.search import MacroSupernet, SinglePathSupernet
+from rspnet.train import TrainConfig, Trainer, build_datasets, check_architecture, checkpoint_series, \
+    ohem_cross_entropy, poly_lambda
+from rspnet.train import load_train_checkpoint as load_checkpoint
+from rspnet.train.__main__ import main
+
+
+def architecture_fingerprint(architecture):
+    return Architecture.load(architecture).fingerprint()
 
 CHANNELS, LAYERS = 8, 2
 
@@ -48,7 +54,7 @@ def make_architecture(seed: int = 0) -> dict:
     with torch.no_grad():
         for p in stage2.arch_parameters():
             p.normal_()
-    nodes = stage2.genotype(2)
+    nodes = stage2.paths(2)
     return Architecture(cell=cell, channels=CHANNELS, scales=4, head_channels=2 * CHANNELS,
                         layers=LAYERS, nodes=nodes, search={"test_seed": seed}).to_dict()
 
@@ -431,7 +437,7 @@ def test_sigkill_mid_epoch_then_resume_auto_ends_bit_identical(arch_file, tmp_pa
 
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(arch_file, tmp_path, monkeypatch,
                                                                           capsys):
-    import rspnet.train as train_module
+    import rspnet.train.trainer as train_module
     real = train_module.segmentation_loss
 
     def poisoned(config):

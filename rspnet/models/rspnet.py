@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from rspnet.nn import DerivedCell, Head, RSPBlock, SinglePathBackbone, Stem, TrellisBackbone
-from rspnet.search.architecture import Architecture
+from rspnet.architecture import Architecture
 
 
 class RSPNet(nn.Module):
@@ -19,10 +19,11 @@ class RSPNet(nn.Module):
     the derived cell, and each trellis node fuses its kept paths with their
     fixed weights."""
 
-    def __init__(self, architecture: Architecture, num_classes: int):
+    def __init__(self, architecture: str | os.PathLike | Mapping | Architecture, num_classes: int):
+        """``architecture``: anything ``Architecture.load`` reads (a file path,
+        its parsed JSON, an ``Architecture``)."""
         super().__init__()
-        self.architecture = architecture
-        arch = architecture
+        self.architecture = arch = Architecture.load(architecture)
 
         def make_block(c: int) -> RSPBlock:
             return RSPBlock(c, lambda ci: DerivedCell(ci, arch.cell), arch.rsp_ratio, arch.rsp_depth)
@@ -42,12 +43,6 @@ class RSPNet(nn.Module):
                 self.register_buffer(f"path_logits_{i}",
                                      torch.tensor([math.log(w) for _, w in n.paths]), persistent=False)
         self.head = Head([arch.channels * 2 ** s for s in head_scales], num_classes, arch.head_channels)
-
-    @classmethod
-    def from_architecture(cls, path_or_dict: str | os.PathLike | Mapping | Architecture,
-                          num_classes: int) -> RSPNet:
-        """Build from an architecture file path, its parsed dict, or an ``Architecture``."""
-        return cls(Architecture.load(path_or_dict), num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         stem = self.stem(images)

@@ -1,12 +1,20 @@
-"""Building blocks of RSPNet's search space (SPEC §2–§4, §7)."""
+"""Building blocks of RSPNet's search space: the candidate operations, the
+mixed edge and its memory modes, the cell, the RSP block, the Path-Attention
+Module, stem, bodies and head (the reasoning behind each: docs/design.md).
+
+``PRIMITIVES``, ``Genotype``, ``edge_list`` and ``partial_channels`` belong to
+``rspnet.architecture`` and are re-exported here because these modules are
+built from them."""
 from .backbone import STEM, SinglePathBackbone, Stem, TrellisBackbone, layer_nodes, trellis_nodes
-from .cell import Cell, DerivedCell, Genotype, edge_list, edge_normalization
+from rspnet.architecture import PRIMITIVES, Genotype, edge_list, partial_channels
+
+from .cell import Cell, DerivedCell, edge_normalization
 from .head import Head
 from .mixed_op import MixedOp
 from .pam import PathAttention
-from .primitives import OPS, PRIMITIVES, ConvBNReLU, DilConv, ReLUConvBN, SepConv, Zero
+from .primitives import OPS, ConvBNReLU, DilConv, ReLUConvBN, SepConv, Zero
 from .recompute import MEMORY_MODES, Recomputable, set_memory_mode, upsampled_cross_entropy
-from .rsp import RSPBlock, partial_channels
+from .rsp import RSPBlock
 
 __all__ = [
     "PRIMITIVES", "OPS", "Zero", "SepConv", "DilConv", "ConvBNReLU", "ReLUConvBN",

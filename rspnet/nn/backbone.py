@@ -51,7 +51,7 @@ def layer_nodes(nodes: Sequence[Node], layer: int) -> list[Node]:
 
 
 class SinglePathBackbone(nn.Module):
-    """Stage-1 body (SPEC §5): a block at each scale, a stride-2 ConvBNReLU
+    """Stage-1 body (docs/design.md, the stage-1 network): a block at each scale, a stride-2 ConvBNReLU
     between scales; returns every scale's output, finest first."""
 
     def __init__(self, channels: int, scales: int, make_block: Callable[[int], nn.Module]):
@@ -72,7 +72,7 @@ class SinglePathBackbone(nn.Module):
 
 
 class TrellisBackbone(Recomputable, nn.Module):
-    """Stage-2 body (SPEC §4): each node fuses its incoming paths with a
+    """Stage-2 body (docs/design.md, the macro supernet): each node fuses its incoming paths with a
     ``PathAttention`` and applies its block; returns the last layer's outputs
     by scale. ``memory="recompute"`` keeps only each node's inputs and output
     for backward (the node, PAM and block, runs again in backward); ``store``

@@ -1,4 +1,4 @@
-"""The RSPNet cell (SPEC §2): one input, ``steps`` intermediate nodes.
+"""The RSPNet cell: one input, ``steps`` intermediate nodes.
 
 Node ``t`` (1..steps) sums one edge from every earlier node, the input being
 node 0, so a cell has ``steps (steps + 1) / 2`` edges (10 for steps=4), in the
@@ -10,24 +10,15 @@ given to ``forward``); ``DerivedCell`` is the fixed cell a ``Genotype`` names.
 """
 from __future__ import annotations
 
-from collections import namedtuple
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
+from rspnet.architecture import PRIMITIVES, Genotype, edge_list
+
 from .mixed_op import MixedOp
-from .primitives import OPS, PRIMITIVES
-
-# ``normal``: (op, source, target) for each kept edge, target in 1..steps and
-# source < target; ``normal_concat``: the nodes concatenated into the output.
-# The field names are DARTS's (a cell here has no reduction variant).
-Genotype = namedtuple("Genotype", "normal normal_concat")
-
-
-def edge_list(steps: int) -> list[tuple[int, int]]:
-    """``(source, target)`` of every edge of a search cell, in parameter order."""
-    return [(source, target) for target in range(1, steps + 1) for source in range(target)]
+from .primitives import OPS
 
 
 def edge_normalization(edge_logits: torch.Tensor, steps: int) -> torch.Tensor:

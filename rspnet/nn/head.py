@@ -1,4 +1,4 @@
-"""Segmentation head (SPEC §4): last-layer maps → class logits at input size."""
+"""Segmentation head: last-layer maps → class scores at input size."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -85,26 +85,26 @@ class Head(Recomputable, nn.Module):
         self.fuse = ConvBNReLU(sum(in_channels), channels, 3)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
-    def _recomputed_logits(self, size: tuple[int, int], *features: torch.Tensor) -> torch.Tensor:
+    def _recomputed_scores(self, size: tuple[int, int], *features: torch.Tensor) -> torch.Tensor:
         conv, bn, relu = self.fuse
         y = _UpsampleConcatConv.apply(conv, size, conv.weight, *features)
         return self.classifier(relu(bn(y)))
 
-    def logits(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
-        """Class logits at 1/4 of ``image_size``."""
+    def scores(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        """Class scores (pre-softmax) at 1/4 of ``image_size``."""
         size = (image_size[0] // 4, image_size[1] // 4)
         if self.memory == "recompute":
-            return checkpoint(self._recomputed_logits, size, *features, modules=(self,))
+            return checkpoint(self._recomputed_scores, size, *features, modules=(self,))
         return self.classifier(self.fuse(torch.cat(_upsampled(features, size), 1)))
 
     def forward(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
-        logits = self.logits(features, image_size)
-        return F.interpolate(logits, size=tuple(image_size), mode="bilinear", align_corners=False)
+        scores = self.scores(features, image_size)
+        return F.interpolate(scores, size=tuple(image_size), mode="bilinear", align_corners=False)
 
     def loss(self, features: Sequence[torch.Tensor], labels: torch.Tensor,
              ignore_index: int = -100) -> torch.Tensor:
         """Mean cross-entropy of ``self(features, labels' size)`` against ``labels``."""
         image_size = tuple(labels.shape[-2:])
         if self.memory == "recompute":
-            return upsampled_cross_entropy(self.logits(features, image_size), labels, ignore_index)
+            return upsampled_cross_entropy(self.scores(features, image_size), labels, ignore_index)
         return F.cross_entropy(self(features, image_size), labels, ignore_index=ignore_index)

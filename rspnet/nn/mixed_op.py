@@ -1,4 +1,4 @@
-"""The mixed edge of a search cell: ``y = sum_k w_k op_k(x)`` (SPEC §2, §7).
+"""The mixed edge of a search cell: ``y = sum_k w_k op_k(x)``.
 
 Two ways to keep what the backward pass needs:
 

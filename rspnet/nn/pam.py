@@ -1,4 +1,4 @@
-"""Path-Attention Module (SPEC §4): fuse the maps arriving at a trellis node.
+"""Path-Attention Module: fuse the maps arriving at a trellis node.
 
 Each incoming path is first brought to the node's channels by ReLU, 1×1 conv
 and BN at the path's own resolution (cheaper than after resampling, and the

@@ -10,16 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-PRIMITIVES = (
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-)
+from rspnet.architecture import PRIMITIVES
 
 
 class Zero(nn.Module):

@@ -1,11 +1,11 @@
-"""Activation recomputation for the supernets' ``recompute`` memory mode (SPEC §7).
+"""Activation recomputation for the supernets' ``recompute`` memory mode.
 
 ``store`` is the plain behaviour and the reference: autograd keeps whatever each
 operation saves for backward. In ``recompute`` every part that dominates a
 search step's memory keeps only its inputs and runs again during backward:
 
 * the mixed edges (``MixedOp``, its own autograd function, ``mixed_op.py``);
-* the stem, the head up to its 1/4-resolution logits, and each node of the
+* the stem, the head up to its 1/4-resolution class scores, and each node of the
   stage-2 trellis: :func:`checkpoint` (PyTorch's non-reentrant activation
   checkpointing, BatchNorm running statistics guarded);
 * the loss: :func:`upsampled_cross_entropy`, the head's final bilinear
@@ -89,41 +89,41 @@ def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class _UpsampledCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``upsample(logits)`` against ``labels``, one image
-    at a time; keeps only the low-resolution logits (the labels are the
+    """Mean cross-entropy of ``upsample(scores)`` against ``labels``, one image
+    at a time; keeps only the low-resolution scores (the labels are the
     caller's). Backward recomputes each image's upsampled scores, turns them
     into ``softmax - onehot`` in place and takes them back through the
     upsampling."""
 
     @staticmethod
-    def forward(ctx, logits, labels, ignore_index):
+    def forward(ctx, scores, labels, ignore_index):
         size = tuple(labels.shape[-2:])
         total = None
-        for i in range(logits.shape[0]):
-            up = _upsample(logits[i:i + 1], size)
+        for i in range(scores.shape[0]):
+            up = _upsample(scores[i:i + 1], size)
             loss = F.cross_entropy(up, labels[i:i + 1], ignore_index=ignore_index, reduction="sum")
             total = loss if total is None else total + loss
             del up
         count = (labels != ignore_index).sum().to(total.dtype)
-        ctx.save_for_backward(logits, labels, count)
+        ctx.save_for_backward(scores, labels, count)
         ctx.ignore_index = ignore_index
         return total / count  # no labelled pixel: nan, as F.cross_entropy
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        logits, labels, count = ctx.saved_tensors
+        scores, labels, count = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
         size = tuple(labels.shape[-2:])
         # no labelled pixel: every entry is masked, the gradient is 0 as F.cross_entropy's
         scale = grad / count.clamp_min(1)
-        out = torch.empty_like(logits)
-        for i in range(logits.shape[0]):
+        out = torch.empty_like(scores)
+        for i in range(scores.shape[0]):
             target = labels[i:i + 1]
             ignored = target == ctx.ignore_index
             with torch.enable_grad():
-                q = logits[i:i + 1].detach().requires_grad_()
+                q = scores[i:i + 1].detach().requires_grad_()
                 up = _upsample(q, size)
             # d(-log softmax(up)[target]) / d(up) = softmax(up) - onehot(target)
             g = torch.softmax(up.detach(), 1)
@@ -135,9 +135,9 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
         return out, None, None
 
 
-def upsampled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+def upsampled_cross_entropy(scores: torch.Tensor, labels: torch.Tensor,
                             ignore_index: int = -100) -> torch.Tensor:
-    """``F.cross_entropy(upsample(logits, labels' size), labels, ignore_index=)``
+    """``F.cross_entropy(upsample(scores, labels' size), labels, ignore_index=)``
     (bilinear, ``align_corners=False``; mean over the labelled pixels) without
     ever holding more than one image's full-resolution scores."""
-    return _UpsampledCrossEntropy.apply(logits, labels, ignore_index)
+    return _UpsampledCrossEntropy.apply(scores, labels, ignore_index)

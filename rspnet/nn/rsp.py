@@ -1,4 +1,4 @@
-"""Recursive Stage Partial block (SPEC §3), after CSPNet.
+"""Recursive Stage Partial block, after CSPNet.
 
 ``rsp(x, depth)`` splits the channels into ``x_a`` (a fraction ``rsp_ratio``)
 and ``x_b``; ``x_a`` goes through ``rsp(., depth - 1)``, ``rsp(., 0)`` being the
@@ -14,17 +14,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from rspnet.architecture import partial_channels
 from rspnet.ops import channel_merge
-
-
-def partial_channels(channels: int, rsp_ratio: float) -> int:
-    """Channels of the partial branch; raises if the split or the two-group
-    shuffle cannot be made."""
-    split = int(round(channels * rsp_ratio))
-    if not 0 < split < channels or channels % 2:
-        raise ValueError(f"{channels} channels cannot be split with rsp_ratio={rsp_ratio} "
-                         "(need an even count and 0 < partial < channels)")
-    return split
 
 
 class RSPBlock(nn.Module):

@@ -1,13 +1,26 @@
-"""The two-stage RSPNet search: supernets, the Architect, derivation and the
-architecture file. ``python -m rspnet.search`` runs it."""
-from rspnet.nn import Genotype
+"""The two-stage RSPNet search (``python -m rspnet.search``).
 
-from .architect import Architect, ParamPenalty
-from .architecture import SCHEMA_VERSION, Architecture, load_architecture
-from .derive import KeptNode, derive_cell, derive_paths, reaching_head
-from .searcher import SearchConfig, StageSearch
+==================  ===========================================================
+``config``          ``SearchConfig``: what a search computes; its checks
+``run``             ``run(config, options, stage, cell)``: a whole search, as the CLI does it
+``stage``           ``StageSearch``: one stage's bi-level step and checkpoint contents
+``supernet``        the stage-1 single-path and stage-2 trellis supernets
+``architect``       the architecture step (first / second order) and the parameter penalty
+``derive``          architecture parameters → cell genotype and kept paths
+``plots``           the pictures of a search
+``__main__``        the command line: flags to a config, then ``run``
+==================  ===========================================================
+
+The vocabulary a search produces (``Genotype``, ``KeptNode``, the
+architecture file) lives in ``rspnet.architecture``.
+"""
+from .architect import ORDERS, Architect, ParamPenalty
+from .config import RESUMABLE_CHANGES, SearchConfig, check_config
+from .derive import derive_cell, derive_paths
+from .run import STAGES, run
+from .stage import StageSearch, checkpoint_series, load_search_checkpoint
 from .supernet import MacroSupernet, SinglePathSupernet
 
-__all__ = ["Genotype", "KeptNode", "Architect", "ParamPenalty", "Architecture", "load_architecture",
-           "SCHEMA_VERSION", "derive_cell", "derive_paths", "reaching_head", "SearchConfig",
-           "StageSearch", "SinglePathSupernet", "MacroSupernet"]
+__all__ = ["SearchConfig", "check_config", "RESUMABLE_CHANGES", "run", "STAGES", "StageSearch",
+           "checkpoint_series", "load_search_checkpoint", "Architect", "ParamPenalty", "ORDERS",
+           "SinglePathSupernet", "MacroSupernet", "derive_cell", "derive_paths"]

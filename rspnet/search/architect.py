@@ -1,4 +1,4 @@
-"""The architecture step of the bi-level search (SPEC §6), after DARTS.
+"""The architecture step of the bi-level search, after DARTS.
 
 First order (the default): ``α ← α - ξ_α ∇_α L_B(w, α)``, the weights held
 where the last weight step left them.
@@ -14,7 +14,7 @@ running statistics are restored, so the step changes only α / β.
 An optional parameter penalty (``ParamPenalty``) is added to the architecture
 loss.
 
-Distributed (``reduce``, e.g. ``rspnet.distributed.all_reduce_mean_``): the
+Distributed (``reduce``, e.g. ``rspnet.engine.distributed.all_reduce_mean_``): the
 architecture gradient and the loss are averaged over the ranks before the
 optimiser step; in the second order, so are the virtual step's weight gradient
 and the vector ``v`` (which sets ε), so that every rank moves its weights
@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from rspnet.distributed import NonFiniteError
+from rspnet.engine.faults import NonFiniteError
 
 ORDERS = ("first", "second")
 

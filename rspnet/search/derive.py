@@ -1,4 +1,4 @@
-"""From architecture parameters to a discrete architecture (SPEC §2, §4).
+"""From architecture parameters to a discrete architecture.
 
 Cell (DARTS's rule): intermediate node ``t`` keeps its ``min(2, t)`` strongest
 incoming edges, an edge's strength being its largest non-``none`` weight; each
@@ -13,16 +13,12 @@ node, the earlier op in ``PRIMITIVES``), as DARTS's stable sort does.
 """
 from __future__ import annotations
 
-from collections import namedtuple
 from typing import Sequence
 
 import torch
 
-from rspnet.nn import PRIMITIVES, Genotype, edge_list, edge_normalization
-
-# A node of a derived trellis: ``node`` = (layer, scale); ``paths`` =
-# ((source node, weight), ...) with the weights summing to 1.
-KeptNode = namedtuple("KeptNode", "node paths")
+from rspnet.architecture import PRIMITIVES, Genotype, KeptNode, edge_list, reaching_head
+from rspnet.nn import edge_normalization
 
 
 def _strongest(scores: Sequence[float], k: int) -> list[int]:
@@ -54,18 +50,6 @@ def derive_cell(alphas: torch.Tensor, steps: int = 4, edge_logits: torch.Tensor 
     return Genotype(normal=tuple(normal), normal_concat=tuple(range(1, steps + 1)))
 
 
-def reaching_head(kept: dict[tuple[int, int], Sequence[tuple[int, int]]]) -> set[tuple[int, int]]:
-    """The nodes from which the head can be reached, given each node's kept
-    sources: the last layer's nodes and, layer by layer backwards, every
-    source a reaching node keeps."""
-    last = max(layer for layer, _ in kept)
-    alive = {node for node in kept if node[0] == last}
-    for layer in range(last, 1, -1):
-        for node in [n for n in alive if n[0] == layer]:
-            alive.update(kept[node])
-    return alive
-
-
 def derive_paths(betas: Sequence[torch.Tensor], nodes: Sequence[tuple[int, int]],
                  sources: Sequence[Sequence[tuple[int, int]]], top_k: int = 2) -> tuple[KeptNode, ...]:
     """The derived trellis: for each surviving node (in ``nodes`` order) its
@@ -78,18 +62,3 @@ def derive_paths(betas: Sequence[torch.Tensor], nodes: Sequence[tuple[int, int]]
         chosen[tuple(node)] = tuple((tuple(src[p]), weights[p] / total) for p in keep)
     alive = reaching_head({node: [s for s, _ in paths] for node, paths in chosen.items()})
     return tuple(KeptNode(node, paths) for node, paths in chosen.items() if node in alive)
-
-
-def format_cell(genotype: Genotype) -> str:
-    """One line: ``node=op(source)+op(source)`` per intermediate node."""
-    nodes: dict[int, list[str]] = {}
-    for op, source, target in genotype.normal:
-        nodes.setdefault(target, []).append(f"{op}({source})")
-    return " ".join(f"{t}={'+'.join(edges)}" for t, edges in sorted(nodes.items()))
-
-
-def format_paths(kept: Sequence[KeptNode]) -> str:
-    """One line: ``layer.scale<source:weight+...`` per kept node."""
-    return " ".join(
-        f"{n.node[0]}.{n.node[1]}<" + "+".join(f"{s[0]}.{s[1]}:{w:.2f}" for s, w in n.paths)
-        for n in kept)

@@ -14,9 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from rspnet.nn import PRIMITIVES, Genotype  # noqa: E402
-
-from .architecture import Architecture  # noqa: E402
+from rspnet.architecture import PRIMITIVES, Architecture, Genotype  # noqa: E402
 
 _OP_COLOURS = dict(zip(PRIMITIVES, plt.get_cmap("tab10").colors))
 
@@ -88,13 +86,13 @@ def plot_network(architecture: Architecture, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def plot_weights_history(history: Sequence[dict[str, Any]], kind: str, path: str | os.PathLike,
+def plot_probabilities_history(history: Sequence[dict[str, Any]], kind: str, path: str | os.PathLike,
                          titles: Sequence[str], sources: Sequence[Sequence[str]] | None = None) -> None:
     """softmax(α) per edge (``kind="alpha"``: one line per op, one legend) or
     softmax(β) per node (``kind="beta"``: one line per incoming path, named
     by ``sources``) over the epochs, one small panel per edge / node."""
     epochs = [h["epoch"] for h in history]
-    series = [h["weights"][kind] for h in history]      # [epoch][row][entry]
+    series = [h["probabilities"][kind] for h in history]      # [epoch][row][entry]
     rows = len(series[0])
     cols = min(rows, 5)
     grid = math.ceil(rows / cols)

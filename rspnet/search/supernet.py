@@ -1,4 +1,4 @@
-"""The two search networks (SPEC §4, §5).
+"""The two search networks (docs/design.md: the stage-1 network, the macro supernet).
 
 ``SinglePathSupernet`` (stage 1) searches the cell: stem, one RSP block with a
 search cell at each scale, stride-2 links, head; every cell shares α.
@@ -16,12 +16,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from rspnet.data.labels import IGNORE_INDEX
-from rspnet.nn import (PRIMITIVES, Cell, DerivedCell, Genotype, Head, RSPBlock, SinglePathBackbone,
-                       Stem, TrellisBackbone, edge_list, edge_normalization, layer_nodes,
-                       trellis_nodes)
+from rspnet.architecture import PRIMITIVES, Genotype, KeptNode, edge_list
+from rspnet.nn import (Cell, DerivedCell, Head, RSPBlock, SinglePathBackbone, Stem, TrellisBackbone,
+                       edge_normalization, layer_nodes, trellis_nodes)
 
-from .derive import KeptNode, derive_cell, derive_paths
+from .derive import derive_cell, derive_paths
 
 
 def _entropy(weights: torch.Tensor) -> torch.Tensor:
@@ -31,14 +30,18 @@ def _entropy(weights: torch.Tensor) -> torch.Tensor:
 
 class _Supernet(nn.Module):
     """What the search loop and the ``Architect`` use from a supernet; a
-    subclass provides ``arch_param_groups()``, ``genotype()``,
-    ``expected_params()``, ``arch_weights()`` and ``entropy()``."""
+    subclass provides ``arch_param_groups()``, the derivation
+    (``genotype()`` of the cell, ``paths()`` of the trellis),
+    ``expected_params()``, ``arch_probabilities()`` and ``entropy()``, and
+    sets ``ignore_index``, the label the loss ignores."""
+
+    ignore_index: int = 255
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of ``self(images)``; with ``memory="recompute"``
         the head's final upsampling and the loss are fused (no full-resolution
         scores are kept for backward), same value and gradients."""
-        return self.head.loss(self.features(images), labels, ignore_index=IGNORE_INDEX)
+        return self.head.loss(self.features(images), labels, ignore_index=self.ignore_index)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images), images.shape[-2:])
@@ -64,14 +67,15 @@ class SinglePathSupernet(_Supernet):
         edge_normalization: PC-DARTS edge normalisation (an extra logit per edge).
         rsp_ratio, rsp_depth: the RSP split around each cell.
         head_channels: width of the head's 3×3 conv.
+        ignore_index: the label the loss ignores.
     """
 
     def __init__(self, num_classes: int, channels: int = 16, scales: int = 4, steps: int = 4,
                  memory: str = "recompute", edge_partial: int = 1, edge_normalization: bool = False,
                  rsp_ratio: float = 0.5, rsp_depth: int = 1, head_channels: int = 64,
-                 primitives: Sequence[str] = PRIMITIVES):
+                 primitives: Sequence[str] = PRIMITIVES, ignore_index: int = 255):
         super().__init__()
-        self.steps = steps
+        self.steps, self.ignore_index = steps, ignore_index
         self.primitives = tuple(primitives)
 
         def make_cell(c: int) -> Cell:
@@ -101,6 +105,7 @@ class SinglePathSupernet(_Supernet):
         return self.backbone(self.stem(images), weights, self._edge_weights())
 
     def genotype(self) -> Genotype:
+        """The derived cell (DARTS's rule, ``derive_cell``)."""
         return derive_cell(self.alphas, self.steps, self.edge_logits, self.primitives)
 
     def expected_params(self) -> torch.Tensor:
@@ -109,7 +114,7 @@ class SinglePathSupernet(_Supernet):
         cells = [m for m in self.modules() if isinstance(m, Cell)]
         return sum(cell.expected_params(weights) for cell in cells)
 
-    def arch_weights(self) -> dict[str, list[list[float]]]:
+    def arch_probabilities(self) -> dict[str, list[list[float]]]:
         """softmax(α) per edge, for the history plots."""
         return {"alpha": torch.softmax(self.alphas.detach(), -1).tolist()}
 
@@ -128,12 +133,14 @@ class MacroSupernet(_Supernet):
         memory: ``"store"`` (default: the plain network) or ``"recompute"``: the
             stem, every trellis node and the head keep only their inputs for
             backward, and the loss fuses the final upsampling (``rspnet.nn.recompute``).
+        ignore_index: the label the loss ignores.
     """
 
     def __init__(self, num_classes: int, genotype: Genotype, channels: int = 16, scales: int = 4,
                  layers: int = 8, rsp_ratio: float = 0.5, rsp_depth: int = 1,
-                 head_channels: int = 64, memory: str = "store"):
+                 head_channels: int = 64, memory: str = "store", ignore_index: int = 255):
         super().__init__()
+        self.ignore_index = ignore_index
         self.nodes = trellis_nodes(layers, scales)
         self.sources = [layer_nodes(self.nodes, layer - 1) for layer, _ in self.nodes]
 
@@ -157,7 +164,8 @@ class MacroSupernet(_Supernet):
         """What the head reads: the last layer's outputs."""
         return self.backbone(self.stem(images), list(self.betas))
 
-    def genotype(self, top_k: int = 2) -> tuple[KeptNode, ...]:
+    def paths(self, top_k: int = 2) -> tuple[KeptNode, ...]:
+        """The derived trellis: each node's ``top_k`` paths (``derive_paths``)."""
         return derive_paths(self.betas, self.nodes, self.sources, top_k)
 
     def expected_params(self) -> torch.Tensor:
@@ -170,7 +178,7 @@ class MacroSupernet(_Supernet):
             total = total + (torch.softmax(beta, 0) * counts).sum()
         return total
 
-    def arch_weights(self) -> dict[str, list[list[float]]]:
+    def arch_probabilities(self) -> dict[str, list[list[float]]]:
         """softmax(β) per node, for the history plots."""
         return {"beta": [torch.softmax(b.detach(), 0).tolist() for b in self.betas]}
 

@@ -3,7 +3,7 @@ import torch
 
 from rspnet.models import RSPNet
 from rspnet.nn import DerivedCell, Genotype, RSPBlock
-from rspnet.search import Architecture, KeptNode
+from rspnet.architecture import Architecture, KeptNode
 
 CELL = Genotype(normal=(("sep_conv_3x3", 0, 1), ("skip_connect", 0, 2), ("dil_conv_3x3", 1, 2),
                         ("max_pool_3x3", 1, 3), ("sep_conv_5x5", 2, 3),
@@ -28,7 +28,7 @@ def test_from_architecture_builds_a_trainable_network(source, tmp_path):
     elif source == "file":
         arch.save(tmp_path / "a.json")
         arch = str(tmp_path / "a.json")
-    model = RSPNet.from_architecture(arch, num_classes=7)
+    model = RSPNet(arch, num_classes=7)
     x = torch.randn(2, 3, 32, 64)
     out = model(x)
     assert out.shape == (2, 7, 32, 64)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from rspnet.models import RSPNet
-from rspnet.search import Architecture
+from rspnet.architecture import Architecture
 from rspnet.search.__main__ import main
-from rspnet.search.searcher import StageSearch, checkpoint_series, load_search_checkpoint
+from rspnet.search.stage import StageSearch, checkpoint_series, load_search_checkpoint
 
 TINY = ["--size", "32x32", "--images", "4", "--batch-size", "2", "--epochs", "2", "--channels", "4",
         "--layers", "2", "--no-progress"]
@@ -35,7 +35,7 @@ def test_two_stage_search_end_to_end(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["derived"]["params"] == sum(p.numel() for p in RSPNet(arch, 19).parameters())
     assert summary["derived"]["flops"] > 0 and summary["peak_memory"]["bytes"] > 0
-    model = RSPNet.from_architecture(out / "architecture.json", num_classes=19)
+    model = RSPNet(out / "architecture.json", num_classes=19)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 19, 32, 32)
     state = newest(out, 2)
     assert state["epoch"] == 2 and state["step"] == 2 and "a_optimizer" in state

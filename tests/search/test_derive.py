@@ -3,8 +3,8 @@ import math
 import torch
 
 from rspnet.nn import trellis_nodes, layer_nodes
-from rspnet.search import derive_cell, derive_paths, reaching_head
-from rspnet.search.derive import format_cell
+from rspnet.architecture import format_cell, reaching_head
+from rspnet.search import derive_cell, derive_paths
 
 # PRIMITIVES indices: 0 none, 1 max_pool, 2 avg_pool, 3 skip, 4 sep3, 5 sep5, 6 dil3, 7 dil5
 # edges: 0:(0,1) 1:(0,2) 2:(1,2) 3:(0,3) 4:(1,3) 5:(2,3) 6:(0,4) 7:(1,4) 8:(2,4) 9:(3,4)

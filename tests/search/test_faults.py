@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from rspnet.search import Architecture
+from rspnet.architecture import Architecture
 from rspnet.search.__main__ import main
 from rspnet.search.architect import Architect
-from rspnet.search.searcher import StageSearch, checkpoint_series, load_search_checkpoint
+from rspnet.search.stage import StageSearch, checkpoint_series, load_search_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 16 images: halves of 8, batches of 2 -> 4 steps per epoch, 8 in all; warm-up 1 epoch

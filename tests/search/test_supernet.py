@@ -5,7 +5,8 @@ import torch
 
 from rspnet.data import get_dataset
 from rspnet.nn import Cell, MixedOp, set_memory_mode, trellis_nodes
-from rspnet.search import KeptNode, MacroSupernet, SinglePathSupernet, derive_cell
+from rspnet.architecture import KeptNode
+from rspnet.search import MacroSupernet, SinglePathSupernet, derive_cell
 
 
 def _batch(n=2, h=32, w=64, classes=5):
@@ -68,7 +69,7 @@ def test_stage2_shapes_paths_and_derivation():
     loss = model.loss(x, y)
     grads = torch.autograd.grad(loss, model.arch_parameters())
     assert all(torch.isfinite(g).all() for g in grads)
-    kept = model.genotype()
+    kept = model.paths()
     assert all(isinstance(n, KeptNode) for n in kept)
     assert {n.node for n in kept if n.node[0] == 3} == {(3, 0), (3, 1), (3, 2), (3, 3)}
     bn = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]

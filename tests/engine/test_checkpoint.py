@@ -1,5 +1,6 @@
-"""rspnet.checkpoint, the one checkpoint mechanism of the search and the
-training: RNG round trip, atomic writes, checksums, rotation and fallback."""
+"""rspnet.engine.checkpoint (and the RNG states of rspnet.engine.seeding), the
+one checkpoint mechanism of the search and the training: RNG round trip,
+atomic writes, checksums, rotation and fallback."""
 import os
 import random
 
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rspnet.checkpoint import (CheckpointError, CheckpointSeries, atomic_open, load_checkpoint,
-                               rng_state, save_checkpoint, set_rng_state)
+from rspnet.engine.checkpoint import CheckpointError, CheckpointSeries, load_checkpoint, save_checkpoint
+from rspnet.engine.seeding import rng_state, set_rng_state
+from rspnet.files import atomic_open
 
 
 def _draw():

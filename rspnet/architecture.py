@@ -1,7 +1,28 @@
-"""The architecture file: everything needed to build a derived RSPNet.
+"""The architecture: the vocabulary of a searched network and its file.
 
-One JSON document (``architecture.json``), validated on load; every error
-names the offending field, e.g. ``cell.normal[3].op``::
+This is where a searched architecture is named, written and read, and it
+depends on nothing else in rspnet but ``rspnet.files``: the building blocks
+(``rspnet.nn``), the search and the derived network (``rspnet.models``) all
+speak it.
+
+Vocabulary (kept recognisable for DARTS readers, as its ``genotypes.py``):
+
+* ``PRIMITIVES``: the candidate operations of a cell edge, DARTS's eight.
+* ``Genotype``: a derived *cell*; ``normal`` holds ``(op, source, target)`` for
+  each kept edge (target in 1..steps, source < target) and ``normal_concat``
+  the nodes concatenated into the cell's output. The field names are DARTS's
+  (a cell here has no reduction variant).
+* ``KeptNode``: a node of a derived *trellis* with the paths it keeps, ``node``
+  = (layer, scale) and ``paths`` = ((source node, weight), ...) summing to 1.
+  A tuple of them is the derived network's *paths*.
+* ``format_cell`` / ``format_paths``: the one-line text form of each, as the
+  search logs print them.
+* ``edge_list``, ``partial_channels``, ``reaching_head``: the rules that say
+  which cell edges exist, how many channels an RSP block sends through its
+  cell, and which trellis nodes feed the head.
+
+The file (``architecture.json``), validated on load; every error names the
+offending field, e.g. ``cell.normal[3].op``::
 
     {
       "schema_version": 1,
@@ -19,22 +40,102 @@ stage-1 single-path topology with the derived cell at every scale. Trellis
 nodes are ``[layer, scale]``, the stem being ``[0, 0]``; a node reads nodes of
 the previous layer only, and the head reads every node of the last layer.
 ``search`` is free-form provenance (settings, seed) and is not interpreted.
+
+There is one way to read an architecture: ``Architecture.load(source)``, where
+``source`` is a file path, its parsed JSON object, or an ``Architecture``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from rspnet.nn import PRIMITIVES, Genotype, partial_channels
+from rspnet.files import atomic_open
 
-from rspnet.checkpoint import atomic_open
-from .derive import KeptNode, reaching_head
+__all__ = ["PRIMITIVES", "Genotype", "KeptNode", "Architecture", "SCHEMA_VERSION", "edge_list",
+           "partial_channels", "reaching_head", "format_cell", "format_paths", "cell_to_dict",
+           "cell_from_dict"]
+
+# DARTS's names and order, so that genotypes read as in the DARTS papers and code.
+PRIMITIVES = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+Genotype = namedtuple("Genotype", "normal normal_concat")
+KeptNode = namedtuple("KeptNode", "node paths")
 
 SCHEMA_VERSION = 1
 _WEIGHT_SUM_TOLERANCE = 1e-6  # for hand-edited files; files we write sum to 1 within 1e-15
+
+
+# ------------------------------------------------------------------- rules
+def edge_list(steps: int) -> list[tuple[int, int]]:
+    """``(source, target)`` of every edge of a search cell, in parameter order:
+    node ``t`` (1..steps) reads every earlier node, the input being node 0."""
+    return [(source, target) for target in range(1, steps + 1) for source in range(target)]
+
+
+def partial_channels(channels: int, rsp_ratio: float) -> int:
+    """Channels of an RSP block's partial branch; raises if the split or the
+    two-group shuffle cannot be made."""
+    split = int(round(channels * rsp_ratio))
+    if not 0 < split < channels or channels % 2:
+        raise ValueError(f"{channels} channels cannot be split with rsp_ratio={rsp_ratio} "
+                         "(need an even count and 0 < partial < channels)")
+    return split
+
+
+def reaching_head(kept: Mapping[tuple[int, int], Sequence[tuple[int, int]]]) -> set[tuple[int, int]]:
+    """The nodes from which the head can be reached, given each node's kept
+    sources: the last layer's nodes and, layer by layer backwards, every
+    source a reaching node keeps."""
+    last = max(layer for layer, _ in kept)
+    alive = {node for node in kept if node[0] == last}
+    for layer in range(last, 1, -1):
+        for node in [n for n in alive if n[0] == layer]:
+            alive.update(kept[node])
+    return alive
+
+
+def format_cell(genotype: Genotype) -> str:
+    """One line: ``node=op(source)+op(source)`` per intermediate node."""
+    nodes: dict[int, list[str]] = {}
+    for op, source, target in genotype.normal:
+        nodes.setdefault(target, []).append(f"{op}({source})")
+    return " ".join(f"{t}={'+'.join(edges)}" for t, edges in sorted(nodes.items()))
+
+
+def format_paths(kept: Sequence[KeptNode]) -> str:
+    """One line: ``layer.scale<source:weight+...`` per kept node."""
+    return " ".join(
+        f"{n.node[0]}.{n.node[1]}<" + "+".join(f"{s[0]}.{s[1]}:{w:.2f}" for s, w in n.paths)
+        for n in kept)
+
+
+# ---------------------------------------------------------------- encoding
+def cell_to_dict(cell: Genotype) -> dict[str, Any]:
+    """The one encoding of a cell, as the architecture file's ``cell`` entry
+    (and a search checkpoint's) holds it."""
+    return {"steps": max(target for _, _, target in cell.normal),
+            "normal": [{"op": op, "from": s, "to": t} for op, s, t in cell.normal],
+            "normal_concat": list(cell.normal_concat)}
+
+
+def cell_from_dict(data: Any) -> Genotype:
+    """The cell of ``cell_to_dict``'s encoding, validated (``ValueError``
+    naming the field)."""
+    return _parse_cell(data)
 
 
 @dataclass(frozen=True)
@@ -63,9 +164,7 @@ class Architecture:
                                for n in self.nodes]}
         return {
             "schema_version": SCHEMA_VERSION,
-            "cell": {"steps": self.steps,
-                     "normal": [{"op": op, "from": s, "to": t} for op, s, t in self.cell.normal],
-                     "normal_concat": list(self.cell.normal_concat)},
+            "cell": cell_to_dict(self.cell),
             "widths": {"channels": self.channels, "scales": self.scales,
                        "head_channels": self.head_channels},
             "rsp": {"ratio": self.rsp_ratio, "depth": self.rsp_depth},
@@ -73,31 +172,39 @@ class Architecture:
             "search": self.search,
         }
 
+    def structure(self) -> dict[str, Any]:
+        """What decides the network: ``to_dict()`` without the free-form
+        provenance (``search``), which does not change a single weight."""
+        data = self.to_dict()
+        data.pop("search", None)
+        return data
+
+    def fingerprint(self) -> str:
+        """12 hex digits of the SHA-256 of ``structure()``: equal for two
+        files that build the same network."""
+        text = json.dumps(self.structure(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
     def save(self, path: str | os.PathLike) -> None:
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         with atomic_open(path) as f:
             f.write(text.encode())
 
     @classmethod
-    def from_dict(cls, data: Any) -> Architecture:
-        return _parse(data)
-
-    @classmethod
-    def load(cls, path_or_dict: str | os.PathLike | Mapping | Architecture) -> Architecture:
-        """From a file path, an already parsed dict, or an ``Architecture``."""
-        if isinstance(path_or_dict, Architecture):
-            return path_or_dict
-        if isinstance(path_or_dict, Mapping):
-            return _parse(path_or_dict)
-        with open(path_or_dict) as f:
+    def load(cls, source: str | os.PathLike | Mapping | Architecture) -> Architecture:
+        """From a file path, an already parsed JSON object, or an
+        ``Architecture`` (returned as it is). ``ValueError`` names the
+        offending field; ``FileNotFoundError`` / ``OSError`` as ``open``."""
+        if isinstance(source, Architecture):
+            return source
+        if not isinstance(source, (str, os.PathLike)):
+            return _parse(source)   # a parsed document (anything else is refused by name)
+        with open(source) as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"architecture file {os.fspath(path_or_dict)!r}: not valid JSON: {exc}") from None
+                raise ValueError(f"architecture file {os.fspath(source)!r}: not valid JSON: {exc}") from None
         return _parse(data)
-
-
-load_architecture = Architecture.load
 
 
 # ------------------------------------------------------------------ validation

@@ -1,4 +1,5 @@
-"""Distributed plumbing shared by ``rspnet.search`` and ``rspnet.train``.
+"""The process group: who this process is in a data-parallel run, and the
+collectives the run engine and the search use.
 
 Both CLIs run unchanged as one process or under ``torchrun``::
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -27,9 +27,8 @@ import torch.nn as nn
 
 __all__ = ["Context", "init", "cleanup", "session", "is_initialized", "rank", "world_size",
            "is_main", "barrier", "all_reduce_mean_", "all_reduce_sum", "broadcast_object",
-           "broadcast_tensors_", "gather_object", "average_buffers_", "wrap_ddp",
-           "convert_sync_batchnorm", "StopSignal", "NonFiniteError", "first_nonfinite",
-           "ShardSampler", "Diverged", "StopRequested", "mean_and_any"]
+           "broadcast_tensors_", "gather_object", "average_buffers_", "mean_and_any", "wrap_ddp",
+           "convert_sync_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -206,6 +205,17 @@ def average_buffers_(module: nn.Module) -> None:
     all_reduce_mean_([b for b in module.buffers() if b.is_floating_point()])
 
 
+def mean_and_any(value: torch.Tensor, flag: bool) -> tuple[float, bool]:
+    """The mean over the ranks of the scalar ``value`` and whether ``flag`` is
+    set on any rank, with one small collective (float64); the training loops
+    call it once per step, so that every rank sees a NaN, or a stop request
+    that reached only some ranks, at the same step."""
+    stats = torch.stack([value.detach().to(torch.float64).reshape(()),
+                         torch.tensor(float(flag), dtype=torch.float64, device=value.device)])
+    total, flags = all_reduce_sum(stats).tolist()
+    return total / world_size(), flags > 0
+
+
 # ------------------------------------------------------------------- models
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """``SyncBatchNorm`` for every BatchNorm, on CUDA under torchrun; the module
@@ -244,124 +254,3 @@ def wrap_ddp(module: nn.Module, device: torch.device,
     finally:
         for p in frozen:
             p.requires_grad_(True)
-
-
-# ------------------------------------------------------------------ signals
-class StopSignal:
-    """SIGTERM / SIGINT → a flag that the training loop polls at each step
-    boundary (where it writes a checkpoint and stops). A second SIGINT
-    interrupts at once (``KeyboardInterrupt``), without a checkpoint."""
-
-    def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
-        self.signals = tuple(signals)
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
-
-    @property
-    def name(self) -> str | None:
-        return None if self.received is None else signal.Signals(self.received).name
-
-    def __enter__(self) -> "StopSignal":
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            for s in self.signals:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()
-
-    def __call__(self) -> bool:
-        return self.received is not None
-
-
-# ------------------------------------------------------------------- faults
-class NonFiniteError(FloatingPointError):
-    """A loss, a gradient or a parameter became NaN or infinite. ``quantity``
-    names it; the training loops add where (stage, step, epoch, batch)."""
-
-    def __init__(self, quantity: str, value: float | str):
-        self.quantity, self.value = quantity, value
-        super().__init__(f"{quantity} is {value}")
-
-
-class Diverged(NonFiniteError):
-    """A NaN or an infinity stopped a run: ``cause`` says what, ``where`` the
-    step, ``last_checkpoint`` the newest (good) checkpoint, after which
-    nothing was written."""
-
-    def __init__(self, cause: NonFiniteError, where: str, last_checkpoint: str | None):
-        FloatingPointError.__init__(self, f"{cause} at {where}")
-        self.quantity, self.value = cause.quantity, cause.value
-        self.where, self.last_checkpoint = where, last_checkpoint
-
-
-class StopRequested(Exception):
-    """A run stopped on request (``StopSignal``) at a step boundary, after
-    writing the checkpoint ``path``; ``where`` names the step."""
-
-    def __init__(self, path: str, where: str):
-        self.path, self.where = path, where
-        super().__init__(f"stopped at {where}; checkpoint {path}")
-
-
-def mean_and_any(value: torch.Tensor, flag: bool) -> tuple[float, bool]:
-    """The mean over the ranks of the scalar ``value`` and whether ``flag`` is
-    set on any rank, with one small collective (float64); the training loops
-    call it once per step, so that every rank sees a NaN, or a stop request
-    that reached only some ranks, at the same step."""
-    stats = torch.stack([value.detach().to(torch.float64).reshape(()),
-                         torch.tensor(float(flag), dtype=torch.float64, device=value.device)])
-    total, flags = all_reduce_sum(stats).tolist()
-    return total / world_size(), flags > 0
-
-
-def first_nonfinite(named: Sequence[tuple[str, torch.Tensor]]) -> tuple[str, str] | None:
-    """(name, description) of the first tensor that holds a NaN or an
-    infinity, or None. One device synchronisation for all of them."""
-    tensors = [t.detach() for _, t in named]
-    if not tensors:
-        return None
-    flags = torch.stack([torch.isfinite(t).all() for t in tensors]).cpu()
-    if bool(flags.all()):
-        return None
-    i = int((~flags).nonzero()[0])
-    t = tensors[i]
-    kind = "nan" if torch.isnan(t).any() else "inf"
-    return named[i][0], f"{kind} ({int((~torch.isfinite(t)).sum())} of {t.numel()} entries)"
-
-
-# --------------------------------------------------------------------- data
-class ShardSampler(torch.utils.data.distributed.DistributedSampler):
-    """``DistributedSampler`` (one shard per rank, a permutation that depends
-    only on ``seed + epoch``; call ``set_epoch``) that can start mid-epoch:
-    ``set_start(n)`` skips this rank's first ``n`` indices, so that a run
-    resumed after ``k`` batches of ``b`` sees exactly the batches that the
-    uninterrupted run saw next (``set_start(k * b)``), without loading the
-    skipped samples.
-
-    With ``drop_last=True`` and a global batch ``B = world · b``, global batch
-    ``k`` (the union of every rank's batch ``k``) is the same set of samples,
-    positions ``[kB, (k+1)B)`` of the permutation, for any number of ranks."""
-
-    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = True):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=drop_last)
-        self.start = 0
-
-    def set_start(self, start: int) -> None:
-        self.start = start
-
-    def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
-
-    def __len__(self) -> int:
-        return max(super().__len__() - self.start, 0)

@@ -1,0 +1,118 @@
+"""How a run is driven (``RunOptions``), how its settings are compared on
+resumption (``plain``, ``changed_settings``), and the checks of the settings
+every run has (``check_device``, ``check_batch_size``).
+
+A run's *config* (``SearchConfig``, ``TrainConfig``) says what it computes and
+is stored in every checkpoint; ``RunOptions`` says where it writes, whether it
+continues an earlier run, how often it checkpoints and how the process is set
+up, none of which changes a single number it computes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+__all__ = ["RunOptions", "plain", "changed_settings", "check_device", "check_batch_size"]
+
+
+@dataclass
+class RunOptions:
+    """The options a search and a training run share (the CLIs' flags of the
+    same names).
+
+    out:              output directory; None: ``runs/<kind>-<timestamp>``, or
+                      with ``resume`` = a checkpoint path, that file's directory.
+    resume:           None; ``"auto"``: the newest valid checkpoint in ``out``
+                      (falling back past damaged ones, starting afresh when
+                      there is none); or the path of one checkpoint.
+    checkpoint_every: also checkpoint every N steps within an epoch (0: at
+                      epoch ends only).
+    keep:             checkpoints kept per series, newest first (0: all).
+    threads:          PyTorch CPU threads; None: 1 on CPU (the small networks
+                      gain little from more, and oversubscribed cores make
+                      every step 10-30x slower), PyTorch's default on GPU;
+                      0: PyTorch's default.
+    deterministic:    ``torch.use_deterministic_algorithms`` (bit-exact
+                      resumption on GPU; slower).
+    progress:         progress bars (rank 0 only).
+    """
+    out: str | None = None
+    resume: str | None = None
+    checkpoint_every: int = 0
+    keep: int = 3
+    threads: int | None = None
+    deterministic: bool = False
+    progress: bool = True
+
+    def resolved(self, kind: str) -> "RunOptions":
+        """These options with ``out`` filled in; ``ValueError`` (naming the
+        CLI flag) for options that cannot work together."""
+        if self.checkpoint_every < 0 or self.keep < 0:
+            raise ValueError("--checkpoint-every and --keep-checkpoints must be >= 0")
+        if self.threads is not None and self.threads < 0:
+            raise ValueError("--threads must be >= 0")
+        out = self.out
+        if self.resume == "auto" and not out:
+            raise ValueError("--resume needs --out, the directory of the run to continue")
+        if self.resume and self.resume != "auto":
+            if not os.path.isfile(self.resume):
+                raise ValueError(f"--resume {self.resume}: no such file")
+            if out is None:
+                out = os.path.dirname(os.path.abspath(self.resume))
+        if out is None:
+            out = os.path.join("runs", time.strftime(f"{kind}-%Y%m%d-%H%M%S"))
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"--out {out}: exists and is not a directory")
+        return dataclasses.replace(self, out=os.fspath(out))
+
+
+def plain(value: Any) -> Any:
+    """Tuples to lists, recursively: what a config looks like once stored
+    (JSON, or a checkpoint loaded with ``weights_only=True``), so that a
+    stored config compares equal to the one that wrote it."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def changed_settings(saved: dict[str, Any], config: Any,
+                     may_change: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+    """``(name, saved value, current value)`` of every setting of ``config``
+    (a dataclass) that differs from ``saved`` (a stored config), except those
+    in ``may_change``, which do not change what is computed."""
+    allowed: Sequence[str] = tuple(may_change)
+    current = plain(config)
+    return [(key, saved.get(key), value) for key, value in current.items()
+            if key not in allowed and plain(saved.get(key)) != value]
+
+
+def check_device(device: str) -> None:
+    """``ValueError`` unless ``device`` names a usable CPU or CUDA device."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r}: not a device (e.g. cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {device}: only cpu and cuda are supported")
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Training mode BatchNorm needs more than one value per channel, also at
+    the 1/32 scale, where a map can be a single pixel."""
+    if batch_size < 2:
+        raise ValueError("--batch-size must be at least 2 (BatchNorm needs more than one value per "
+                         "channel at every scale)")

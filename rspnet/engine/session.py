@@ -1,0 +1,162 @@
+"""``RunSession``: one run's process-level set-up and its voice.
+
+It joins the process group (``distributed.init``; nothing under a plain
+``python``), installs the stop signal handlers, sets the CPU threads and
+determinism, creates the output directory, and gives the run its log: rank 0
+prints every line above the progress bars and appends it to the run's log
+file; the other ranks stay silent. Lines logged before the directory exists
+(e.g. warnings while a checkpoint to resume from is chosen) are written once it
+does, so that a run refused at start-up writes nothing.
+
+``on_main(fn)`` runs ``fn`` on rank 0 only and hands its result, or its
+error, to every rank: used to choose and verify the checkpoint a run resumes
+from, so that every rank continues from the same one. ``guard`` turns a stop
+request, a divergence or a second Ctrl-C into the log lines a user needs
+before they propagate.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from typing import Any, Callable, Iterator
+
+import torch
+from tqdm import tqdm
+
+from . import distributed
+from .config import RunOptions
+from .faults import Diverged, StopRequested, StopSignal
+
+__all__ = ["RunError", "RunSession", "set_threads", "make_deterministic", "exit_status"]
+
+
+class RunError(ValueError):
+    """A run cannot start with these settings or this input; the message is
+    for the user (the CLIs print it as a usage error, exit status 2)."""
+
+
+def set_threads(threads: int | None, device: torch.device) -> None:
+    """``threads``: None = 1 on CPU, PyTorch's default elsewhere; 0 = PyTorch's
+    default; N = N (see ``RunOptions.threads``)."""
+    if threads is None:
+        threads = 1 if device.type == "cpu" else 0
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def make_deterministic() -> None:
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+class RunSession:
+    """``with RunSession(device, options, "train.log") as session:`` — see the
+    module's docstring. ``options`` must be ``RunOptions.resolved``."""
+
+    def __init__(self, device: str | torch.device, options: RunOptions, log_name: str):
+        if options.out is None:
+            raise ValueError("RunSession needs resolved options (RunOptions.resolved)")
+        self.device, self.options, self.out = device, options, options.out
+        self.log_path = os.path.join(options.out, log_name)
+        self._pending: list[str] | None = []   # lines logged before the directory exists
+        self._exit = contextlib.ExitStack()
+
+    def __enter__(self) -> "RunSession":
+        with contextlib.ExitStack() as stack:
+            self.ctx = stack.enter_context(distributed.session(self.device))
+            self.stop = stack.enter_context(StopSignal())
+            set_threads(self.options.threads, self.ctx.device)
+            if self.options.deterministic:
+                make_deterministic()
+            self._exit = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._exit.close()
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx.is_main
+
+    @property
+    def progress(self) -> bool:
+        return self.options.progress and self.ctx.is_main
+
+    # ------------------------------------------------------------------ log
+    def log(self, line: str) -> None:
+        if not self.ctx.is_main:   # only rank 0 talks and writes
+            return
+        tqdm.write(line)
+        if self._pending is not None:
+            self._pending.append(line)
+            return
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+
+    def open_output(self) -> None:
+        """Create the output directory (rank 0) and write the lines logged so far."""
+        if self.ctx.is_main and self._pending is not None:
+            os.makedirs(self.out, exist_ok=True)
+            with open(self.log_path, "a") as f:
+                f.writelines(line + "\n" for line in self._pending)
+        self._pending = None
+
+    # ------------------------------------------------------------- checks
+    def on_main(self, fn: Callable[[], Any], errors: tuple[type[BaseException], ...] = (ValueError,)) -> Any:
+        """``fn()`` computed on rank 0 and broadcast; an error of the kinds
+        ``errors`` becomes a ``RunError`` on every rank."""
+        result: Any = None
+        if self.ctx.is_main:
+            try:
+                result = ("ok", fn())
+            except errors as exc:
+                result = ("error", str(exc))
+        kind, value = distributed.broadcast_object(result)
+        if kind == "error":
+            raise RunError(value)
+        return value
+
+    # ------------------------------------------------------------- faults
+    @contextlib.contextmanager
+    def guard(self, what: str, advice: str, last_checkpoint: Callable[[], str | None],
+              on_exit: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """Report how a run ended early, call ``on_exit`` (write what the run
+        has so far), then let the exception propagate. ``what`` names the run
+        ("search", "training"), ``advice`` follows a divergence."""
+        resume = f"continue with --resume auto --out {self.out}"
+        try:
+            yield
+        except StopRequested as exc:
+            exc.signal = self.stop.received
+            self.log(f"stopped by {self.stop.name or 'request'} at {exc.where}: checkpoint written to "
+                     f"{exc.path}; {resume}")
+            on_exit()
+            distributed.barrier()   # every rank leaves once the checkpoint is on disk
+            raise
+        except Diverged as exc:
+            last = exc.last_checkpoint
+            message = (f"error: the {what} diverged: {exc}. Nothing was written after the last good "
+                       f"checkpoint" + (f", {last}" if last else " (there is none)") + f"; {advice}")
+            self.log(message)
+            if self.ctx.is_main:
+                print(message, file=sys.stderr)
+            on_exit()
+            raise
+        except KeyboardInterrupt:   # a second Ctrl-C: no checkpoint at this step
+            self.log(f"interrupted: the last checkpoint is {last_checkpoint()}; {resume}")
+            on_exit()
+            raise
+
+
+def exit_status(exc: BaseException) -> int:
+    """The CLI exit status of a run that ended with ``exc``: 0 after a stop
+    by SIGTERM (the checkpoint is written, the job can be requeued), 130 after
+    Ctrl-C, 1 after a divergence."""
+    if isinstance(exc, StopRequested):
+        return 130 if getattr(exc, "signal", None) == signal.SIGINT else 0
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 1

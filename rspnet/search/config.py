@@ -1,0 +1,99 @@
+"""``SearchConfig``: every setting that decides what a search computes (stored
+in its checkpoints; a resumed search must use the same, except
+``RESUMABLE_CHANGES``), and their checks. How the run is driven is
+``rspnet.engine.RunOptions``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rspnet.architecture import partial_channels
+
+from .architect import ORDERS
+
+__all__ = ["SearchConfig", "RESUMABLE_CHANGES", "check_config"]
+
+
+@dataclass
+class SearchConfig:
+    """Every setting of a search; the defaults are the CLI's (see docs/design.md)."""
+    data: str = "synthetic"
+    data_root: str | None = None
+    images: int | None = None          # training images used; None: all (synthetic: 64)
+    size: tuple[int, int] = (64, 128)
+    epochs: int = 10                   # per stage
+    warmup: int | None = None          # epochs before architecture updates; None: epochs // 2
+    batch_size: int = 4
+    channels: int = 16                 # F
+    scales: int = 4
+    layers: int = 8                    # trellis depth L of stage 2
+    steps: int = 4                     # intermediate nodes of a cell
+    memory: str = "recompute"
+    order: str = "first"
+    seed: int = 0
+    device: str = "cpu"
+    edge_partial: int = 1
+    edge_normalization: bool = False
+    rsp_ratio: float = 0.5
+    rsp_depth: int = 1
+    head_channels: int | None = None   # None: 4 F
+    top_k: int = 2
+    param_penalty: float = 0.0
+    param_budget: float | None = None  # parameters
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    alpha_lr: float = 3e-4
+    alpha_betas: tuple[float, float] = (0.5, 0.999)
+    alpha_weight_decay: float = 1e-3
+    beta_lr: float = 3e-3
+    beta_betas: tuple[float, float] = (0.9, 0.999)
+    beta_weight_decay: float = 1e-3
+
+    @property
+    def warmup_epochs(self) -> int:
+        return self.epochs // 2 if self.warmup is None else self.warmup
+
+    @property
+    def head_width(self) -> int:
+        return 4 * self.channels if self.head_channels is None else self.head_channels
+
+
+# Settings that may change between a run and its resumption without changing
+# what is computed (beyond floating-point rounding).
+RESUMABLE_CHANGES = ("device", "memory")
+
+
+def check_config(c: SearchConfig) -> None:
+    """``ValueError`` (naming the CLI flag) for settings that cannot search."""
+    from rspnet.data import check_source
+    from rspnet.engine.config import check_batch_size, check_device
+    from rspnet.nn import MEMORY_MODES
+
+    check_source(c.data, c.data_root)
+    check_device(c.device)
+    check_batch_size(c.batch_size)
+    if c.size[0] % 32 or c.size[1] % 32:
+        raise ValueError(f"--size {c.size[0]}x{c.size[1]}: height and width must be multiples of 32")
+    if c.warmup is not None and not 0 <= c.warmup <= c.epochs:
+        raise ValueError(f"--warmup must be in [0, --epochs={c.epochs}], got {c.warmup}")
+    if not 0 < c.rsp_ratio < 1:
+        raise ValueError(f"--rsp-ratio must be in (0, 1), got {c.rsp_ratio}")
+    channels = c.channels
+    try:
+        for _ in range(c.rsp_depth):
+            channels = partial_channels(channels, c.rsp_ratio)
+    except ValueError as exc:
+        raise ValueError(f"--channels {c.channels} with --rsp-ratio/--rsp-depth: {exc}") from None
+    if channels % c.edge_partial:
+        raise ValueError(f"--edge-partial {c.edge_partial} must divide the cell's {channels} channels at 1/4")
+    if c.param_penalty < 0 or (c.param_budget is not None and c.param_budget <= 0):
+        raise ValueError("--param-penalty must be >= 0 and --param-budget > 0")
+    if c.param_budget is not None and not c.param_penalty:
+        raise ValueError("--param-budget needs --param-penalty > 0 (the budget only shapes the penalty)")
+    if c.memory not in MEMORY_MODES or c.order not in ORDERS:
+        raise ValueError(f"--memory must be one of {MEMORY_MODES} and --order one of {ORDERS}")
+    if min(c.epochs, c.channels, c.scales, c.layers, c.steps, c.edge_partial, c.rsp_depth, c.top_k) < 1:
+        raise ValueError("--epochs, --channels, --layers, --steps, --edge-partial, --rsp-depth and "
+                         "--top-k must be positive")

@@ -1,0 +1,215 @@
+"""``rspnet.search.run``: the two-stage search from Python, as ``python -m
+rspnet.search`` runs it — resumption, the log, and the outputs
+(``architecture.json``, ``cell.png``, ``network.png``, ``alphas.png``,
+``betas.png``, ``summary.json``, ``search.log``, checkpoints).
+
+Example::
+
+    from rspnet.engine import RunOptions
+    from rspnet.search import SearchConfig, run
+    architecture = run(SearchConfig(epochs=4), RunOptions(out="runs/search"))
+    print(architecture.fingerprint(), architecture.to_dict()["cell"])
+"""
+from __future__ import annotations
+
+import os
+import resource
+from typing import Any
+
+import torch
+
+from rspnet import data
+from rspnet.architecture import Architecture, Genotype, cell_from_dict, edge_list, format_cell, format_paths
+from rspnet.engine import distributed
+from rspnet.engine.checkpoint import CheckpointError, refuse_existing, refuse_later
+from rspnet.engine.config import RunOptions, plain
+from rspnet.engine.session import RunError, RunSession
+from rspnet.files import write_json
+from rspnet.models import RSPNet, count_flops, count_params
+
+from .config import SearchConfig, check_config
+from .stage import StageSearch, checkpoint_series, load_search_checkpoint
+
+__all__ = ["run", "STAGES"]
+
+STAGES = ("1", "2", "both")
+_PROVENANCE = ("data", "images", "size", "epochs", "warmup", "batch_size", "layers", "memory", "order", "seed",
+               "edge_partial", "edge_normalization", "top_k", "param_penalty", "param_budget")
+SYNTHETIC_SEARCH_IMAGES = 64
+
+
+def run(config: SearchConfig, options: RunOptions | None = None, stage: str = "both",
+        cell: Genotype | None = None) -> Architecture:
+    """Search with ``config``: stage ``"1"`` (the cell), ``"2"`` (the paths
+    around ``cell``, e.g. ``Architecture.load(path).cell``) or ``"both"``.
+    Returns the derived architecture, also written to ``architecture.json``.
+
+    Raises ``RunError`` when the search cannot start (bad settings, a
+    checkpoint that cannot be resumed), ``Diverged`` after a NaN,
+    ``StopRequested`` after SIGTERM / Ctrl-C (a checkpoint was written),
+    ``KeyboardInterrupt`` after a second Ctrl-C; each is logged first.
+    """
+    try:
+        check_config(config)
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        options = (options or RunOptions()).resolved("search")
+        if stage == "2" and cell is None and not options.resume:
+            raise ValueError("--stage 2 needs --cell ARCHITECTURE_JSON (the result of stage 1)")
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    with RunSession(config.device, options, "search.log") as session:
+        return _run(session, config, (1, 2) if stage == "both" else (int(stage),), cell)
+
+
+def _architecture(config: SearchConfig, cell: Genotype, nodes=None) -> Architecture:
+    provenance = {k: v for k, v in plain(config).items() if k in _PROVENANCE}
+    return Architecture(cell=cell, channels=config.channels, scales=config.scales,
+                        head_channels=config.head_width, rsp_ratio=config.rsp_ratio,
+                        rsp_depth=config.rsp_depth, layers=config.layers if nodes else None,
+                        nodes=nodes, search=provenance)
+
+
+def _peak_memory(device: torch.device) -> dict[str, object]:
+    if device.type == "cuda":
+        return {"kind": "torch.cuda.max_memory_allocated", "bytes": torch.cuda.max_memory_allocated(device)}
+    return {"kind": "peak RSS of the process (ru_maxrss)",
+            "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _resume_plan(options: RunOptions, stages: tuple[int, ...], log) -> dict[int, tuple[str, dict[str, Any]]]:
+    """Rank 0: the verified checkpoint each stage continues from, {stage: (path, state)}."""
+    series = {s: checkpoint_series(options.out, s) for s in (1, 2)}
+    if not options.resume:
+        refuse_existing(options.out, [series[s] for s in stages], "search")
+        return {}
+    try:
+        if options.resume != "auto":
+            state = load_search_checkpoint(options.resume)   # a given file must be good: no fallback
+            stage = state["stage"]
+            if stage not in stages:
+                raise CheckpointError(f"{options.resume} is a stage-{stage} checkpoint, but this search "
+                                      f"runs stage(s) {', '.join(map(str, stages))}")
+            refuse_later(options.out, [p for s in (1, 2) for n, p in series[s].list()
+                                       if s > stage or (s == stage and n > state["step"])], options.resume)
+            return {stage: (options.resume, state)}   # earlier stages are over, later ones start afresh
+        plan = {}
+        for stage in stages:
+            found = series[stage].latest_valid(load_search_checkpoint, log)
+            if found is not None:
+                plan[stage] = found
+    except CheckpointError as exc:
+        raise CheckpointError(f"--resume: {exc}") from None
+    if 2 in plan and 1 in plan and plan[1][1]["epoch"] < plan[1][1]["config"]["epochs"]:
+        del plan[1]   # stage 2 has begun: stage 1 is over, whatever its newest good file is
+    if not plan:
+        log(f"--resume auto: no checkpoint in {options.out}; starting afresh")
+    return plan
+
+
+def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cell: Genotype | None) -> Architecture:
+    ctx, options, log = session.ctx, session.options, session.log
+    device = ctx.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if config.batch_size % ctx.world_size:
+        raise RunError(f"--batch-size {config.batch_size} is the global batch: it must be a multiple of "
+                       f"the {ctx.world_size} processes")
+    length = config.images if config.images is not None else (
+        SYNTHETIC_SEARCH_IMAGES if config.data == "synthetic" else None)
+    try:
+        dataset = data.get_dataset(config.data, "train", root=config.data_root, size=config.size, length=length)
+    except (OSError, ValueError) as exc:
+        raise RunError(f"--data {config.data}: {exc}") from None
+    if len(dataset) // 2 < config.batch_size:
+        raise RunError(f"{len(dataset)} training images give halves A/B of {len(dataset) // 2}, "
+                       f"fewer than --batch-size {config.batch_size}")
+    plan = session.on_main(lambda: _resume_plan(options, stages, log))
+    if 2 in stages and 2 in plan:   # the stage-2 checkpoint knows its cell
+        cell = cell_from_dict(plan[2][1]["cell"])
+    elif 2 in stages and cell is None and 1 not in stages:
+        raise RunError("--stage 2 needs --cell ARCHITECTURE_JSON (the result of stage 1)")
+    session.open_output()
+
+    world = f", {ctx.world_size} processes ({ctx.backend})" if ctx.distributed else ""
+    log(f"search: {config.data} data, {len(dataset)} training images at "
+        f"{config.size[0]}x{config.size[1]}, device {device}{world}, output {options.out}")
+    files = {"architecture": os.path.join(options.out, "architecture.json"),
+             "summary": os.path.join(options.out, "summary.json")}
+    summary: dict[str, Any] = {"config": plain(config), "stages": {}}
+    current: list[StageSearch] = []
+
+    def run_stage(stage: int, cell=None) -> StageSearch:
+        try:
+            search = StageSearch(stage, config, dataset, data.NUM_CLASSES, options.out, cell=cell, log=log,
+                                 progress=session.progress, ctx=ctx, checkpoint_every=options.checkpoint_every,
+                                 keep=options.keep, stop=session.stop, ignore_index=data.IGNORE_INDEX)
+            current[:] = [search]
+            if stage in plan:
+                path, state = plan[stage]
+                search.load_state_dict(state, path)
+                log(f"[stage {stage}] resumed from {path} at epoch {search.epoch + 1}, batch "
+                    f"{search.batch}/{search.steps_per_epoch}, step {search.step}")
+        except ValueError as exc:   # settings that differ from the checkpoint's
+            raise RunError(str(exc)) from None
+        search.run()
+        last = search.history[-1]
+        summary["stages"][str(stage)] = {"epochs": search.epoch, "steps": search.step,
+                                         "seconds": round(search.elapsed, 1),
+                                         "val_miou": last["val_miou"], "entropy": last["entropy"],
+                                         "genotype": search.describe(), "history": search.history}
+        return search
+
+    # imported here: matplotlib is only needed once there is something to draw
+    from .plots import plot_cell, plot_network, plot_probabilities_history
+
+    architecture = None
+    advice = "try a lower learning rate (SearchConfig.w_lr / alpha_lr / beta_lr) or --param-penalty 0"
+    with session.guard("search", advice, lambda: current[0].last_checkpoint if current else None):
+        if 1 in stages and not (2 in plan and 1 not in plan):
+            search = run_stage(1)
+            cell = search.model.genotype()
+            architecture = _architecture(config, cell)
+            if ctx.is_main:
+                architecture.save(files["architecture"])
+                files["cell_picture"] = os.path.join(options.out, "cell.png")
+                files["alpha_plot"] = os.path.join(options.out, "alphas.png")
+                plot_cell(cell, files["cell_picture"])
+                plot_probabilities_history(search.history, "alpha", files["alpha_plot"],
+                                           [f"edge {s}->{t}" for s, t in edge_list(config.steps)])
+            log(f"[stage 1] derived cell: {format_cell(cell)}")
+        if 2 in stages:
+            search = run_stage(2, cell)
+            nodes = search.model.paths(config.top_k)
+            architecture = _architecture(config, cell, nodes)
+            if ctx.is_main:
+                architecture.save(files["architecture"])
+                files["network_picture"] = os.path.join(options.out, "network.png")
+                files["beta_plot"] = os.path.join(options.out, "betas.png")
+                plot_network(architecture, files["network_picture"])
+                if "cell_picture" not in files:
+                    files["cell_picture"] = os.path.join(options.out, "cell.png")
+                    plot_cell(cell, files["cell_picture"])
+                plot_probabilities_history(search.history, "beta", files["beta_plot"],
+                                           [f"node {l}.{s}" for l, s in search.model.nodes],
+                                           [[f"{l}.{s}" for l, s in src] for src in search.model.sources])
+            log(f"[stage 2] derived paths: {format_paths(nodes)}")
+
+    if ctx.is_main:
+        model = RSPNet(architecture, data.NUM_CLASSES).eval()
+        cost = {"params": count_params(model), "flops": count_flops(model, config.size)}
+        seconds = sum(s["seconds"] for s in summary["stages"].values())
+        summary.update({"derived": {**cost, "input": [1, 3, *config.size],
+                                    "topology": "single_path" if architecture.nodes is None else "trellis"},
+                        "search_seconds": round(seconds, 1), "peak_memory": _peak_memory(device),
+                        "world_size": ctx.world_size, "files": files})
+        write_json(files["summary"], summary)
+        peak = summary["peak_memory"]
+        print(f"\nderived network ({summary['derived']['topology']}): {cost['params'] / 1e6:.3f} M params, "
+              f"{cost['flops'] / 1e9:.3f} GFLOPs at {config.size[0]}x{config.size[1]}")
+        print(f"search time: {seconds:.1f} s; peak memory: {peak['bytes'] / 2**20:.0f} MiB ({peak['kind']})")
+        print(f"architecture file: {files['architecture']}")
+        print("pictures: " + ", ".join(v for k, v in files.items() if k.endswith(("picture", "plot"))))
+        print(f"summary: {files['summary']}")
+    distributed.barrier()   # every rank returns once rank 0's files are written
+    return architecture
