@@ -164,5 +164,51 @@ inline FusionInputs check_path_fusion_backward(const at::Tensor& grad, const at:
   return c;
 }
 
+// ------------------------------------------------------------------ mixed_sum
+// inputs: one shape, dtype and device; weights: 1-D, one per input.
+inline void check_mixed_sum(const char* op, const at::Tensor& weights, at::TensorList inputs) {
+  check_same_inputs(op, inputs);
+  check_weights(op, weights, inputs.size());
+}
+
+inline void check_mixed_sum_backward(const at::Tensor& grad, const at::Tensor& weights, at::TensorList inputs) {
+  check_mixed_sum("mixed_sum_backward", weights, inputs);
+  TORCH_CHECK(grad.sizes() == inputs[0].sizes(), "mixed_sum_backward: grad has shape ", grad.sizes(),
+              " but inputs have ", inputs[0].sizes());
+}
+
+// What a mixed_sum forward kernel walks as flat arrays: the inputs in one
+// dense layout and the output (allocated) in that layout.
+struct MixedSumForward {
+  std::vector<at::Tensor> xs;
+  at::Tensor y;
+};
+
+inline MixedSumForward mixed_sum_forward_tensors(at::TensorList inputs) {
+  MixedSumForward t;
+  t.xs = common_dense_layout(inputs);
+  t.y = at::empty_like(t.xs[0]);
+  return t;
+}
+
+// ... and a backward kernel: the inputs, grad in their layout and dtype, and
+// the input gradients (allocated when input_grads, else none).
+struct MixedSumBackward {
+  std::vector<at::Tensor> xs;
+  at::Tensor g;
+  std::vector<at::Tensor> dxs;
+};
+
+inline MixedSumBackward mixed_sum_backward_tensors(const at::Tensor& grad, at::TensorList inputs,
+                                                   bool input_grads) {
+  MixedSumBackward t;
+  t.xs = common_dense_layout(inputs);
+  t.g = match_layout(grad.to(t.xs[0].scalar_type()), t.xs[0]);
+  if (input_grads) {
+    for (const auto& x : t.xs) t.dxs.push_back(at::empty_like(x));
+  }
+  return t;
+}
+
 }  // namespace rspnet
 #endif  // RSPNET_CUDA_EMULATION
