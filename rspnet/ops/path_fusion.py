@@ -1,9 +1,10 @@
 """``path_fusion(logits, inputs, size)``: ``sum_p softmax(logits / T)_p * resample_p(inputs[p])``.
 
-The Path-Attention Module's fusion (SPEC.md section 4): every incoming map is
-brought to ``size`` (identity, bilinear upsampling with
-``align_corners=False``, or average pooling by an integer factor) and the
-maps are summed with softmax weights. The fused kernels never materialise a
+The Path-Attention Module's fusion (rspnet/nn/pam.py, at every node of the
+macro supernet): every incoming map is brought to ``size`` (identity, bilinear
+upsampling with ``align_corners=False``, or average pooling by an integer
+factor, as ``reference.resample_mode`` decides) and the maps are summed with
+softmax weights. The fused kernels never materialise a
 resampled map, forward or backward: the forward evaluates each resampled
 value where it is summed, and the backward gathers ``resample_p^T(g)`` at each
 input's own resolution, giving ``dx_p = w_p * resample_p^T(g)`` and
