@@ -10,7 +10,7 @@ minus the input gradients every method must produce (gradients are reset to
 None before each step so all methods allocate them alike).
 
 Workloads:
-* path_fusion: the PAM fusion of SPEC.md section 4 at CPU scale, four scales
+* path_fusion: a macro-supernet node's PAM fusion at CPU scale, four scales
   (1/1, 1/2, 1/4, 1/8 of the output) fused to 128x256, n=2, c=16, fp32; the
   eager peer is the composition in ../shared/bench/peers.py (softmax, then
   w_0 x_0 + sum_p w_p interpolate(x_p)).

@@ -5,6 +5,7 @@ c // cpg`` (``cpg = C // groups``). In NCHW every (n, c) plane is contiguous,
 so one launch per input copies each of its planes straight to its shuffled
 place (forward) or back from it (backward): every element is read and written
 once, with no concatenated or shuffled intermediate. Works for any dtype.
+The host code (allocation, launches) is in rspnet/ops/channel_merge.py.
 """
 import triton
 import triton.language as tl

@@ -3,7 +3,8 @@
 Triton has no array-of-pointers argument, so a launch takes up to
 ``MAX_INPUTS`` input pointers as separate arguments and ``K`` (constexpr)
 says how many are live; the host chunks longer lists. Weights arrive already
-in the accumulation dtype (fp32, or fp64 for fp64 data).
+in the accumulation dtype (fp32, or fp64 for fp64 data). The host code
+(allocation, chunking, launches) is in rspnet/ops/mixed_sum.py.
 """
 import triton
 import triton.language as tl

@@ -20,16 +20,17 @@ program and no atomics are used, so results are deterministic.
   across neighbouring programs (halo rows, from L2), so ``g`` travels from
   memory about once for all inputs.
 
-Host code passes up to ``MAX_PATHS`` inputs per launch (pointer and size
-arguments ``x<k>``, ``h<k>``, ``w<k>``; ``MODE<k>`` says how input k is
-resampled) and chunks longer lists. Weights arrive as the softmax already
+Host code (rspnet/ops/path_fusion.py) passes up to ``MAX_PATHS`` inputs per
+launch (pointer and size arguments ``x<k>``, ``h<k>``, ``w<k>``) and chunks
+longer lists. ``MODE<k>`` says how input k is resampled: 0 identity,
+1 bilinear, 2 average pool, as decided and numbered by
+``rspnet.ops.reference.resample_mode`` (the kernels never decide it). Weights arrive as the softmax already
 evaluated, in the accumulation dtype (fp32, or fp64 for fp64 data).
 """
 import triton
 import triton.language as tl
 
 MAX_PATHS = 4
-IDENTITY, BILINEAR, POOL = 0, 1, 2
 
 # Launch shapes (GPU and interpreter alike).
 FWD_BLOCK_H = 4

@@ -60,12 +60,8 @@ def reference_ops():
     """Route rspnet's fused ops to their plain-PyTorch references while
     tracing: the exporter then sees standard aten ops (interpolate, avg_pool,
     softmax, cat, ...) that have ONNX translations, instead of custom ops."""
-    saved = _backend.OVERRIDE
-    _backend.OVERRIDE = "reference"
-    try:
+    with _backend.forced("reference"):
         yield
-    finally:
-        _backend.OVERRIDE = saved
 
 
 @contextlib.contextmanager
@@ -387,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.update({"device": str(device), "device_name": device_name(device),
                        "cpu_threads": torch.get_num_threads(), "dtype": args.dtype,
                        "compile": args.compile, "warmup": args.warmup, "iters": args.iters,
-                       "backend_override": _backend.OVERRIDE})
+                       "backend_override": _backend.override()})
         if args.onnx:
             report["onnx"]["onnxruntime_latency_ms"] = onnx_latency(args.onnx, resolution, args.warmup,
                                                                     args.iters)

@@ -6,6 +6,9 @@
 // plane copies: the forward scatters input planes into the output, the
 // backward gathers them back from the output gradient. Each element is read
 // and written once; no concatenated or shuffled intermediate exists.
+//
+// Owns the CPU kernels of rspnet::channel_merge and channel_merge_backward;
+// the forward's input check is shared with CUDA (../common.h).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

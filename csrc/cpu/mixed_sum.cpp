@@ -1,6 +1,9 @@
 // mixed_sum on CPU: y = sum_k w_k x_k, and its backward in one pass over the
 // data. dw is reduced over fixed-size chunks in a fixed order, so the result
 // does not depend on the number of threads.
+//
+// Owns the CPU kernels of rspnet::mixed_sum and mixed_sum_backward; input
+// checks, layouts and output allocation are shared with CUDA (../common.h).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -88,10 +91,10 @@ std::vector<scalar_t> weights_as(const at::Tensor& weights) {
 }
 
 at::Tensor mixed_sum_cpu(const at::Tensor& weights, at::TensorList inputs) {
-  check_same_inputs("mixed_sum", inputs);
-  check_weights("mixed_sum", weights, inputs.size());
-  auto xs = common_dense_layout(inputs);
-  auto y = at::empty_like(xs[0]);
+  check_mixed_sum("mixed_sum", weights, inputs);
+  auto t = mixed_sum_forward_tensors(inputs);
+  const auto& xs = t.xs;
+  auto& y = t.y;
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "mixed_sum_cpu", [&] {
     const auto w = weights_as<scalar_t>(weights);
     std::vector<const scalar_t*> ptrs;
@@ -105,17 +108,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at:
                                                                         const at::Tensor& weights,
                                                                         at::TensorList inputs, bool input_grads,
                                                                         bool weight_grad) {
-  check_same_inputs("mixed_sum_backward", inputs);
-  check_weights("mixed_sum_backward", weights, inputs.size());
-  TORCH_CHECK(grad.sizes() == inputs[0].sizes(), "mixed_sum_backward: grad has shape ", grad.sizes(),
-              " but inputs have ", inputs[0].sizes());
-  auto xs = common_dense_layout(inputs);
-  auto g = match_layout(grad.to(xs[0].scalar_type()), xs[0]);
+  check_mixed_sum_backward(grad, weights, inputs);
+  auto t = mixed_sum_backward_tensors(grad, inputs, input_grads);
+  const auto& xs = t.xs;
+  const auto& g = t.g;
+  auto& dxs = t.dxs;
   const int64_t K = static_cast<int64_t>(xs.size()), n = g.numel();
-  std::vector<at::Tensor> dxs;
-  if (input_grads) {
-    for (const auto& x : xs) dxs.push_back(at::empty_like(x));
-  }
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   auto partial = at::zeros({std::max<int64_t>(chunks, 1), K}, g.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "mixed_sum_backward_cpu", [&] {

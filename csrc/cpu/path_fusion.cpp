@@ -12,6 +12,9 @@
 // Bilinear weights follow PyTorch's upsample_bilinear2d (align_corners=False,
 // size given): scale = in/out, src = max(scale*(d+0.5)-0.5, 0), computed in the
 // input's own precision like ATen; sums are accumulated in double.
+//
+// Owns the CPU kernels of rspnet::path_fusion and path_fusion_backward; their
+// input checks and the resampling rule are shared with CUDA (../common.h).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -23,23 +26,6 @@
 
 namespace rspnet {
 namespace {
-
-enum Mode : int { kIdentity = 0, kBilinear = 1, kPool = 2 };
-
-struct Geometry {
-  Mode mode;
-  int64_t h, w;    // input size
-  int64_t kh, kw;  // average-pool factors (kPool)
-};
-
-Geometry classify(const char* op, size_t p, int64_t h, int64_t w, int64_t H, int64_t W) {
-  if (h == H && w == W) return {kIdentity, h, w, 1, 1};
-  if (h <= H && w <= W) return {kBilinear, h, w, 1, 1};
-  if (h >= H && w >= W && h % H == 0 && w % W == 0) return {kPool, h, w, h / H, w / W};
-  TORCH_CHECK_VALUE(false, op, ": cannot resample inputs[", p, "] of size ", h, "x", w, " to ", H, "x", W,
-                    ": a path must be smaller in both dimensions (bilinear up), equal, or larger by an "
-                    "integer factor in both (average-pool down)");
-}
 
 // One axis of a bilinear resize: for every output index d its two taps and
 // weights (exactly the forward's formula), and for every input index the
@@ -78,7 +64,7 @@ Axis make_axis(int64_t in, int64_t out) {
 
 template <typename scalar_t>
 struct Path {
-  Geometry geo;
+  Resample geo;
   const scalar_t* x;  // [NC, h, w], contiguous
   scalar_t* dx;       // same, or nullptr
   Axis rows, cols;    // kBilinear only
@@ -244,42 +230,11 @@ void backward_impl(const scalar_t* g, const std::vector<Path<scalar_t>>& paths, 
 }
 
 // ------------------------------------------------------------------ helpers
-struct Checked {
-  std::vector<at::Tensor> xs;  // contiguous
-  std::vector<Geometry> geo;
-  int64_t N, C, H, W;
-};
-
-Checked check_inputs(const char* op, const at::Tensor& logits, at::TensorList inputs, int64_t H, int64_t W) {
-  TORCH_CHECK_VALUE(!inputs.empty(), op, ": inputs must not be empty");
-  TORCH_CHECK_VALUE(logits.dim() == 1, op, ": logits must be 1-D, got shape ", logits.sizes());
-  TORCH_CHECK_VALUE(static_cast<size_t>(logits.size(0)) == inputs.size(), op, ": ", logits.size(0),
-                    " logits for ", inputs.size(), " inputs");
-  TORCH_CHECK_VALUE(H > 0 && W > 0, op, ": size must be positive, got ", H, "x", W);
-  Checked c;
-  const auto& x0 = inputs[0];
-  TORCH_CHECK_VALUE(x0.dim() == 4, op, ": inputs must be 4-D [N, C, H, W], got shape ", x0.sizes());
-  c.N = x0.size(0), c.C = x0.size(1), c.H = H, c.W = W;
-  for (size_t p = 0; p < inputs.size(); ++p) {
-    const auto& x = inputs[p];
-    TORCH_CHECK_VALUE(x.dim() == 4 && x.size(0) == c.N && x.size(1) == c.C, op, ": inputs[", p, "] has shape ",
-                      x.sizes(), " but inputs[0] has ", x0.sizes(), " (N and C must match)");
-    TORCH_CHECK_VALUE(x.scalar_type() == x0.scalar_type(), op, ": inputs[", p, "] is ", x.scalar_type(),
-                      " but inputs[0] is ", x0.scalar_type());
-    TORCH_CHECK_VALUE(x.device() == x0.device(), op, ": inputs[", p, "] is on ", x.device(),
-                      " but inputs[0] is on ", x0.device());
-    TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, op, ": inputs[", p, "] has an empty spatial size");
-    c.geo.push_back(classify(op, p, x.size(2), x.size(3), H, W));
-    c.xs.push_back(x.contiguous());
-  }
-  return c;
-}
-
 template <typename scalar_t>
-std::vector<Path<scalar_t>> make_paths(const Checked& c, std::vector<at::Tensor>* dxs) {
+std::vector<Path<scalar_t>> make_paths(const FusionInputs& c, std::vector<at::Tensor>* dxs) {
   std::vector<Path<scalar_t>> paths;
   for (size_t p = 0; p < c.xs.size(); ++p) {
-    Path<scalar_t> pa{c.geo[p], c.xs[p].const_data_ptr<scalar_t>(),
+    Path<scalar_t> pa{c.paths[p], c.xs[p].const_data_ptr<scalar_t>(),
                       dxs ? (*dxs)[p].mutable_data_ptr<scalar_t>() : nullptr, {}, {}};
     if (pa.geo.mode == kBilinear) {
       pa.rows = make_axis<scalar_t>(pa.geo.h, c.H);
@@ -292,14 +247,11 @@ std::vector<Path<scalar_t>> make_paths(const Checked& c, std::vector<at::Tensor>
 
 at::Tensor path_fusion_cpu(const at::Tensor& logits, at::TensorList inputs, c10::SymIntArrayRef size,
                            double temperature) {
-  TORCH_CHECK_VALUE(size.size() == 2, "path_fusion: size must have 2 entries");
-  TORCH_CHECK_VALUE(temperature > 0, "path_fusion: temperature must be positive, got ", temperature);
-  const int64_t H = size[0].expect_int(), W = size[1].expect_int();
-  auto c = check_inputs("path_fusion", logits, inputs, H, W);
-  auto y = at::empty({c.N, c.C, H, W}, c.xs[0].options());
+  const auto c = check_path_fusion(logits, inputs, size, temperature);
+  auto y = at::empty({c.N, c.C, c.H, c.W}, c.xs[0].options());
   if (y.numel() == 0) return y;
   const auto w = softmax_weights(logits, temperature);
-  const Plan plan = make_plan(c.N * c.C, H, W);
+  const Plan plan = make_plan(c.N * c.C, c.H, c.W);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "path_fusion_cpu", [&] {
     forward_impl<scalar_t>(make_paths<scalar_t>(c, nullptr), w, plan, y.mutable_data_ptr<scalar_t>());
   });
@@ -310,11 +262,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> path_fusion_backward_cpu(const a
                                                                           const at::Tensor& logits,
                                                                           at::TensorList inputs, double temperature,
                                                                           bool input_grads, bool logit_grad) {
-  TORCH_CHECK_VALUE(temperature > 0, "path_fusion_backward: temperature must be positive, got ", temperature);
-  TORCH_CHECK_VALUE(grad.dim() == 4, "path_fusion_backward: grad must be 4-D, got shape ", grad.sizes());
-  auto c = check_inputs("path_fusion_backward", logits, inputs, grad.size(2), grad.size(3));
-  TORCH_CHECK_VALUE(grad.size(0) == c.N && grad.size(1) == c.C, "path_fusion_backward: grad has shape ",
-                    grad.sizes(), " but inputs have N=", c.N, ", C=", c.C);
+  const auto c = check_path_fusion_backward(grad, logits, inputs, temperature);
   auto g = grad.to(c.xs[0].scalar_type()).contiguous();
   std::vector<at::Tensor> dxs;
   if (input_grads) {

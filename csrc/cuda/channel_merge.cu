@@ -6,6 +6,9 @@
 // from it (backward), in the widest vector (up to 16 bytes) that the plane
 // size and both base pointers allow. Pure data movement: any dtype works.
 //
+// Owns the CUDA kernels of rspnet::channel_merge and channel_merge_backward;
+// the forward's input check is shared with the CPU (../common.h).
+//
 // The kernel and the width choice use no ATen: a CPU test compiles them with
 // RSPNET_CUDA_EMULATION defined (see csrc/cuda/path_fusion.cu).
 #ifndef RSPNET_CUDA_EMULATION

@@ -4,6 +4,9 @@
 //   backward: dx_k = w_k g, partial dw_k per tile     (reads 1 + K, writes K)
 // dw is reduced per tile into a [K, tiles] buffer and summed by a second
 // (tiny) reduction, never with atomics: results are deterministic.
+//
+// Owns the CUDA kernels of rspnet::mixed_sum and mixed_sum_backward; input
+// checks, layouts and output allocation are shared with the CPU (../common.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -237,11 +240,11 @@ at::Tensor acc_weights(const at::Tensor& weights, const at::Tensor& like) {
 }
 
 at::Tensor mixed_sum_cuda(const at::Tensor& weights, at::TensorList inputs) {
-  check_same_inputs("mixed_sum", inputs);
-  check_weights("mixed_sum", weights, inputs.size());
+  check_mixed_sum("mixed_sum", weights, inputs);
   const c10::cuda::CUDAGuard guard(inputs[0].device());
-  auto xs = common_dense_layout(inputs);
-  auto y = at::empty_like(xs[0]);
+  auto t = mixed_sum_forward_tensors(inputs);
+  const auto& xs = t.xs;
+  auto& y = t.y;
   if (y.numel() == 0) return y;
   auto w = acc_weights(weights, y);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "mixed_sum_cuda",
@@ -253,17 +256,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cuda(const at
                                                                          const at::Tensor& weights,
                                                                          at::TensorList inputs, bool input_grads,
                                                                          bool weight_grad) {
-  check_same_inputs("mixed_sum_backward", inputs);
-  check_weights("mixed_sum_backward", weights, inputs.size());
-  TORCH_CHECK(grad.sizes() == inputs[0].sizes(), "mixed_sum_backward: grad has shape ", grad.sizes(),
-              " but inputs have ", inputs[0].sizes());
+  check_mixed_sum_backward(grad, weights, inputs);
   const c10::cuda::CUDAGuard guard(inputs[0].device());
-  auto xs = common_dense_layout(inputs);
-  auto g = match_layout(grad.to(xs[0].scalar_type()), xs[0]);
-  std::vector<at::Tensor> dxs;
-  if (input_grads) {
-    for (const auto& x : xs) dxs.push_back(at::empty_like(x));
-  }
+  auto t = mixed_sum_backward_tensors(grad, inputs, input_grads);
+  const auto& xs = t.xs;
+  const auto& g = t.g;
+  auto& dxs = t.dxs;
   auto w = acc_weights(weights, g);
   at::Tensor dw;
   if (g.numel() == 0) {

@@ -20,6 +20,10 @@
 // Softmax weights are evaluated inside the kernels (from logits in the
 // accumulation type), so a call is one launch per direction (+1 for dlogits).
 //
+// Owns the CUDA kernels of rspnet::path_fusion and path_fusion_backward; the
+// input checks and the resampling rule (ResampleMode) are shared with the CPU
+// kernels (../common.h), the host section adds only this kernel's own limits.
+//
 // The kernels (everything above the host section) use no ATen, so a CPU test
 // (tests/ops/test_path_fusion.py) compiles them as C++ with
 // RSPNET_CUDA_EMULATION defined and runs them with one OS thread per CUDA
@@ -30,9 +34,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../common.h"
 #include "cuda_utils.cuh"
 #endif
+#include "../common.h"  // plain C++ (ResampleMode) under RSPNET_CUDA_EMULATION
 
 #include <algorithm>
 #include <cstdint>
@@ -41,8 +45,6 @@
 
 namespace rspnet {
 namespace {
-
-enum Mode : int { kIdentity = 0, kBilinear = 1, kPool = 2 };
 
 constexpr int kMaxPaths = 4;     // inputs per launch (a PAM node fuses <= 4); longer lists are chunked
 constexpr int kThreads = 256;
@@ -322,61 +324,25 @@ void set_path(Paths<scalar_t>& ps, int k, const scalar_t* x, scalar_t* dx, int h
 
 #ifndef RSPNET_CUDA_EMULATION
 // ------------------------------------------------------------------ host
-struct Checked {
-  std::vector<at::Tensor> xs;  // contiguous
-  std::vector<int> modes;
-  int64_t N, C, H, W;
-};
-
-Checked check_inputs(const char* op, const at::Tensor& logits, at::TensorList inputs, int64_t H, int64_t W) {
-  TORCH_CHECK_VALUE(!inputs.empty(), op, ": inputs must not be empty");
-  TORCH_CHECK_VALUE(logits.dim() == 1, op, ": logits must be 1-D, got shape ", logits.sizes());
-  TORCH_CHECK_VALUE(static_cast<size_t>(logits.size(0)) == inputs.size(), op, ": ", logits.size(0),
-                    " logits for ", inputs.size(), " inputs");
-  TORCH_CHECK_VALUE(H > 0 && W > 0, op, ": size must be positive, got ", H, "x", W);
-  TORCH_CHECK(H * W < (int64_t{1} << 31), op, ": output planes of 2^31 or more elements are not supported");
-  Checked c;
-  const auto& x0 = inputs[0];
-  TORCH_CHECK_VALUE(x0.dim() == 4, op, ": inputs must be 4-D [N, C, H, W], got shape ", x0.sizes());
-  c.N = x0.size(0), c.C = x0.size(1), c.H = H, c.W = W;
-  for (size_t p = 0; p < inputs.size(); ++p) {
-    const auto& x = inputs[p];
-    TORCH_CHECK_VALUE(x.dim() == 4 && x.size(0) == c.N && x.size(1) == c.C, op, ": inputs[", p, "] has shape ",
-                      x.sizes(), " but inputs[0] has ", x0.sizes(), " (N and C must match)");
-    TORCH_CHECK_VALUE(x.scalar_type() == x0.scalar_type(), op, ": inputs[", p, "] is ", x.scalar_type(),
-                      " but inputs[0] is ", x0.scalar_type());
-    TORCH_CHECK_VALUE(x.device() == x0.device(), op, ": inputs[", p, "] is on ", x.device(),
-                      " but inputs[0] is on ", x0.device());
-    const int64_t h = x.size(2), w = x.size(3);
-    TORCH_CHECK_VALUE(h > 0 && w > 0, op, ": inputs[", p, "] has an empty spatial size");
+// Limits of these kernels on top of the shared checks: planes are indexed in
+// 32-bit arithmetic, and a bilinear backward chunk must fit the shared row.
+void check_cuda_limits(const char* op, const FusionInputs& c) {
+  TORCH_CHECK(c.H * c.W < (int64_t{1} << 31), op, ": output planes of 2^31 or more elements are not supported");
+  for (size_t p = 0; p < c.paths.size(); ++p) {
+    const int64_t h = c.paths[p].h, w = c.paths[p].w;
     TORCH_CHECK(h * w < (int64_t{1} << 31), op, ": input planes of 2^31 or more elements are not supported");
-    int mode;
-    if (h == H && w == W) {
-      mode = kIdentity;
-    } else if (h <= H && w <= W) {
-      mode = kBilinear;
-      TORCH_CHECK(2 * W <= (kRowBuffer - 8) * w, op, ": upsampling inputs[", p, "] by more than ",
-                  (kRowBuffer - 8) / 2, "x in width is not supported by the CUDA kernel");
-    } else {
-      TORCH_CHECK_VALUE(h >= H && w >= W && h % H == 0 && w % W == 0, op, ": cannot resample inputs[", p,
-                        "] of size ", h, "x", w, " to ", H, "x", W,
-                        ": a path must be smaller in both dimensions (bilinear up), equal, or larger by an "
-                        "integer factor in both (average-pool down)");
-      mode = kPool;
-    }
-    c.modes.push_back(mode);
-    c.xs.push_back(x.contiguous());
+    TORCH_CHECK(c.paths[p].mode != kBilinear || 2 * c.W <= (kRowBuffer - 8) * w, op, ": upsampling inputs[", p,
+                "] by more than ", (kRowBuffer - 8) / 2, "x in width is not supported by the CUDA kernel");
   }
-  return c;
 }
 
 template <typename scalar_t>
-Paths<scalar_t> chunk_paths(const Checked& c, std::vector<at::Tensor>* dxs, int k0, int count) {
+Paths<scalar_t> chunk_paths(const FusionInputs& c, std::vector<at::Tensor>* dxs, int k0, int count) {
   Paths<scalar_t> ps{};
   for (int k = 0; k < count; ++k) {
     const auto& x = c.xs[k0 + k];
     set_path<scalar_t>(ps, k, x.const_data_ptr<scalar_t>(), dxs ? (*dxs)[k0 + k].mutable_data_ptr<scalar_t>() : nullptr,
-                       static_cast<int>(x.size(2)), static_cast<int>(x.size(3)), c.modes[k0 + k], c.H, c.W);
+                       static_cast<int>(x.size(2)), static_cast<int>(x.size(3)), c.paths[k0 + k].mode, c.H, c.W);
   }
   return ps;
 }
@@ -388,10 +354,9 @@ at::Tensor acc_logits(const at::Tensor& logits, const at::Tensor& like) {
 
 at::Tensor path_fusion_cuda(const at::Tensor& logits, at::TensorList inputs, c10::SymIntArrayRef size,
                             double temperature) {
-  TORCH_CHECK_VALUE(size.size() == 2, "path_fusion: size must have 2 entries");
-  TORCH_CHECK_VALUE(temperature > 0, "path_fusion: temperature must be positive, got ", temperature);
-  const int64_t H = size[0].expect_int(), W = size[1].expect_int();
-  auto c = check_inputs("path_fusion", logits, inputs, H, W);
+  const auto c = check_path_fusion(logits, inputs, size, temperature);
+  check_cuda_limits("path_fusion", c);
+  const int64_t H = c.H, W = c.W;
   const c10::cuda::CUDAGuard guard(c.xs[0].device());
   auto y = at::empty({c.N, c.C, H, W}, c.xs[0].options());
   if (y.numel() == 0) return y;
@@ -420,11 +385,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> path_fusion_backward_cuda(const 
                                                                            const at::Tensor& logits,
                                                                            at::TensorList inputs, double temperature,
                                                                            bool input_grads, bool logit_grad) {
-  TORCH_CHECK_VALUE(temperature > 0, "path_fusion_backward: temperature must be positive, got ", temperature);
-  TORCH_CHECK_VALUE(grad.dim() == 4, "path_fusion_backward: grad must be 4-D, got shape ", grad.sizes());
-  auto c = check_inputs("path_fusion_backward", logits, inputs, grad.size(2), grad.size(3));
-  TORCH_CHECK_VALUE(grad.size(0) == c.N && grad.size(1) == c.C, "path_fusion_backward: grad has shape ",
-                    grad.sizes(), " but inputs have N=", c.N, ", C=", c.C);
+  const auto c = check_path_fusion_backward(grad, logits, inputs, temperature);
+  check_cuda_limits("path_fusion_backward", c);
   const c10::cuda::CUDAGuard guard(c.xs[0].device());
   auto g = grad.to(c.xs[0].scalar_type()).contiguous();
   std::vector<at::Tensor> dxs;

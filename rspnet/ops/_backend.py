@@ -1,5 +1,6 @@
-"""Which backend runs an op: availability, the RSPNET_BACKEND override, and
-the measured choice between Triton and CUDA on a GPU.
+"""Which backend runs an op: availability, the forced backend (RSPNET_BACKEND,
+or ``forced()`` for a block), and the measured choice between Triton and CUDA
+on a GPU.
 
 Backends: ``reference`` (plain PyTorch), ``cpp`` (C++ CPU kernels of
 ``rspnet._C``), ``cuda`` (CUDA kernels of ``rspnet._C``), ``triton``. Nothing
@@ -7,7 +8,9 @@ here touches the GPU at import time.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import torch
 
@@ -25,8 +28,41 @@ def _read_override() -> str | None:
     return value
 
 
-# Read once: a module constant is cheap to guard under torch.compile.
-OVERRIDE = _read_override()
+# The backend forced on every op where it can run, or None: RSPNET_BACKEND
+# (read once, at import), changed only by forced(). A plain module global is
+# as cheap for torch.compile to guard as a constant: a change recompiles.
+_override: str | None = _read_override()
+
+
+def override() -> str | None:
+    """The backend forced on every op where it can run (RSPNET_BACKEND, or the
+    innermost ``forced()`` block), or None for the default choice."""
+    return _override
+
+
+@contextlib.contextmanager
+def forced(name: str | None) -> Iterator[None]:
+    """Force backend ``name`` (None: the default choice) on every op where it
+    can run, for the ``with`` block; the previous setting is restored after.
+    Not thread-local: it applies to every thread while the block runs."""
+    global _override
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    saved, _override = _override, name
+    try:
+        yield
+    finally:
+        _override = saved
+
+
+def __getattr__(name: str):
+    # Read-only alias of override() for code written when it was the module
+    # constant OVERRIDE. Assigning to it has no effect on dispatch: use forced().
+    if name == "OVERRIDE":
+        return _override
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _EXT = _extension.load()
 _measured: dict[tuple, str] = {}
 _TRITON_OPS: set[str] = set()
@@ -110,10 +146,12 @@ def select(op: str, x: torch.Tensor, requested: str | None, timed_runners=None) 
     """The backend for ``op`` on tensors like ``x``.
 
     ``requested`` (a call's ``backend=`` argument) must be able to run, else
-    it is an error. Otherwise RSPNET_BACKEND is used where it can run, then
-    the default: C++ on CPU; on CUDA the faster of the CUDA and Triton kernels,
-    measured once per (op, device, dtype, size class) through
-    ``timed_runners()`` -> {backend: zero-argument callable}.
+    it is an error. Otherwise the forced backend (``override()``) is used
+    where it can run, then the default: C++ on CPU; on CUDA the faster of the
+    CUDA and Triton kernels, measured once per (op, device, dtype, size class)
+    through ``timed_runners()`` -> {backend: zero-argument callable}. Nothing
+    is measured while torch.compile traces: the cached choice, else the first
+    candidate (CUDA where it can run), is used.
     """
     device, dtype = x.device, x.dtype
     if requested is not None:
@@ -121,8 +159,8 @@ def select(op: str, x: torch.Tensor, requested: str | None, timed_runners=None) 
         if not ok:
             raise RuntimeError(f"rspnet.ops.{op}: backend {requested!r} cannot run here: {why}")
         return requested
-    if OVERRIDE is not None and can_run(OVERRIDE, op, device, dtype)[0]:
-        return OVERRIDE
+    if _override is not None and can_run(_override, op, device, dtype)[0]:
+        return _override
     if device.type == "cpu":
         return "cpp" if can_run("cpp", op, device, dtype)[0] else "reference"
     candidates = [b for b in ("cuda", "triton") if can_run(b, op, device, dtype)[0]]
@@ -133,7 +171,7 @@ def select(op: str, x: torch.Tensor, requested: str | None, timed_runners=None) 
     key = (op, device.index, dtype, x.numel().bit_length())
     if key not in _measured:
         if torch.compiler.is_compiling():
-            return _measured.get(key, candidates[0])
+            return candidates[0]
         _measured[key] = _fastest({b: r for b, r in timed_runners().items() if b in candidates})
     return _measured[key]
 
@@ -154,5 +192,5 @@ def _fastest(runners: dict) -> str:
 
 def status() -> dict:
     """For ``python -m rspnet.info``."""
-    return {"extension": _EXT, "override": OVERRIDE, "triton_ok": TRITON_OK, "triton_problem": TRITON_PROBLEM,
+    return {"extension": _EXT, "override": _override, "triton_ok": TRITON_OK, "triton_problem": TRITON_PROBLEM,
             "triton_interpreter": triton_interpreter(), "measured_choices": dict(_measured)}

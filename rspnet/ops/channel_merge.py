@@ -1,8 +1,8 @@
 """``channel_merge(inputs, groups)``: ``channel_shuffle(cat(inputs, 1), groups)`` in one pass.
 
-The merge of an RSP block (SPEC.md section 3): the processed part and the
-bypassed part are concatenated and shuffled so that the bypassed channels are
-processed at the next stage. Eager PyTorch materialises the concatenation and
+The merge of a Recursive Stage Partial block (rspnet/nn/rsp.py): the
+processed part and the bypassed part are concatenated and shuffled so that
+the bypassed channels are processed at the next stage. Eager PyTorch materialises the concatenation and
 then the shuffled copy; the fused op copies every input plane straight to its
 shuffled place, and its backward copies the gradient planes straight back
 into one tensor per input (the inverse permutation, split).

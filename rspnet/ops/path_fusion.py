@@ -1,9 +1,10 @@
 """``path_fusion(logits, inputs, size)``: ``sum_p softmax(logits / T)_p * resample_p(inputs[p])``.
 
-The Path-Attention Module's fusion (SPEC.md section 4): every incoming map is
-brought to ``size`` (identity, bilinear upsampling with
-``align_corners=False``, or average pooling by an integer factor) and the
-maps are summed with softmax weights. The fused kernels never materialise a
+The Path-Attention Module's fusion (rspnet/nn/pam.py, at every node of the
+macro supernet): every incoming map is brought to ``size`` (identity, bilinear
+upsampling with ``align_corners=False``, or average pooling by an integer
+factor, as ``reference.resample_mode`` decides) and the maps are summed with
+softmax weights. The fused kernels never materialise a
 resampled map, forward or backward: the forward evaluates each resampled
 value where it is summed, and the backward gathers ``resample_p^T(g)`` at each
 input's own resolution, giving ``dx_p = w_p * resample_p^T(g)`` and
@@ -25,10 +26,9 @@ from typing import Sequence
 import torch
 
 from . import _backend, _checks
-from .reference import path_fusion_ref
+from .reference import IDENTITY, path_fusion_ref, resample_mode
 
 _OP = "path_fusion"
-IDENTITY, BILINEAR, POOL = 0, 1, 2
 
 
 def path_fusion(logits: torch.Tensor, inputs: Sequence[torch.Tensor], size: Sequence[int],
@@ -83,22 +83,6 @@ def _check_temperature(temperature) -> float:
     if not (t > 0 and math.isfinite(t)):
         raise ValueError(f"{_OP}: temperature must be positive and finite, got {temperature!r}")
     return t
-
-
-def resample_mode(in_hw: Sequence[int], size: Sequence[int], index: int = 0) -> tuple[int, int, int]:
-    """``(mode, kh, kw)`` for bringing an ``in_hw`` map to ``size``; ValueError
-    for ratios the op does not define (mixed up/down, non-integer down)."""
-    h, w = int(in_hw[0]), int(in_hw[1])
-    H, W = int(size[0]), int(size[1])
-    if (h, w) == (H, W):
-        return IDENTITY, 1, 1
-    if h <= H and w <= W:
-        return BILINEAR, 1, 1
-    if h >= H and w >= W and h % H == 0 and w % W == 0:
-        return POOL, h // H, w // W
-    raise ValueError(
-        f"{_OP}: cannot resample inputs[{index}] of size {h}x{w} to {H}x{W}: a path must be smaller in both "
-        "dimensions (bilinear up), equal, or larger by an integer factor in both (average-pool down)")
 
 
 def _geometry(xs: list[torch.Tensor], size: tuple[int, int]) -> list[tuple[int, int, int]]:
