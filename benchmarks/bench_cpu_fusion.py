@@ -12,7 +12,7 @@ None before each step so all methods allocate them alike).
 Workloads:
 * path_fusion: a macro-supernet node's PAM fusion at CPU scale, four scales
   (1/1, 1/2, 1/4, 1/8 of the output) fused to 128x256, n=2, c=16, fp32; the
-  eager peer is the composition in ../shared/bench/peers.py (softmax, then
+  eager peer is the composition a user would write (softmax, then
   w_0 x_0 + sum_p w_p interpolate(x_p)).
 * channel_merge: the RSP merge, two halves of 32 channels at 128x256, n=2,
   groups=2; the peer is cat + view/transpose/reshape.

@@ -1,6 +1,6 @@
-"""The ANCHORS DARTS-cell workload with rspnet's ``MixedOp`` beside its peers.
+"""The DARTS-cell workload with rspnet's ``MixedOp`` beside its peers.
 
-Workload (docs/ANCHORS.md, ``SearchCell`` of ../shared/bench/peers.py): a DARTS
+Workload (the reference peers' ``SearchCell``, reproduced below): a DARTS
 normal cell with 2 inputs, 4 intermediate nodes, 14 mixed edges of the 8 DARTS
 ops, n=8, c=32, 128×256, fp32, one forward + backward. ``quick``: n=2, c=8,
 32×64. Rows: the peers ``eager`` and ``checkpoint`` (one
@@ -27,8 +27,8 @@ from rspnet.nn import MixedOp
 
 
 # ------------------------------------------------------------------------------------------
-# Copied from the peer definitions (../shared/bench/peers.py), which may be absent where
-# this runs: the DARTS ops, the eager MixedOp and SearchCell, and the measuring rule.
+# The peer definitions: the DARTS ops, the eager MixedOp and SearchCell as DARTS writes
+# them, and the measuring rule (median ms, peak MiB above the baseline allocation).
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()

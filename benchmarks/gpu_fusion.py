@@ -9,11 +9,12 @@ ideal traffic, that rate as a % of a device copy measured in the same run, and
 peak extra memory (allocator peak during one step minus the input gradients
 every method produces).
 
-* PAM path fusion (../docs/ANCHORS.md): 4 scales (1/1, 1/2, 1/4, 1/8 of the
+* PAM path fusion (the PAM workload of benchmarks/RESULTS.md): 4 scales (1/1, 1/2, 1/4, 1/8 of the
   output) fused to 256x512, n=8, c=64. Ideal traffic: forward reads the inputs
   (I) and writes the output (O); backward reads g (O) and the inputs (for
   dlogits) and writes their gradients: 3I + 2O bytes. Peers: the eager
-  composition of ../shared/bench/peers.py and its torch.compile.
+  composition a user would write (softmax, interpolate / avg-pool, weighted sum)
+  and its torch.compile.
 * RSP channel merge: two halves of (8, 32, 128, 256), groups=2. Ideal: every
   element read and written once each way: 4 x total bytes. Peers: cat +
   channel shuffle, eager and compiled.

@@ -5,8 +5,8 @@
 For each workload it prints (and writes to DIR/gpu_suite.{md,json}): median
 ms of forward+backward, effective GB/s of the ideal traffic, that rate as a %
 of a device-to-device copy measured in the same run (the ceiling for
-memory-bound ops), and peak extra memory. Peers are the definitions of
-../shared/bench/peers.py (eager sum, stack+einsum, torch.compile).
+memory-bound ops), and peak extra memory. Peers are what a user would write
+instead (eager sum, stack+einsum, torch.compile).
 
 Peak extra memory: gradients are reset to None before every step, so every
 method allocates its input gradients alike; the figure is the allocator's
@@ -122,7 +122,7 @@ def mixed_sum_rows(ceiling, quick, dtype=torch.float32):
 
 
 def cell_rows(mod, quick):
-    """The ANCHORS DARTS-cell workload (benchmarks/cell_workload.py) as table rows."""
+    """The DARTS-cell workload (benchmarks/cell_workload.py) as table rows."""
     res = mod.run("cuda", quick=quick)
     wl = res["workload"]
     name = f"DARTS cell 14x8 n={wl['n']} c={wl['c']} {wl['h']}x{wl['w']}"

@@ -47,11 +47,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from memory import peak_bytes  # noqa: E402  (benchmarks/memory.py)
 
+from rspnet.architecture import Architecture, Genotype  # noqa: E402
 from rspnet.data import NUM_CLASSES, get_dataset  # noqa: E402
 from rspnet.models import RSPNet  # noqa: E402
-from rspnet.nn import Genotype  # noqa: E402
-from rspnet.search import (Architect, Architecture, MacroSupernet, SearchConfig,  # noqa: E402
-                           SinglePathSupernet)
+from rspnet.search import Architect, MacroSupernet, SearchConfig, SinglePathSupernet  # noqa: E402
 
 DEFAULTS = SearchConfig()
 MODES = ("store", "recompute", "single_path")

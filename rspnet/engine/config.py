@@ -1,6 +1,6 @@
 """How a run is driven (``RunOptions``), how its settings are compared on
 resumption (``plain``, ``changed_settings``), and the checks of the settings
-every run has (``check_device``, ``check_batch_size``).
+every run has (``check_run_settings``).
 
 A run's *config* (``SearchConfig``, ``TrainConfig``) says what it computes and
 is stored in every checkpoint; ``RunOptions`` says where it writes, whether it
@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-__all__ = ["RunOptions", "plain", "changed_settings", "check_device", "check_batch_size"]
+__all__ = ["RunOptions", "plain", "changed_settings", "check_device", "check_run_settings"]
 
 
 @dataclass
@@ -110,9 +110,14 @@ def check_device(device: str) -> None:
         raise ValueError(f"--device {device}: only cpu and cuda are supported")
 
 
-def check_batch_size(batch_size: int) -> None:
-    """Training mode BatchNorm needs more than one value per channel, also at
-    the 1/32 scale, where a map can be a single pixel."""
+def check_run_settings(device: str, batch_size: int, size: Sequence[int]) -> None:
+    """The checks of the settings every run has, ``ValueError`` naming the
+    flag: a usable device; a batch of at least 2, as training-mode BatchNorm
+    needs more than one value per channel also at the 1/32 scale, where a map
+    can be a single pixel; an input size the network can halve five times."""
+    check_device(device)
     if batch_size < 2:
         raise ValueError("--batch-size must be at least 2 (BatchNorm needs more than one value per "
                          "channel at every scale)")
+    if size[0] % 32 or size[1] % 32:
+        raise ValueError(f"--size {size[0]}x{size[1]}: height and width must be multiples of 32")

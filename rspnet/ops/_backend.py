@@ -55,14 +55,6 @@ def forced(name: str | None) -> Iterator[None]:
         _override = saved
 
 
-def __getattr__(name: str):
-    # Read-only alias of override() for code written when it was the module
-    # constant OVERRIDE. Assigning to it has no effect on dispatch: use forced().
-    if name == "OVERRIDE":
-        return _override
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 _EXT = _extension.load()
 _measured: dict[tuple, str] = {}
 _TRITON_OPS: set[str] = set()

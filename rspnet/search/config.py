@@ -68,14 +68,11 @@ RESUMABLE_CHANGES = ("device", "memory")
 def check_config(c: SearchConfig) -> None:
     """``ValueError`` (naming the CLI flag) for settings that cannot search."""
     from rspnet.data import check_source
-    from rspnet.engine.config import check_batch_size, check_device
+    from rspnet.engine.config import check_run_settings
     from rspnet.nn import MEMORY_MODES
 
     check_source(c.data, c.data_root)
-    check_device(c.device)
-    check_batch_size(c.batch_size)
-    if c.size[0] % 32 or c.size[1] % 32:
-        raise ValueError(f"--size {c.size[0]}x{c.size[1]}: height and width must be multiples of 32")
+    check_run_settings(c.device, c.batch_size, c.size)
     if c.warmup is not None and not 0 <= c.warmup <= c.epochs:
         raise ValueError(f"--warmup must be in [0, --epochs={c.epochs}], got {c.warmup}")
     if not 0 < c.rsp_ratio < 1:

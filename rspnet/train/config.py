@@ -44,13 +44,10 @@ RESUMABLE_CHANGES = ("device", "amp", "channels_last", "workers", "val_every", "
 def check_config(config: TrainConfig) -> None:
     """``ValueError`` (naming the CLI flag) for settings that cannot train."""
     from rspnet.data import check_source
-    from rspnet.engine.config import check_batch_size, check_device
+    from rspnet.engine.config import check_run_settings
 
     check_source(config.data, config.data_root)
-    check_device(config.device)
-    check_batch_size(config.batch_size)
-    if config.size[0] % 32 or config.size[1] % 32:
-        raise ValueError(f"--size {config.size[0]}x{config.size[1]}: height and width must be multiples of 32")
+    check_run_settings(config.device, config.batch_size, config.size)
     if not 0 < config.ohem_thresh < 1:
         raise ValueError(f"--ohem-thresh must be in (0, 1), got {config.ohem_thresh}")
     if not 0 <= config.momentum < 1 or config.weight_decay < 0 or config.poly_power < 0:

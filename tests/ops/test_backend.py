@@ -30,10 +30,11 @@ def test_forced_rejects_unknown_backend():
             pass
 
 
-def test_override_alias_reads_the_current_setting():
+def test_override_reads_the_current_setting():
+    outside = _backend.override()
     with _backend.forced("reference"):
-        assert _backend.OVERRIDE == "reference"
-    assert _backend.OVERRIDE == _backend.override()
+        assert _backend.override() == "reference"
+    assert _backend.override() == outside
 
 
 @pytest.mark.skipif(not _backend.has_kernel("mixed_sum", "CPU"), reason="rspnet._C not built")

@@ -122,7 +122,7 @@ def test_torch_compile_fullgraph_cpu():
 def test_default_backend_on_cpu_is_cpp():
     from rspnet.ops import _backend
     x = torch.randn(1, 2, 2, 2)
-    assert _backend.select("channel_merge", x, None) == ("cpp" if _backend.OVERRIDE is None else _backend.OVERRIDE)
+    assert _backend.select("channel_merge", x, None) == ("cpp" if _backend.override() is None else _backend.override())
 
 
 # ---------------------------------------------------------------- bad input

@@ -120,7 +120,7 @@ def test_torch_compile_fullgraph_cpu():
 def test_default_backend_on_cpu_is_cpp():
     from rspnet.ops import _backend
     x = torch.randn(3)
-    assert _backend.select("mixed_sum", x, None) == ("cpp" if _backend.OVERRIDE is None else _backend.OVERRIDE)
+    assert _backend.select("mixed_sum", x, None) == ("cpp" if _backend.override() is None else _backend.override())
 
 
 def test_cpu_result_independent_of_thread_count():

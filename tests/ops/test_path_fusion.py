@@ -204,7 +204,7 @@ def test_torch_compile_fullgraph_cpu():
 def test_default_backend_on_cpu_is_cpp():
     from rspnet.ops import _backend
     x = torch.randn(1, 1, 2, 2)
-    assert _backend.select("path_fusion", x, None) == ("cpp" if _backend.OVERRIDE is None else _backend.OVERRIDE)
+    assert _backend.select("path_fusion", x, None) == ("cpp" if _backend.override() is None else _backend.override())
 
 
 def test_cpu_result_independent_of_thread_count():
