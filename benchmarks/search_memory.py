@@ -86,13 +86,13 @@ def _search_step(args, device):
     if args.stage == 1:
         model = SinglePathSupernet(NUM_CLASSES, args.channels, c.scales, c.steps, args.mode,
                                    head_channels=4 * args.channels).to(device)
-        a_opt = torch.optim.Adam(model.arch_parameters(), lr=c.alpha_lr, betas=c.alpha_betas,
-                                 weight_decay=c.alpha_weight_decay)
+        a_opt = torch.optim.Adam(model.arch_parameters(), lr=c.arch_lr, betas=c.arch_betas,
+                                 weight_decay=c.arch_weight_decay)
     else:
         model = MacroSupernet(NUM_CLASSES, CELL, args.channels, c.scales, args.layers,
                               head_channels=4 * args.channels, memory=args.mode).to(device)
-        a_opt = torch.optim.Adam(model.arch_parameters(), lr=c.beta_lr, betas=c.beta_betas,
-                                 weight_decay=c.beta_weight_decay)
+        a_opt = torch.optim.Adam(model.arch_parameters(), lr=c.arch_lr, betas=c.arch_betas,
+                                 weight_decay=c.arch_weight_decay)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=c.w_lr, momentum=c.w_momentum,
                             weight_decay=c.w_weight_decay)
     architect = Architect(model, a_opt, args.order)

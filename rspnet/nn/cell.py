@@ -46,14 +46,15 @@ class Cell(nn.Module):
         steps: intermediate nodes (B).
         memory: the ``MixedOp`` memory mode (``"store"`` / ``"recompute"``).
         edge_partial: PC-DARTS partial channels on every edge (1 = off).
+        skip_bn: ``MixedOp``'s BatchNorm after ``skip_connect``.
     BatchNorm has no affine parameters, as in DARTS's search.
     """
 
     def __init__(self, C: int, steps: int = 4, memory: str = "store", edge_partial: int = 1,
-                 primitives: Sequence[str] = PRIMITIVES):
+                 primitives: Sequence[str] = PRIMITIVES, skip_bn: bool = True):
         super().__init__()
         self.steps = steps
-        self.edges = nn.ModuleList(MixedOp(C, memory, edge_partial, primitives)
+        self.edges = nn.ModuleList(MixedOp(C, memory, edge_partial, primitives, skip_bn)
                                    for _ in edge_list(steps))
         self.project = _Projection(steps * C, C, affine=False)
 

@@ -118,13 +118,20 @@ class MixedOp(Recomputable, nn.Module):
             through the candidates, the rest bypass the edge, and a channel
             shuffle (groups=``partial``) mixes them for the next edge. 1 = off.
         primitives: candidate names, keys of ``OPS``.
+        skip_bn: follow ``skip_connect`` with an affine-free BatchNorm too.
 
     Pooling candidates are followed by a BatchNorm without affine parameters,
     as in DARTS's search, so that every candidate's output has the same scale.
+    With ``skip_bn`` (the default) so is ``skip_connect``: unnormalised, its
+    output's scale is whatever the previous layer's is, and the architecture
+    step grows its weight as a way to scale the edge's output instead of for
+    what it computes — DARTS's collapse onto skip connections (a known-answer
+    test, ``tests/search/test_known_answers.py``, picks skip_connect for a task
+    it cannot solve without it, the right ops with it).
     """
 
     def __init__(self, C: int, memory: str = "store", partial: int = 1,
-                 primitives: Sequence[str] = PRIMITIVES):
+                 primitives: Sequence[str] = PRIMITIVES, skip_bn: bool = True):
         super().__init__()
         check_memory_mode(memory, "MixedOp")
         if partial < 1 or C % partial:
@@ -136,7 +143,7 @@ class MixedOp(Recomputable, nn.Module):
         ops = []
         for name in self.primitives:
             op = OPS[name](c, False)
-            if "pool" in name:
+            if "pool" in name or (skip_bn and name == "skip_connect"):
                 op = nn.Sequential(op, nn.BatchNorm2d(c, affine=False))
             ops.append(op)
         self.ops = nn.ModuleList(ops)

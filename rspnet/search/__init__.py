@@ -15,12 +15,12 @@ The vocabulary a search produces (``Genotype``, ``KeptNode``, the
 architecture file) lives in ``rspnet.architecture``.
 """
 from .architect import ORDERS, Architect, ParamPenalty
-from .config import RESUMABLE_CHANGES, SearchConfig, check_config
+from .config import ARCH_LR, RESUMABLE_CHANGES, SearchConfig, check_config, default_memory
 from .derive import derive_cell, derive_paths
 from .run import STAGES, run
 from .stage import StageSearch, checkpoint_series, load_search_checkpoint
 from .supernet import MacroSupernet, SinglePathSupernet
 
-__all__ = ["SearchConfig", "check_config", "RESUMABLE_CHANGES", "run", "STAGES", "StageSearch",
+__all__ = ["SearchConfig", "check_config", "ARCH_LR", "default_memory", "RESUMABLE_CHANGES", "run", "STAGES", "StageSearch",
            "checkpoint_series", "load_search_checkpoint", "Architect", "ParamPenalty", "ORDERS",
            "SinglePathSupernet", "MacroSupernet", "derive_cell", "derive_paths"]

@@ -22,7 +22,7 @@ from rspnet import data
 from rspnet.cli import (add_run_options, architecture_arg, checked, nonnegative_int, parse_size,
                         positive_float, positive_int, run_command, run_options)
 from rspnet.nn import MEMORY_MODES
-from rspnet.search import ORDERS, STAGES, SearchConfig, check_config, run
+from rspnet.search import ORDERS, STAGES, SearchConfig, check_config, default_memory, run
 
 DEFAULTS = SearchConfig()
 
@@ -47,26 +47,59 @@ def build_parser() -> argparse.ArgumentParser:
                    help="F: channels at 1/4 scale, doubling per scale")
     p.add_argument("--layers", type=positive_int, default=DEFAULTS.layers, help="trellis depth of stage 2")
     p.add_argument("--steps", type=positive_int, default=DEFAULTS.steps, help="intermediate nodes per cell")
-    p.add_argument("--memory", choices=MEMORY_MODES, default=DEFAULTS.memory,
+    p.add_argument("--memory", choices=MEMORY_MODES, default=None,
                    help="supernet memory mode (both stages): recompute keeps only each edge's, "
-                        "stem's, head's and node's inputs and recomputes in backward; store is plain autograd")
+                        "stem's, head's and node's inputs and recomputes in backward; store is plain "
+                        "autograd (default: store on CPU, recompute on CUDA)")
     p.add_argument("--order", choices=ORDERS, default=DEFAULTS.order,
                    help="first- or second-order (unrolled) architecture gradient")
     p.add_argument("--edge-partial", type=positive_int, default=DEFAULTS.edge_partial,
                    help="PC-DARTS partial channels K on the cell's edges (1 = off)")
     p.add_argument("--edge-normalization", action="store_true", help="PC-DARTS edge normalisation")
+    p.add_argument("--skip-bn", action=argparse.BooleanOptionalAction, default=DEFAULTS.skip_bn,
+                   help="an affine-free BatchNorm after the skip_connect candidate in the search, as "
+                        "after the pools: every candidate's output on the same scale, against the "
+                        "collapse onto skip connections"),
     p.add_argument("--rsp-ratio", type=float, default=DEFAULTS.rsp_ratio,
                    help="fraction of channels that go through the cell")
     p.add_argument("--rsp-depth", type=positive_int, default=DEFAULTS.rsp_depth, help="RSP recursion depth")
     p.add_argument("--head-channels", type=positive_int, default=DEFAULTS.head_channels,
                    help="width of the head's 3x3 conv (default: 4 F)")
+    p.add_argument("--arch-lr", type=positive_float, default=DEFAULTS.arch_lr,
+                   help="Adam learning rate of the architecture parameters (α in stage 1, β in stage 2)")
+    p.add_argument("--arch-betas", type=float, nargs=2, default=DEFAULTS.arch_betas, metavar=("B1", "B2"),
+                   help="Adam betas of the architecture parameters")
+    p.add_argument("--arch-weight-decay", type=float, default=DEFAULTS.arch_weight_decay,
+                   help="weight decay of the architecture parameters")
     p.add_argument("--top-k", type=positive_int, default=DEFAULTS.top_k, help="paths kept per node")
     p.add_argument("--param-penalty", type=float, default=DEFAULTS.param_penalty,
                    help="λ of the expected-parameter penalty on the architecture loss (0 = off)")
     p.add_argument("--param-budget", type=positive_float, default=None,
-                   help="parameter budget in millions: only the excess over it is penalised")
+                   help="parameter budget in millions: only the excess over it is penalised "
+                        "(with --random: only architectures within it are drawn)")
+    p.add_argument("--random", type=positive_int, metavar="N",
+                   help="no search: draw N architectures uniformly from the same space (the random "
+                        "baseline, seeded by --seed) and write them to --out as random-NNN.json")
     add_run_options(p, "search", DEFAULTS.seed)
     return p
+
+
+def _random(parser: argparse.ArgumentParser, args, config: SearchConfig) -> int:
+    import os
+    import time
+
+    from rspnet.search.baseline import write_random_architectures
+
+    out = args.out or os.path.join("runs", time.strftime("random-%Y%m%d-%H%M%S"))
+    budget = None if args.param_budget is None else args.param_budget * 1e6
+    try:
+        written = write_random_architectures(config, args.random, out, args.seed, budget, data.NUM_CLASSES)
+    except ValueError as exc:
+        parser.error(str(exc))
+    for path, params in written:
+        print(f"{path}  {params / 1e6:.3f} M params")
+    print(f"{len(written)} random architectures (seed {args.seed}) in {out}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,13 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = SearchConfig(
         data=args.data, data_root=args.data_root, images=args.images, size=args.size,
         epochs=args.epochs, warmup=args.warmup, batch_size=args.batch_size, channels=args.channels,
-        layers=args.layers, steps=args.steps, memory=args.memory, order=args.order, seed=args.seed,
+        layers=args.layers, steps=args.steps, memory=args.memory or default_memory(args.device),
+        order=args.order, seed=args.seed, arch_lr=args.arch_lr, arch_betas=tuple(args.arch_betas),
+        arch_weight_decay=args.arch_weight_decay,
         device=args.device, edge_partial=args.edge_partial,
-        edge_normalization=args.edge_normalization, rsp_ratio=args.rsp_ratio,
+        edge_normalization=args.edge_normalization, skip_bn=args.skip_bn, rsp_ratio=args.rsp_ratio,
         rsp_depth=args.rsp_depth, head_channels=args.head_channels, top_k=args.top_k,
         param_penalty=args.param_penalty,
-        param_budget=None if args.param_budget is None else args.param_budget * 1e6)
+        param_budget=None if args.param_budget is None or args.random else args.param_budget * 1e6)
     checked(parser, check_config, config)
+    if args.random:
+        return _random(parser, args, config)
     options = run_options(parser, args, "search")
     if args.stage == "2" and not args.cell and not options.resume:
         parser.error("--stage 2 needs --cell ARCHITECTURE_JSON (the result of stage 1)")

@@ -139,7 +139,10 @@ class Architect:
 
     def _hessian_vector(self, batch, weights, original, v):
         arch = self.model.arch_parameters()
-        eps = 0.01 / torch.cat([x.reshape(-1) for x in v]).norm()
+        norm = torch.cat([x.reshape(-1) for x in v]).norm()
+        if norm == 0:   # no weight gradient on B: the Hessian-vector product is zero
+            return [torch.zeros_like(p) for p in arch]
+        eps = 0.01 / norm
         sides = []
         for sign in (1.0, -1.0):
             with torch.no_grad():

@@ -10,7 +10,20 @@ from rspnet.architecture import partial_channels
 
 from .architect import ORDERS
 
-__all__ = ["SearchConfig", "RESUMABLE_CHANGES", "check_config"]
+__all__ = ["SearchConfig", "RESUMABLE_CHANGES", "check_config", "ARCH_LR", "default_memory"]
+
+# The architecture learning rate of the defaults: with DARTS's 3e-4, the 40
+# architecture steps of a default stage move α by at most about 0.012 and the
+# derived architecture is decided by the initialisation noise
+# (docs/design.md, "Does the search select?").
+ARCH_LR = 0.03
+
+
+def default_memory(device: str) -> str:
+    """``recompute`` on accelerators, where memory limits the search;
+    ``store`` on CPU, where recomputation roughly doubles a step and memory
+    is plentiful."""
+    return "store" if device.split(":")[0] == "cpu" else "recompute"
 
 
 @dataclass
@@ -27,12 +40,13 @@ class SearchConfig:
     scales: int = 4
     layers: int = 8                    # trellis depth L of stage 2
     steps: int = 4                     # intermediate nodes of a cell
-    memory: str = "recompute"
+    memory: str = "store"             # the CLI: store on CPU, recompute on CUDA
     order: str = "first"
     seed: int = 0
     device: str = "cpu"
     edge_partial: int = 1
     edge_normalization: bool = False
+    skip_bn: bool = True               # affine-free BN after the skip_connect candidate (MixedOp)
     rsp_ratio: float = 0.5
     rsp_depth: int = 1
     head_channels: int | None = None   # None: 4 F
@@ -44,12 +58,10 @@ class SearchConfig:
     w_momentum: float = 0.9
     w_weight_decay: float = 3e-4
     grad_clip: float = 5.0
-    alpha_lr: float = 3e-4
-    alpha_betas: tuple[float, float] = (0.5, 0.999)
-    alpha_weight_decay: float = 1e-3
-    beta_lr: float = 3e-3
-    beta_betas: tuple[float, float] = (0.9, 0.999)
-    beta_weight_decay: float = 1e-3
+    # Adam of the architecture parameters: α in stage 1, β in stage 2
+    arch_lr: float = ARCH_LR
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
 
     @property
     def warmup_epochs(self) -> int:
@@ -91,6 +103,8 @@ def check_config(c: SearchConfig) -> None:
         raise ValueError("--param-budget needs --param-penalty > 0 (the budget only shapes the penalty)")
     if c.memory not in MEMORY_MODES or c.order not in ORDERS:
         raise ValueError(f"--memory must be one of {MEMORY_MODES} and --order one of {ORDERS}")
+    if not c.arch_lr > 0 or not all(0 <= b < 1 for b in c.arch_betas) or c.arch_weight_decay < 0:
+        raise ValueError("need --arch-lr > 0, 0 <= --arch-betas < 1 and --arch-weight-decay >= 0")
     if min(c.epochs, c.channels, c.scales, c.layers, c.steps, c.edge_partial, c.rsp_depth, c.top_k) < 1:
         raise ValueError("--epochs, --channels, --layers, --steps, --edge-partial, --rsp-depth and "
                          "--top-k must be positive")

@@ -34,7 +34,8 @@ __all__ = ["run", "STAGES"]
 
 STAGES = ("1", "2", "both")
 _PROVENANCE = ("data", "images", "size", "epochs", "warmup", "batch_size", "layers", "memory", "order", "seed",
-               "edge_partial", "edge_normalization", "top_k", "param_penalty", "param_budget")
+               "edge_partial", "edge_normalization", "skip_bn", "top_k", "param_penalty", "param_budget",
+               "arch_lr", "arch_betas", "arch_weight_decay")
 SYNTHETIC_SEARCH_IMAGES = 64
 
 
@@ -164,7 +165,7 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
     from .plots import plot_cell, plot_network, plot_probabilities_history
 
     architecture = None
-    advice = "try a lower learning rate (SearchConfig.w_lr / alpha_lr / beta_lr) or --param-penalty 0"
+    advice = "try a lower --arch-lr (or SearchConfig.w_lr) or --param-penalty 0"
     with session.guard("search", advice, lambda: current[0].last_checkpoint if current else None):
         if 1 in stages and not (2 in plan and 1 not in plan):
             search = run_stage(1)

@@ -110,7 +110,8 @@ class StageSearch(ResumableLoop):
         if stage == 1:
             model = SinglePathSupernet(num_classes, c.channels, c.scales, c.steps, c.memory,
                                        c.edge_partial, c.edge_normalization, c.rsp_ratio,
-                                       c.rsp_depth, c.head_width, ignore_index=ignore_index)
+                                       c.rsp_depth, c.head_width, ignore_index=ignore_index,
+                                       skip_bn=c.skip_bn)
         else:
             model = MacroSupernet(num_classes, cell, c.channels, c.scales, c.layers, c.rsp_ratio,
                                   c.rsp_depth, c.head_width, memory=c.memory, ignore_index=ignore_index)
@@ -127,12 +128,8 @@ class StageSearch(ResumableLoop):
                                            momentum=c.w_momentum, weight_decay=c.w_weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.w_optimizer, T_max=c.epochs, eta_min=c.w_lr_min)
-        settings = {"alpha": (c.alpha_lr, c.alpha_betas, c.alpha_weight_decay),
-                    "beta": (c.beta_lr, c.beta_betas, c.beta_weight_decay)}
-        groups = [{"params": params, "lr": settings[kind][0], "betas": settings[kind][1],
-                   "weight_decay": settings[kind][2]}
-                  for kind, params in self.model.arch_param_groups().items()]
-        self.a_optimizer = torch.optim.Adam(groups)
+        self.a_optimizer = torch.optim.Adam(self.model.arch_parameters(), lr=c.arch_lr,
+                                            betas=tuple(c.arch_betas), weight_decay=c.arch_weight_decay)
         penalty = ParamPenalty(c.param_penalty, c.param_budget) if c.param_penalty else None
         self.architect = Architect(self.model, self.a_optimizer, c.order, penalty,
                                    reduce=distributed.all_reduce_mean_)
@@ -286,6 +283,6 @@ class StageSearch(ResumableLoop):
         arch = "warm-up" if arch_loss is None else f"{arch_loss:.4f}"
         ent = "  ".join(f"H({k}) {v:.4f}" for k, v in entropy.items())
         self.log(f"[stage {self.stage}] epoch {self.epoch}/{self.config.epochs}  "
-                 f"train loss {train_loss:.4f}  arch loss {arch}  val mIoU(B) {100 * miou:.2f}%  "
+                 f"train loss {train_loss:.4f}  arch loss {arch}  supernet mIoU on arch split B {100 * miou:.2f}%  "
                  f"{ent}  genotype {self.describe()}")
         return []

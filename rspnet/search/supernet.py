@@ -68,18 +68,20 @@ class SinglePathSupernet(_Supernet):
         rsp_ratio, rsp_depth: the RSP split around each cell.
         head_channels: width of the head's 3×3 conv.
         ignore_index: the label the loss ignores.
+        skip_bn: an affine-free BatchNorm after every ``skip_connect`` candidate
+            (``MixedOp``), so that it cannot win as a mere scale.
     """
 
     def __init__(self, num_classes: int, channels: int = 16, scales: int = 4, steps: int = 4,
                  memory: str = "recompute", edge_partial: int = 1, edge_normalization: bool = False,
                  rsp_ratio: float = 0.5, rsp_depth: int = 1, head_channels: int = 64,
-                 primitives: Sequence[str] = PRIMITIVES, ignore_index: int = 255):
+                 primitives: Sequence[str] = PRIMITIVES, ignore_index: int = 255, skip_bn: bool = True):
         super().__init__()
         self.steps, self.ignore_index = steps, ignore_index
         self.primitives = tuple(primitives)
 
         def make_cell(c: int) -> Cell:
-            return Cell(c, steps, memory, edge_partial, self.primitives)
+            return Cell(c, steps, memory, edge_partial, self.primitives, skip_bn)
 
         self.stem = Stem(channels, memory=memory)
         self.backbone = SinglePathBackbone(
@@ -174,7 +176,7 @@ class MacroSupernet(_Supernet):
         total = 0
         for beta, pam in zip(self.betas, self.backbone.pams):
             counts = torch.tensor([sum(p.numel() for p in proj.parameters())
-                                   for proj in pam.projections], dtype=beta.dtype)
+                                   for proj in pam.projections], dtype=beta.dtype, device=beta.device)
             total = total + (torch.softmax(beta, 0) * counts).sum()
         return total
 
@@ -183,6 +185,7 @@ class MacroSupernet(_Supernet):
         return {"beta": [torch.softmax(b.detach(), 0).tolist() for b in self.betas]}
 
     def entropy(self) -> dict[str, float]:
-        """Mean entropy (nats) of the nodes' path distributions."""
-        values = [_entropy(torch.softmax(b.detach(), 0)) for b in self.betas]
-        return {"beta": torch.stack(values).mean().item()}
+        """Mean entropy (nats) of the path distributions of the nodes that
+        choose (more than one incoming path; a single path's β is constant)."""
+        values = [_entropy(torch.softmax(b.detach(), 0)) for b in self.betas if b.numel() > 1]
+        return {"beta": torch.stack(values).mean().item() if values else 0.0}

@@ -98,7 +98,7 @@ class Trainer(ResumableLoop):
             raise ValueError(f"the global batch {config.batch_size} does not divide over {world} processes")
         self.local_batch = config.batch_size // world
         seed_everything(config.seed)
-        model = RSPNet(architecture, data.NUM_CLASSES)
+        model = self.build_model()
         self.model = distributed.convert_sync_batchnorm(model, self.device).to(self.device)
         self.amp_dtype = amp_dtype(config.amp, self.device)
         self.channels_last = use_channels_last(config.channels_last, self.device)
@@ -126,6 +126,11 @@ class Trainer(ResumableLoop):
         self.best_epoch: int | None = None
         self.last_val: dict[str, Any] | None = None
         self.start_loop(ctx, checkpoint_series(out_dir, keep), log, progress, checkpoint_every, stop)
+
+    def build_model(self) -> torch.nn.Module:
+        """The network trained: the architecture's ``RSPNet`` (a benchmark may
+        train another network through the same recipe by overriding this)."""
+        return RSPNet(self.architecture, data.NUM_CLASSES)
 
     # --------------------------------------------------------------- state
     def extra_state(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def test_two_stage_search_end_to_end(tmp_path, capsys):
     log = (out / "search.log").read_text()
     assert "[stage 1] epoch 2/2  train loss" in log and "arch loss" in log and "H(alpha)" in log
     assert "[stage 1] epoch 1/2" in log and "arch loss warm-up" in log   # warm-up: half the epochs
-    assert "[stage 2] epoch 2/2" in log and "H(beta)" in log and "val mIoU(B)" in log
+    assert "[stage 2] epoch 2/2" in log and "H(beta)" in log and "supernet mIoU on arch split B" in log
     arch = Architecture.load(out / "architecture.json")
     assert arch.layers == 2 and arch.channels == 4 and len(arch.cell.normal) == 7
     summary = json.loads((out / "summary.json").read_text())

@@ -1,0 +1,89 @@
+"""The random baseline: architectures drawn uniformly from the search space.
+
+A NAS result counts only against architectures drawn at random from the same
+space and trained with the same recipe (Li & Talwalkar 2019; Yang et al. 2020).
+``random_architecture`` draws one the way the derivation shapes a searched
+one: every intermediate cell node ``t`` keeps ``min(2, t)`` distinct
+predecessors, each with a uniform non-``none`` operation; every trellis node
+keeps ``top_k`` distinct sources drawn uniformly, with equal weights; nodes
+that cannot reach the head are pruned. ``python -m rspnet.search --random N``
+writes N of them.
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from rspnet.architecture import PRIMITIVES, Architecture, Genotype, KeptNode, reaching_head
+from rspnet.nn import layer_nodes, trellis_nodes
+
+__all__ = ["random_cell", "random_paths", "random_architecture", "sample_architectures",
+           "write_random_architectures"]
+
+
+def random_cell(steps: int, rng: random.Random, primitives: Sequence[str] = PRIMITIVES) -> Genotype:
+    ops = [name for name in primitives if name != "none"]
+    normal = []
+    for target in range(1, steps + 1):
+        for source in sorted(rng.sample(range(target), min(2, target))):
+            normal.append((rng.choice(ops), source, target))
+    return Genotype(normal=tuple(normal), normal_concat=tuple(range(1, steps + 1)))
+
+
+def random_paths(layers: int, scales: int, top_k: int, rng: random.Random) -> tuple[KeptNode, ...]:
+    nodes = trellis_nodes(layers, scales)
+    chosen = {}
+    for node in nodes:
+        sources = layer_nodes(nodes, node[0] - 1)
+        kept = sorted(rng.sample(range(len(sources)), min(top_k, len(sources))))
+        chosen[node] = tuple((tuple(sources[i]), 1.0 / len(kept)) for i in kept)
+    alive = reaching_head({node: [s for s, _ in paths] for node, paths in chosen.items()})
+    return tuple(KeptNode(node, paths) for node, paths in chosen.items() if node in alive)
+
+
+def random_architecture(config, rng: random.Random, search: dict | None = None) -> Architecture:
+    """One architecture of ``config``'s space (a ``SearchConfig``: steps,
+    channels, scales, layers, top_k, RSP settings, head width)."""
+    cell = random_cell(config.steps, rng)
+    nodes = random_paths(config.layers, config.scales, config.top_k, rng)
+    return Architecture(cell=cell, channels=config.channels, scales=config.scales,
+                        head_channels=config.head_width, rsp_ratio=config.rsp_ratio,
+                        rsp_depth=config.rsp_depth, layers=config.layers, nodes=nodes,
+                        search=dict(search or {}))
+
+
+def sample_architectures(config, count: int, seed: int = 0, max_params: float | None = None,
+                         num_classes: int = 19, max_draws: int = 10_000) -> list[tuple[Architecture, int]]:
+    """``count`` random architectures with their parameter counts, from a
+    generator seeded with ``seed``; with ``max_params``, only those within it
+    (``ValueError`` when too few are found in ``max_draws`` draws)."""
+    from rspnet.models import RSPNet, count_params
+
+    rng = random.Random(seed)
+    found: list[tuple[Architecture, int]] = []
+    for draw in range(max_draws):
+        if len(found) == count:
+            break
+        arch = random_architecture(config, rng, {"random": {"seed": seed, "draw": draw}})
+        params = count_params(RSPNet(arch, num_classes))
+        if max_params is None or params <= max_params:
+            found.append((arch, params))
+    if len(found) < count:
+        raise ValueError(f"only {len(found)} of {max_draws} random architectures are within "
+                         f"{max_params / 1e6:.3f} M parameters; raise --param-budget")
+    return found
+
+
+def write_random_architectures(config, count: int, out_dir: str, seed: int = 0,
+                               max_params: float | None = None, num_classes: int = 19) -> list[tuple[str, int]]:
+    """``out_dir/random-NNN.json`` for ``sample_architectures``; returns
+    (path, parameters) of each."""
+    import os
+
+    written = []
+    os.makedirs(out_dir, exist_ok=True)
+    for i, (arch, params) in enumerate(sample_architectures(config, count, seed, max_params, num_classes)):
+        path = os.path.join(out_dir, f"random-{i:03d}.json")
+        arch.save(path)
+        written.append((path, params))
+    return written
