@@ -85,16 +85,18 @@ class TrellisBackbone(Recomputable, nn.Module):
         make_block: builds the block applied after the fusion.
         affine: BN affine parameters of the path projections.
         memory: ``"store"`` or ``"recompute"``.
+        path_norm: ``PathAttention(normalize=)`` at every node (a search option).
     """
 
     def __init__(self, channels: int, nodes: Sequence[Node], sources: Sequence[Sequence[Node]],
-                 make_block: Callable[[int], nn.Module], affine: bool = True, memory: str = "store"):
+                 make_block: Callable[[int], nn.Module], affine: bool = True, memory: str = "store",
+                 path_norm: bool = False):
         super().__init__()
         self.memory = check_memory_mode(memory, "TrellisBackbone")
         self.nodes = [tuple(n) for n in nodes]
         self.sources = [[tuple(s) for s in src] for src in sources]
         self.pams = nn.ModuleList(
-            PathAttention([channels * 2 ** s for _, s in src], channels * 2 ** scale, affine)
+            PathAttention([channels * 2 ** s for _, s in src], channels * 2 ** scale, affine, path_norm)
             for (_, scale), src in zip(self.nodes, self.sources))
         self.blocks = nn.ModuleList(make_block(channels * 2 ** scale) for _, scale in self.nodes)
 

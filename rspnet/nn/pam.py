@@ -9,6 +9,13 @@ resamples every path to the node's size and sums them weighted by
 The logits are the node's architecture parameters β during the search and the
 logarithms of the fixed path weights in a derived network; the module does
 not own them, so that architecture parameters stay apart from weights.
+
+``normalize`` (a search option) divides each projected path by the root mean
+square it will have *after* resampling, measured on the batch without
+gradient: average pooling by a factor f shrinks a unit-variance map (to ~0.4
+for f = 8), bilinear upsampling smooths it a little, so without it β weighs a
+node's same-scale path against quieter resampled ones and compares
+resolutions as much as what the paths carry.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from rspnet.ops import path_fusion
+from rspnet.ops.reference import resample_ref
 
 from .primitives import ReLUConvBN
 
@@ -30,8 +38,10 @@ class PathAttention(nn.Module):
             an affine scale per path could undo what β learns).
     """
 
-    def __init__(self, in_channels: Sequence[int], out_channels: int, affine: bool = True):
+    def __init__(self, in_channels: Sequence[int], out_channels: int, affine: bool = True,
+                 normalize: bool = False):
         super().__init__()
+        self.normalize = normalize
         self.projections = nn.ModuleList(ReLUConvBN(c, out_channels, affine) for c in in_channels)
 
     def forward(self, inputs: Sequence[torch.Tensor], logits: torch.Tensor,
@@ -39,4 +49,9 @@ class PathAttention(nn.Module):
         if len(inputs) != len(self.projections) or logits.shape != (len(inputs),):
             raise ValueError(f"PathAttention: {len(self.projections)} paths, got "
                              f"{len(inputs)} inputs and logits of shape {tuple(logits.shape)}")
-        return path_fusion(logits, [p(x) for p, x in zip(self.projections, inputs)], size)
+        paths = [p(x) for p, x in zip(self.projections, inputs)]
+        if self.normalize:
+            with torch.no_grad():
+                rms = [resample_ref(x, tuple(size)).pow(2).mean().sqrt().clamp_min(1e-6) for x in paths]
+            paths = [x / r for x, r in zip(paths, rms)]
+        return path_fusion(logits, paths, size)

@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bn", action=argparse.BooleanOptionalAction, default=DEFAULTS.skip_bn,
                    help="an affine-free BatchNorm after the skip_connect candidate in the search, as "
                         "after the pools: every candidate's output on the same scale, against the "
-                        "collapse onto skip connections"),
+                        "collapse onto skip connections")
+    p.add_argument("--path-norm", action=argparse.BooleanOptionalAction, default=DEFAULTS.path_norm,
+                   help="stage 2: divide every path by its RMS after resampling before the PAM weighs it, "
+                        "so that β does not compare resolutions")
     p.add_argument("--rsp-ratio", type=float, default=DEFAULTS.rsp_ratio,
                    help="fraction of channels that go through the cell")
     p.add_argument("--rsp-depth", type=positive_int, default=DEFAULTS.rsp_depth, help="RSP recursion depth")
@@ -112,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         order=args.order, seed=args.seed, arch_lr=args.arch_lr, arch_betas=tuple(args.arch_betas),
         arch_weight_decay=args.arch_weight_decay,
         device=args.device, edge_partial=args.edge_partial,
-        edge_normalization=args.edge_normalization, skip_bn=args.skip_bn, rsp_ratio=args.rsp_ratio,
+        edge_normalization=args.edge_normalization, skip_bn=args.skip_bn, path_norm=args.path_norm,
+        rsp_ratio=args.rsp_ratio,
         rsp_depth=args.rsp_depth, head_channels=args.head_channels, top_k=args.top_k,
         param_penalty=args.param_penalty,
         param_budget=None if args.param_budget is None or args.random else args.param_budget * 1e6)

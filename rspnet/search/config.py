@@ -47,6 +47,7 @@ class SearchConfig:
     edge_partial: int = 1
     edge_normalization: bool = False
     skip_bn: bool = True               # affine-free BN after the skip_connect candidate (MixedOp)
+    path_norm: bool = False            # stage 2: every path at unit RMS after resampling (PathAttention)
     rsp_ratio: float = 0.5
     rsp_depth: int = 1
     head_channels: int | None = None   # None: 4 F

@@ -34,7 +34,7 @@ __all__ = ["run", "STAGES"]
 
 STAGES = ("1", "2", "both")
 _PROVENANCE = ("data", "images", "size", "epochs", "warmup", "batch_size", "layers", "memory", "order", "seed",
-               "edge_partial", "edge_normalization", "skip_bn", "top_k", "param_penalty", "param_budget",
+               "edge_partial", "edge_normalization", "skip_bn", "path_norm", "top_k", "param_penalty", "param_budget",
                "arch_lr", "arch_betas", "arch_weight_decay")
 SYNTHETIC_SEARCH_IMAGES = 64
 

@@ -114,7 +114,8 @@ class StageSearch(ResumableLoop):
                                        skip_bn=c.skip_bn)
         else:
             model = MacroSupernet(num_classes, cell, c.channels, c.scales, c.layers, c.rsp_ratio,
-                                  c.rsp_depth, c.head_width, memory=c.memory, ignore_index=ignore_index)
+                                  c.rsp_depth, c.head_width, memory=c.memory, ignore_index=ignore_index,
+                                  path_norm=c.path_norm)
         self.model = distributed.convert_sync_batchnorm(model, self.device).to(self.device)
         # identical initialisation everywhere (DDP also broadcasts the weights, not α / β)
         distributed.broadcast_tensors_(list(self.model.parameters()) + list(self.model.buffers()))

@@ -136,11 +136,14 @@ class MacroSupernet(_Supernet):
             stem, every trellis node and the head keep only their inputs for
             backward, and the loss fuses the final upsampling (``rspnet.nn.recompute``).
         ignore_index: the label the loss ignores.
+        path_norm: divide every path by its RMS after resampling before the
+            PAM weighs it (``PathAttention(normalize=True)``).
     """
 
     def __init__(self, num_classes: int, genotype: Genotype, channels: int = 16, scales: int = 4,
                  layers: int = 8, rsp_ratio: float = 0.5, rsp_depth: int = 1,
-                 head_channels: int = 64, memory: str = "store", ignore_index: int = 255):
+                 head_channels: int = 64, memory: str = "store", ignore_index: int = 255,
+                 path_norm: bool = False):
         super().__init__()
         self.ignore_index = ignore_index
         self.nodes = trellis_nodes(layers, scales)
@@ -152,7 +155,8 @@ class MacroSupernet(_Supernet):
         self.stem = Stem(channels, memory=memory)
         self.backbone = TrellisBackbone(
             channels, self.nodes, self.sources,
-            lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth), affine=False, memory=memory)
+            lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth), affine=False, memory=memory,
+            path_norm=path_norm)
         last = layer_nodes(self.nodes, layers)
         self.head = Head([channels * 2 ** s for _, s in last], num_classes, head_channels,
                          memory=memory)
