@@ -116,7 +116,7 @@ def costs(model, size, latency_size=(512, 1024)) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        latency = measure_latency(model, latency_size, torch.device("cpu"), warmup=1, iters=3)
+        latency = measure_latency(model, latency_size, torch.device("cpu"), warmup=2, iters=7)
     finally:
         torch.set_num_threads(threads)
     return {"params": count_params(model), "flops": count_flops(model, size),
@@ -203,7 +203,6 @@ def plot(rows: list[dict], path: str) -> None:
                                           "lraspp": "LRASPP-MobileNetV3-Large"}.get(kind, kind), **style)
     ax.set_xlabel("parameters (M)")
     ax.set_ylabel("val mIoU (%)")
-    ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -221,8 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--noise-seeds", type=int, default=3, help="training seeds of the first searched architecture")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-lraspp", action="store_true")
-    p.add_argument("--search-args", default="", help="extra flags of every search (quoted)")
-    p.add_argument("--train-args", default="", help="extra flags of every training run (quoted)")
+    p.add_argument("--search-args", default="",
+                   help="extra flags of every search, e.g. --search-args=--path-norm (with '=' when they start with -)")
+    p.add_argument("--train-args", default="", help="extra flags of every training run, as --search-args")
     p.add_argument("--quick", action="store_true", help="tiny searches and trainings: checks the pipeline only")
     p.add_argument("--train-lraspp", nargs=3, metavar=("OUT", "SEED", "ARCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -289,14 +289,16 @@ def main(argv=None) -> int:
 
     from rspnet.architecture import Architecture, format_cell
     from rspnet.models import RSPNet
-    rows = []
+    rows, measured = [], {}
     for name, kind, arch, seed in runs:
         metrics = _trained(os.path.join(out, "train", name))
         size = tuple(metrics["config"]["size"])
-        model = lraspp_model() if kind == "lraspp" else RSPNet(arch, 19)
+        key = "lraspp" if kind == "lraspp" else Architecture.load(arch).fingerprint()
+        if key not in measured:   # one cost measurement per network (the noise runs share one)
+            measured[key] = costs(lraspp_model() if kind == "lraspp" else RSPNet(arch, 19), size)
         row = {"name": name, "kind": kind, "architecture": arch, "train_seed": seed,
                "miou": metrics["final_val"]["miou"], "best_miou": metrics["best_val_miou"],
-               "train_seconds": metrics["train_seconds"], **costs(model, size),
+               "train_seconds": metrics["train_seconds"], **measured[key],
                "describe": "torchvision, from scratch" if kind == "lraspp" else format_cell(Architecture.load(arch).cell)}
         rows.append(row)
         print(f"{name:>20}  {kind:>8}  mIoU {100 * row['miou']:6.2f}%  {row['params'] / 1e6:.3f} M  "
