@@ -31,6 +31,7 @@ matter only after the epoch's last step, which is never checkpointed mid-epoch.
 """
 from __future__ import annotations
 
+import abc
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -44,7 +45,7 @@ from .seeding import rng_state, set_rng_state
 __all__ = ["ResumableLoop"]
 
 
-class ResumableLoop:
+class ResumableLoop(abc.ABC):
     """Base of ``rspnet.search.StageSearch`` and ``rspnet.train.Trainer``.
 
     Subclasses set, before calling ``start_loop``: ``model``, ``epochs``
@@ -75,18 +76,19 @@ class ResumableLoop:
         self._copies: list[str] = []       # where the next checkpoint is also written
 
     # ------------------------------------------------------------ the hooks
+    @abc.abstractmethod
     def current_lr(self) -> float:
-        raise NotImplementedError
+        """The weights' learning rate now (recorded at each epoch's start)."""
 
+    @abc.abstractmethod
     def epoch_batches(self) -> Iterable:
         """This rank's batches of the current epoch from batch ``self.batch`` on."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def train_step(self, batch) -> tuple[float, bool]:
         """One step on ``batch``: (the loss, averaged over the ranks; whether
         any rank was asked to stop). Raises ``NonFiniteError`` before
         updating anything when a loss or gradient is not finite."""
-        raise NotImplementedError
 
     def after_epoch_steps(self) -> None:
         """After the epoch's last step (e.g. a per-epoch scheduler)."""
