@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=data.DATASETS, default=DEFAULTS.data)
     p.add_argument("--data-root", help="Cityscapes directory (holding leftImg8bit/ and gtFine/)")
     p.add_argument("--images", type=positive_int, default=DEFAULTS.images,
-                   help="training images to use, split in halves A/B (default: synthetic 64, Cityscapes all)")
+                   help="training images to use, split in halves A/B (default: synthetic 224, Cityscapes all)")
     p.add_argument("--size", type=parse_size, default=DEFAULTS.size, help="HxW, multiples of 32")
     p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="epochs per stage")
     p.add_argument("--warmup", type=nonnegative_int, default=DEFAULTS.warmup,

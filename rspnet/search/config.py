@@ -10,7 +10,15 @@ from rspnet.architecture import partial_channels
 
 from .architect import ORDERS
 
-__all__ = ["SearchConfig", "RESUMABLE_CHANGES", "check_config", "ARCH_LR", "default_memory"]
+__all__ = ["SearchConfig", "RESUMABLE_CHANGES", "check_config", "ARCH_LR", "default_memory",
+           "SYNTHETIC_SEARCH_IMAGES"]
+
+# The synthetic images of a default search (split in halves A / B). With 64
+# and 10 epochs per stage (40 architecture steps on 32 images), three search
+# seeds were level with random architectures; with 224 and 6 epochs (84
+# architecture steps on 112 images, about the same time) all three beat the
+# best of six random ones (docs/design.md §13, benchmarks/RESULTS.md).
+SYNTHETIC_SEARCH_IMAGES = 224
 
 # The architecture learning rate of the defaults: with DARTS's 3e-4, the 40
 # architecture steps of a default stage move α by at most about 0.012 and the
@@ -31,9 +39,9 @@ class SearchConfig:
     """Every setting of a search; the defaults are the CLI's (see docs/design.md)."""
     data: str = "synthetic"
     data_root: str | None = None
-    images: int | None = None          # training images used; None: all (synthetic: 64)
+    images: int | None = None          # training images used; None: all (synthetic: SYNTHETIC_SEARCH_IMAGES)
     size: tuple[int, int] = (64, 128)
-    epochs: int = 10                   # per stage
+    epochs: int = 6                    # per stage
     warmup: int | None = None          # epochs before architecture updates; None: epochs // 2
     batch_size: int = 4
     channels: int = 16                 # F

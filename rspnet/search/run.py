@@ -27,7 +27,7 @@ from rspnet.engine.session import RunError, RunSession
 from rspnet.files import write_json
 from rspnet.models import RSPNet, count_flops, count_params
 
-from .config import SearchConfig, check_config
+from .config import SYNTHETIC_SEARCH_IMAGES, SearchConfig, check_config
 from .stage import StageSearch, checkpoint_series, load_search_checkpoint
 
 __all__ = ["run", "STAGES"]
@@ -36,7 +36,6 @@ STAGES = ("1", "2", "both")
 _PROVENANCE = ("data", "images", "size", "epochs", "warmup", "batch_size", "layers", "memory", "order", "seed",
                "edge_partial", "edge_normalization", "skip_bn", "path_norm", "top_k", "param_penalty", "param_budget",
                "arch_lr", "arch_betas", "arch_weight_decay")
-SYNTHETIC_SEARCH_IMAGES = 64
 
 
 def run(config: SearchConfig, options: RunOptions | None = None, stage: str = "both",
