@@ -113,9 +113,10 @@ def plot_probabilities_history(history: Sequence[dict[str, Any]], kind: str, pat
         axes[r // cols][r % cols].axis("off")
     if kind == "alpha":
         fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=7)
-    fig.suptitle(f"softmax({kind}) over epochs", fontsize=10)
+    # the title in the top 0.3 inch, the panels' own titles below it
+    fig.suptitle(f"softmax({kind}) over epochs", fontsize=10, y=1 - 0.08 / (2.0 * grid))
     # fixed margins: tight_layout costs more than drawing a grid of small panels
-    fig.subplots_adjust(left=0.06, right=0.98, top=1 - 0.45 / (2.0 * grid), hspace=0.45, wspace=0.3,
+    fig.subplots_adjust(left=0.06, right=0.98, top=1 - 0.6 / (2.0 * grid), hspace=0.45, wspace=0.3,
                         bottom=(0.9 if kind == "alpha" else 0.35) / (2.0 * grid))
     fig.savefig(path, dpi=110)
     plt.close(fig)
