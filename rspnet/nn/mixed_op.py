@@ -22,9 +22,10 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
+from rspnet.architecture import PRIMITIVES
 from rspnet.ops import channel_merge, mixed_sum
 
-from .primitives import OPS, PRIMITIVES, Zero
+from .primitives import OPS, Zero
 from .recompute import MEMORY_MODES, Recomputable, check_memory_mode, running_stats_kept, set_memory_mode
 
 __all__ = ["MEMORY_MODES", "MixedOp", "set_memory_mode"]

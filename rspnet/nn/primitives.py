@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from rspnet.architecture import PRIMITIVES
-
 
 class Zero(nn.Module):
     """The ``none`` operation: a zero map of the input's shape."""

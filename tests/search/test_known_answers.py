@@ -2,7 +2,6 @@
 path, that is the only one able to solve a toy task. They assert rankings, not
 values, after a few dozen architecture steps (DARTS's first-order Architect,
 Adam on α / β, bi-level with two batches)."""
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
