@@ -9,6 +9,7 @@ from rspnet.ops import mixed_sum, mixed_sum_ref
 from tests.ops.accuracy import assert_as_accurate_as_reference, run_fwd_bwd
 from tests.aot import compile_for_sm90
 from tests.conftest import cpu_backends
+from tests.ops.test_path_fusion import CUDA_EMULATION_SHIM, build_cuda_emulation
 
 CPU_BACKENDS = cpu_backends("mixed_sum")
 SHAPES = [(1,), (7,), (2, 3, 17, 33), (3, 5, 1, 9, 2)]
@@ -202,6 +203,116 @@ def test_rspnet_backend_environment(value):
     else:
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "reference"
+
+
+# ------------------------------------------------- CUDA kernels, emulated
+MIXED_SUM_EMULATION = CUDA_EMULATION_SHIM + r"""
+#include "cuda/mixed_sum.cu"
+using namespace rspnet;
+
+// The host code of csrc/cuda/mixed_sum.cu (plan, chunks of kMaxPtrs, body and
+// tail launches, the dw reduction), with run_grid for <<<...>>>.
+template <typename T>
+void forward(int K, const T** xs, const T* w, T* y, int64_t n, bool aligned) {
+  constexpr int VMAX = 16 / sizeof(T);
+  const Launch l = plan<T>(n, aligned);
+  for (int k0 = 0; k0 < K; k0 += kMaxPtrs) {
+    const int kc = std::min(kMaxPtrs, K - k0);
+    PtrPack<const T> body{}, tail{};
+    for (int k = 0; k < kc; ++k) { body.p[k] = xs[k0 + k]; tail.p[k] = xs[k0 + k] + l.nvec * l.vec; }
+    if (l.tiles > 0) run_grid(l.tiles, kThreads, [&] {
+      if (l.vec == VMAX) mixed_sum_fwd_kernel<T, VMAX>(body, w, kc, k0, y, l.nvec, k0 > 0);
+      else mixed_sum_fwd_kernel<T, 1>(body, w, kc, k0, y, l.nvec, k0 > 0);
+    });
+    if (l.tail > 0) run_grid(1, kThreads, [&] {
+      mixed_sum_fwd_kernel<T, 1>(tail, w, kc, k0, y + l.nvec * l.vec, l.tail, k0 > 0);
+    });
+  }
+}
+
+template <typename T>
+void backward(int K, const T* g, const T** xs, T** dxs, const T* w, int64_t n, bool aligned, bool ig, bool wg,
+              T* dw) {
+  constexpr int VMAX = 16 / sizeof(T);
+  const Launch l = plan<T>(n, aligned);
+  const int64_t columns = l.tiles + l.tail_tiles;
+  std::vector<T> partial(K * columns, T(-12345));  // poison: every entry must be written
+  for (int k0 = 0; k0 < K; k0 += kMaxPtrs) {
+    const int kc = std::min(kMaxPtrs, K - k0);
+    PtrPack<const T> xb{}, xt{};
+    PtrPack<T> db{}, dt{};
+    for (int k = 0; k < kc; ++k) {
+      xb.p[k] = xs[k0 + k]; xt.p[k] = xs[k0 + k] + l.nvec * l.vec;
+      if (ig) { db.p[k] = dxs[k0 + k]; dt.p[k] = dxs[k0 + k] + l.nvec * l.vec; }
+    }
+    if (l.tiles > 0) run_grid(l.tiles, kThreads, [&] {
+      if (l.vec == VMAX) mixed_sum_bwd_kernel<T, VMAX>(g, xb, db, w, kc, k0, l.nvec, partial.data(), columns, 0, ig, wg);
+      else mixed_sum_bwd_kernel<T, 1>(g, xb, db, w, kc, k0, l.nvec, partial.data(), columns, 0, ig, wg);
+    });
+    if (l.tail > 0) run_grid(1, kThreads, [&] {
+      mixed_sum_bwd_kernel<T, 1>(g + l.nvec * l.vec, xt, dt, w, kc, k0, l.tail, partial.data(), columns, l.tiles,
+                                 ig, wg);
+    });
+  }
+  if (wg) run_grid(K, kThreads, [&] { mixed_sum_dw_kernel<T>(partial.data(), columns, dw); });
+}
+
+extern "C" {
+void fwd_f32(int K, const float** xs, const float* w, float* y, int64_t n, int a) { forward<float>(K, xs, w, y, n, a); }
+void fwd_f64(int K, const double** xs, const double* w, double* y, int64_t n, int a) {
+  forward<double>(K, xs, w, y, n, a);
+}
+void bwd_f32(int K, const float* g, const float** xs, float** dxs, const float* w, int64_t n, int a, int ig, int wg,
+             float* dw) { backward<float>(K, g, xs, dxs, w, n, a, ig, wg, dw); }
+void bwd_f64(int K, const double* g, const double** xs, double** dxs, const double* w, int64_t n, int a, int ig,
+             int wg, double* dw) { backward<double>(K, g, xs, dxs, w, n, a, ig, wg, dw); }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def cuda_emulation(tmp_path_factory):
+    return build_cuda_emulation(str(tmp_path_factory.mktemp("ms_cuda")), "mixed_sum_emulation", MIXED_SUM_EMULATION)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k, n, aligned", [
+    (3, 2 * 4096 + 4 * 37 + 3, True),   # two full tiles, a partial tile and a tail of 3
+    (17, 1000, True),                   # two chunks of kMaxPtrs inputs
+    (2, 4096, True),                    # exactly one full tile (fp32)
+    (5, 1500, False),                   # unaligned: the scalar kernel only
+])
+@pytest.mark.parametrize("grads", [(True, True), (True, False), (False, True)])
+def test_cuda_kernels_emulated(cuda_emulation, dtype, k, n, aligned, grads):
+    """The CUDA kernel bodies, run on CPU: forward, dx and dw against the reference."""
+    import ctypes
+
+    suffix = "f64" if dtype == torch.float64 else "f32"
+    ptr = ctypes.c_void_p
+    gen = torch.Generator().manual_seed(k * 1000 + n)
+    xs = [torch.randn(n, generator=gen, dtype=dtype) for _ in range(k)]
+    w = torch.randn(k, generator=gen, dtype=dtype)
+    g = torch.randn(n, generator=gen, dtype=dtype)
+    xp = (ptr * k)(*[x.data_ptr() for x in xs])
+    y = torch.full((n,), float("nan"), dtype=dtype)
+    getattr(cuda_emulation, f"fwd_{suffix}")(k, xp, ptr(w.data_ptr()), ptr(y.data_ptr()), ctypes.c_int64(n),
+                                             int(aligned))
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(y, mixed_sum_ref(w, xs), **tol)
+
+    input_grads, weight_grad = grads
+    dxs = [torch.full_like(x, float("nan")) for x in xs]
+    dp = (ptr * k)(*[d.data_ptr() for d in dxs])
+    dw = torch.full((k,), float("nan"), dtype=dtype)
+    getattr(cuda_emulation, f"bwd_{suffix}")(k, ptr(g.data_ptr()), xp, dp, ptr(w.data_ptr()), ctypes.c_int64(n),
+                                             int(aligned), int(input_grads), int(weight_grad), ptr(dw.data_ptr()))
+    if input_grads:
+        torch.testing.assert_close(torch.stack(dxs), w[:, None] * g[None, :], **tol)
+    else:
+        assert all(torch.isnan(d).all() for d in dxs)  # nothing written
+    if weight_grad:
+        want = torch.stack([(g.double() * x.double()).sum() for x in xs]).to(dtype)
+        torch.testing.assert_close(dw, want, **({"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}))
 
 
 # ------------------------------------------------------------ Triton AOT
