@@ -168,28 +168,48 @@ CHANNEL_MERGE_EMULATION = CUDA_EMULATION_SHIM + r"""
 #include "cuda/channel_merge.cu"
 using namespace rspnet;
 
+// The host code of csrc/cuda/channel_merge.cu (width choice, chunks of
+// kMaxPtrs parts, grid), with run_grid over (plane, chunk) for <<<...>>>.
 template <int BYTES>
-void copy(char* part, char* merged, int64_t plane_bytes, int64_t planes, int64_t ck, int64_t off, int64_t C,
+void copy(int P, char** parts, const int64_t* channels, char* merged, int64_t N, int64_t plane_bytes, int64_t C,
           int64_t groups, bool to_merged) {
   using V = typename Word<BYTES>::type;
-  const int64_t plane = plane_bytes / BYTES;
-  const int64_t chunks = (plane + kThreads * kItems - 1) / (kThreads * kItems);
-  run_grid(planes * chunks, kThreads, [&] {
-    channel_merge_copy_kernel<V>(reinterpret_cast<V*>(part), reinterpret_cast<V*>(merged), plane, chunks, ck, off,
-                                 C, groups, to_merged);
-  });
+  const int plane = static_cast<int>(plane_bytes / BYTES);
+  const Grid grid = grid_for(plane);
+  int64_t channel = 0;
+  for (int k0 = 0; k0 < P; k0 += kMaxPtrs) {
+    Parts<V> pk{};
+    pk.count = std::min(kMaxPtrs, P - k0);
+    pk.offset[0] = static_cast<int>(channel);
+    for (int q = 0; q < pk.count; ++q) {
+      pk.p[q] = reinterpret_cast<V*>(parts[k0 + q]);
+      channel += channels[k0 + q];
+      pk.offset[q + 1] = static_cast<int>(channel);
+    }
+    const int64_t planes = N * (pk.offset[pk.count] - pk.offset[0]);
+    // blockIdx.y is a chunk; emulate a grid of (planes, grid.y) as planes * grid.y blocks.
+    for (unsigned cy = 0; cy < unsigned(grid.y); ++cy) {
+      run_grid(planes, kThreads, [&] {
+        blockIdx.y = cy;
+        gridDim.y = unsigned(grid.y);
+        channel_merge_copy_kernel<V>(pk, reinterpret_cast<V*>(merged), plane, grid.chunks, int(C), int(groups),
+                                     to_merged);
+      });
+    }
+  }
 }
 
-extern "C" int copy_part(char* part, char* merged, int64_t plane_bytes, int64_t planes, int64_t ck, int64_t off,
-                         int64_t C, int64_t groups, int to_merged) {
-  const int width = copy_width(plane_bytes, reinterpret_cast<std::uintptr_t>(part),
-                               reinterpret_cast<std::uintptr_t>(merged));
+extern "C" int copy_all(int P, char** parts, const int64_t* channels, char* merged, int64_t N, int64_t plane_bytes,
+                        int64_t C, int64_t groups, int to_merged) {
+  std::vector<std::uintptr_t> addresses{reinterpret_cast<std::uintptr_t>(merged)};
+  for (int q = 0; q < P; ++q) addresses.push_back(reinterpret_cast<std::uintptr_t>(parts[q]));
+  const int width = copy_width(plane_bytes, addresses);
   switch (width) {
-    case 16: copy<16>(part, merged, plane_bytes, planes, ck, off, C, groups, to_merged); break;
-    case 8: copy<8>(part, merged, plane_bytes, planes, ck, off, C, groups, to_merged); break;
-    case 4: copy<4>(part, merged, plane_bytes, planes, ck, off, C, groups, to_merged); break;
-    case 2: copy<2>(part, merged, plane_bytes, planes, ck, off, C, groups, to_merged); break;
-    default: copy<1>(part, merged, plane_bytes, planes, ck, off, C, groups, to_merged);
+    case 16: copy<16>(P, parts, channels, merged, N, plane_bytes, C, groups, to_merged); break;
+    case 8: copy<8>(P, parts, channels, merged, N, plane_bytes, C, groups, to_merged); break;
+    case 4: copy<4>(P, parts, channels, merged, N, plane_bytes, C, groups, to_merged); break;
+    case 2: copy<2>(P, parts, channels, merged, N, plane_bytes, C, groups, to_merged); break;
+    default: copy<1>(P, parts, channels, merged, N, plane_bytes, C, groups, to_merged);
   }
   return width;
 }
@@ -202,39 +222,44 @@ def cuda_emulation(tmp_path_factory):
                                 CHANNEL_MERGE_EMULATION)
 
 
-def _emulated_copy(lib, part, merged, offset, groups, to_merged):
+def _emulated_copy_all(lib, parts, merged, groups, to_merged):
     import ctypes
-    n, ck, h, w = part.shape
-    return lib.copy_part(ctypes.c_void_p(part.data_ptr()), ctypes.c_void_p(merged.data_ptr()),
-                         ctypes.c_int64(h * w * part.element_size()), ctypes.c_int64(n * ck), ctypes.c_int64(ck),
-                         ctypes.c_int64(offset), ctypes.c_int64(merged.shape[1]), ctypes.c_int64(groups),
-                         int(to_merged))
+    n, _, h, w = merged.shape
+    P = len(parts)
+    ptrs = (ctypes.c_void_p * P)(*[p.data_ptr() for p in parts])
+    channels = (ctypes.c_int64 * P)(*[p.shape[1] for p in parts])
+    return lib.copy_all(P, ptrs, channels, ctypes.c_void_p(merged.data_ptr()), ctypes.c_int64(n),
+                        ctypes.c_int64(h * w * merged.element_size()), ctypes.c_int64(merged.shape[1]),
+                        ctypes.c_int64(groups), int(to_merged))
 
 
 @pytest.mark.parametrize("dtype, plane, shift, width", [
     (torch.float32, (4, 8), 0, 16), (torch.float64, (3, 3), 0, 8), (torch.float32, (3, 5), 0, 4),
     (torch.float16, (1, 7), 0, 2), (torch.uint8, (3, 3), 0, 1), (torch.float32, (4, 8), 1, 4),
+    (torch.float32, (64, 40), 0, 16),  # 640 vectors a plane: a full block, then a partial one
 ])
-def test_cuda_kernel_emulated(cuda_emulation, dtype, plane, shift, width):
-    """Every copy width, including a part that starts off a 16-byte boundary."""
-    channels, groups, n = (3, 5), 4, 2
+@pytest.mark.parametrize("channels, groups", [((3, 5), 4), ((2, 0, 4), 3), (tuple([1] * 17) + (3,), 4)])
+def test_cuda_kernel_emulated(cuda_emulation, dtype, plane, shift, width, channels, groups):
+    """Every copy width, a part that starts off a 16-byte boundary, an empty
+    part, and more parts than one launch takes."""
+    n = 2
     h, w = plane
     numel = [n * c * h * w for c in channels]
     buf = torch.randint(0, 100, (sum(numel) + shift,)).to(dtype)
-    parts = [buf[shift:shift + numel[0]].view(n, channels[0], h, w),
-             buf[shift + numel[0]:].view(n, channels[1], h, w)]
+    parts, at = [], shift
+    for c, m in zip(channels, numel):
+        parts.append(buf[at:at + m].view(n, c, h, w))
+        at += m
     merged = torch.empty(n, sum(channels), h, w, dtype=dtype)
-    offset, widths = 0, []
-    for p in parts:
-        widths.append(_emulated_copy(cuda_emulation, p, merged, offset, groups, True))
-        offset += p.shape[1]
-    assert width in widths
+    got_width = _emulated_copy_all(cuda_emulation, parts, merged, groups, True)
+    addresses = [merged.data_ptr()] + [p.data_ptr() for p in parts if p.shape[1] > 0]
+    plane_bytes = h * w * merged.element_size()
+    assert got_width == next((b for b in (16, 8, 4, 2) if plane_bytes % b == 0 and all(a % b == 0 for a in addresses)), 1)
+    if channels == (3, 5):
+        assert got_width == width
     assert torch.equal(merged, channel_merge_ref([p.double() for p in parts], groups).to(dtype))
     back = [torch.zeros_like(p) for p in parts]
-    offset = 0
-    for b in back:
-        _emulated_copy(cuda_emulation, b, merged, offset, groups, False)
-        offset += b.shape[1]
+    _emulated_copy_all(cuda_emulation, back, merged, groups, False)
     assert all(torch.equal(a, b) for a, b in zip(back, parts))
 
 

@@ -476,7 +476,7 @@ CUDA_EMULATION_SHIM = r"""
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
 struct uint2 { uint32_t x, y; };
 struct uint4 { uint32_t x, y, z, w; };
-inline thread_local Dim3 threadIdx, blockIdx;
+inline thread_local Dim3 threadIdx, blockIdx, gridDim;
 inline thread_local std::barrier<>* block_barrier = nullptr;
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 using std::exp;
