@@ -1,6 +1,7 @@
 """Which backend runs an op: availability, the forced backend (RSPNET_BACKEND,
-or ``forced()`` for a block), and the measured choice between Triton and CUDA
-on a GPU.
+or ``forced()`` for a block), and the choice between Triton and CUDA on a GPU
+(timed per call signature, or fixed: RSPNET_TUNE), with a fallback when a
+Triton kernel fails.
 
 Backends: ``reference`` (plain PyTorch), ``cpp`` (C++ CPU kernels of
 ``rspnet._C``), ``cuda`` (CUDA kernels of ``rspnet._C``), ``triton``. Nothing
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Iterator
 
 import torch
@@ -56,7 +58,6 @@ def forced(name: str | None) -> Iterator[None]:
 
 
 _EXT = _extension.load()
-_measured: dict[tuple, str] = {}
 _TRITON_OPS: set[str] = set()
 
 
@@ -134,16 +135,74 @@ def can_run(backend: str, op: str, device: torch.device, dtype: torch.dtype) -> 
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def select(op: str, x: torch.Tensor, requested: str | None, timed_runners=None) -> str:
+# ------------------------------------------------------ the CUDA/Triton choice
+# On a GPU where both CUDA and Triton kernels can run, the default is decided
+# per call signature: the op, device, dtype, every input's shape and strides,
+# and the op's other arguments (``key``) -- K, P, sizes and layouts all change
+# the winner. Either the pair (forward + backward) of each backend is timed
+# once and the faster kept ("measure"), or the fixed default is used ("fixed":
+# CUDA where it runs, else Triton). "fixed" is in force, so that every process
+# and every trace runs the same kernels, when RSPNET_TUNE=off, under
+# torch.use_deterministic_algorithms(True) (``--deterministic`` of the CLIs),
+# in a process group of more than one rank (ranks timing on their own could
+# disagree), and always while torch.compile traces or a CUDA graph is being
+# captured (timing there would synchronise or break the capture).
+TUNE_MODES = ("measure", "off")
+
+
+def _read_tune() -> str:
+    value = os.environ.get("RSPNET_TUNE", "measure").strip().lower() or "measure"
+    if value not in TUNE_MODES:
+        raise ValueError(f"RSPNET_TUNE={value!r} is not one of {', '.join(TUNE_MODES)}")
+    return value
+
+
+_tune: str = _read_tune()
+_choices: dict[tuple, str] = {}
+_triton_broken: dict[str, str] = {}  # op -> why (a Triton failure seen at run time)
+
+
+def set_tuning(mode: str) -> None:
+    """``"measure"`` (time CUDA against Triton once per call signature) or
+    ``"off"`` (always the fixed default); the same as RSPNET_TUNE."""
+    global _tune
+    if mode not in TUNE_MODES:
+        raise ValueError(f"tuning must be one of {', '.join(TUNE_MODES)}, not {mode!r}")
+    _tune = mode
+
+
+def measuring_refused(device: torch.device) -> str | None:
+    """Why the CUDA/Triton choice may not be timed now (None: it may)."""
+    if _tune == "off":
+        return "RSPNET_TUNE=off"
+    if torch.compiler.is_compiling():
+        return "torch.compile is tracing"
+    if torch.are_deterministic_algorithms_enabled():
+        return "deterministic algorithms are on"
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        return "a process group of more than one rank"
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return "a CUDA graph is being captured"
+    return None
+
+
+def signature(tensors, *extra) -> tuple:
+    """The part of a choice's key that the call decides: every tensor's shape
+    and strides, then the op's other arguments."""
+    return tuple((tuple(t.shape), tuple(t.stride())) for t in tensors) + extra
+
+
+def select(op: str, x: torch.Tensor, requested: str | None, key=(), timed_runners=None) -> str:
     """The backend for ``op`` on tensors like ``x``.
 
     ``requested`` (a call's ``backend=`` argument) must be able to run, else
     it is an error. Otherwise the forced backend (``override()``) is used
-    where it can run, then the default: C++ on CPU; on CUDA the faster of the
-    CUDA and Triton kernels, measured once per (op, device, dtype, size class)
-    through ``timed_runners()`` -> {backend: zero-argument callable}. Nothing
-    is measured while torch.compile traces: the cached choice, else the first
-    candidate (CUDA where it can run), is used.
+    where it can run, then the default: C++ on CPU; on CUDA, where both CUDA
+    and Triton kernels run, the choice recorded for (op, device, dtype,
+    ``key``; a tuple, or a callable returning it, evaluated only here), else -- when measuring is allowed (``measuring_refused``) -- the
+    faster forward+backward pair of ``timed_runners()`` -> {backend:
+    zero-argument callable}, recorded; else the fixed default (CUDA).
     """
     device, dtype = x.device, x.dtype
     if requested is not None:
@@ -155,34 +214,99 @@ def select(op: str, x: torch.Tensor, requested: str | None, timed_runners=None) 
         return _override
     if device.type == "cpu":
         return "cpp" if can_run("cpp", op, device, dtype)[0] else "reference"
-    candidates = [b for b in ("cuda", "triton") if can_run(b, op, device, dtype)[0]]
+    candidates = [b for b in ("cuda", "triton") if can_run(b, op, device, dtype)[0]
+                  and not (b == "triton" and op in _triton_broken)]
     if not candidates:
         return "reference"
-    if len(candidates) == 1 or timed_runners is None:
+    return _decide(op, device, dtype, candidates, key, timed_runners)
+
+
+def _decide(op: str, device: torch.device, dtype: torch.dtype, candidates: list, key, timed_runners) -> str:
+    """Between GPU ``candidates`` (fixed default first): the recorded choice,
+    else a measured one (recorded), else the fixed default."""
+    if len(candidates) == 1 or torch.compiler.is_compiling():
         return candidates[0]
-    key = (op, device.index, dtype, x.numel().bit_length())
-    if key not in _measured:
-        if torch.compiler.is_compiling():
+    full_key = (op, str(device), dtype, key() if callable(key) else key)
+    choice = _choices.get(full_key)
+    if choice is None:
+        if timed_runners is None or measuring_refused(device) is not None:
             return candidates[0]
-        _measured[key] = _fastest({b: r for b, r in timed_runners().items() if b in candidates})
-    return _measured[key]
+        runners = timed_runners()
+        choice = _fastest(op, {b: runners[b] for b in candidates})
+        _choices[full_key] = choice
+    return choice
 
 
-def _fastest(runners: dict) -> str:
-    times = {}
-    for name, run in runners.items():
-        run()  # warm-up (Triton compiles here)
+def automatic(requested: str | None) -> bool:
+    """Was the backend picked by rspnet (not asked for by the call or forced)?
+    Only then may a failing Triton kernel fall back to another backend."""
+    return requested is None and _override is None
+
+
+def triton_failed(op: str, exc: BaseException, device: torch.device, dtype: torch.dtype) -> str:
+    """Record that ``op``'s Triton kernel failed (warned once; Triton is not
+    chosen for ``op`` again in this process) and return the backend to use
+    instead: CUDA where it runs, else the reference."""
+    if op not in _triton_broken:
+        _triton_broken[op] = f"{exc.__class__.__name__}: {exc}".splitlines()[0][:300]
+        warnings.warn(f"rspnet.ops.{op}: the Triton kernel failed ({_triton_broken[op]}); "
+                      f"using the {'CUDA' if can_run('cuda', op, device, dtype)[0] else 'reference'} "
+                      f"implementation instead for the rest of this process", RuntimeWarning, stacklevel=3)
+    return "cuda" if can_run("cuda", op, device, dtype)[0] else "reference"
+
+
+def call(op: str, name: str, automatic_choice: bool, impls: dict, x: torch.Tensor):
+    """Run ``impls[name]()``; when the choice was automatic and Triton fails,
+    fall back (``triton_failed``) instead of raising."""
+    if name != "triton" or not automatic_choice or torch.compiler.is_compiling():
+        return impls[name]()
+    try:
+        return impls["triton"]()
+    except Exception as exc:  # noqa: BLE001 - any Triton failure (compile, launch) falls back
+        return impls[triton_failed(op, exc, x.device, x.dtype)]()
+
+
+def _time_cuda(run, reps: int = 5, repeats: int = 3) -> float:
+    """Milliseconds per call of ``run``: the best of ``repeats`` event-timed
+    batches of ``reps`` calls, after one warm-up call (Triton compiles there)."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(3):
+        for _ in range(reps):
             run()
         end.record()
         end.synchronize()
-        times[name] = start.elapsed_time(end)
+        best = min(best, start.elapsed_time(end) / reps)
+    return best
+
+
+def _fastest(op: str, runners: dict, timer=None) -> str:
+    """The backend whose runner is fastest; a Triton runner that raises is
+    recorded as failed (``triton_failed``) and left out."""
+    timer = timer or _time_cuda
+    times: dict[str, float] = {}
+    for name, run in runners.items():
+        try:
+            times[name] = timer(run)
+        except Exception as exc:  # noqa: BLE001
+            if name != "triton":
+                raise
+            triton_failed(op, exc, torch.device("cuda"), torch.float32)
     return min(times, key=times.get)
+
+
+def choices() -> dict:
+    """The CUDA/Triton choices made so far in this process: {(op, device,
+    dtype, key): backend}."""
+    return dict(_choices)
 
 
 def status() -> dict:
     """For ``python -m rspnet.info``."""
+    refused = measuring_refused(torch.device("cpu"))
     return {"extension": _EXT, "override": _override, "triton_ok": TRITON_OK, "triton_problem": TRITON_PROBLEM,
-            "triton_interpreter": triton_interpreter(), "measured_choices": dict(_measured)}
+            "triton_interpreter": triton_interpreter(), "tuning": "measure" if refused is None else
+            f"fixed ({refused})", "choices": {f"{k[0]} {k[1]} {k[2]} {k[3]}": v for k, v in _choices.items()},
+            "triton_failed": dict(_triton_broken)}

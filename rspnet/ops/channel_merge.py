@@ -39,14 +39,15 @@ def channel_merge(inputs: Sequence[torch.Tensor], groups: int, *, backend: str |
     """
     xs = _checks.tensor_list(_OP, inputs)
     groups = _check(xs, groups)
-    name = _backend.select(_OP, xs[0], backend, lambda: {
-        "cuda": lambda: torch.ops.rspnet.channel_merge(xs, groups),
-        "triton": lambda: torch.ops.rspnet.channel_merge_triton(xs, groups)})
-    if name == "reference":
-        return channel_merge_ref(xs, groups)
-    if name == "triton":
-        return torch.ops.rspnet.channel_merge_triton(xs, groups)
-    return torch.ops.rspnet.channel_merge(xs, groups)
+    ops = torch.ops.rspnet
+    channels = [x.shape[1] for x in xs]
+    name = _backend.select(_OP, xs[0], backend, lambda: _backend.signature(xs, groups), lambda: {
+        "cuda": lambda: ops.channel_merge_backward(ops.channel_merge(xs, groups), channels, groups),
+        "triton": lambda: ops.channel_merge_backward_triton(ops.channel_merge_triton(xs, groups), channels, groups)})
+    return _backend.call(_OP, name, _backend.automatic(backend), {
+        "reference": lambda: channel_merge_ref(xs, groups),
+        "triton": lambda: ops.channel_merge_triton(xs, groups),
+        "cuda": lambda: ops.channel_merge(xs, groups), "cpp": lambda: ops.channel_merge(xs, groups)}, xs[0])
 
 
 def _check(xs: list[torch.Tensor], groups) -> int:

@@ -37,14 +37,14 @@ def mixed_sum(weights: torch.Tensor, inputs: Sequence[torch.Tensor], *, backend:
     xs = _checks.tensor_list(_OP, inputs)
     _checks.same_shapes(_OP, xs)
     w = _checks.weight_vector(_OP, "weights", weights, len(xs), xs[0])
-    name = _backend.select(_OP, xs[0], backend, lambda: {
-        "cuda": lambda: torch.ops.rspnet.mixed_sum(w, xs),
-        "triton": lambda: torch.ops.rspnet.mixed_sum_triton(w, xs)})
-    if name == "reference":
-        return mixed_sum_ref(w, xs)
-    if name == "triton":
-        return torch.ops.rspnet.mixed_sum_triton(w, xs)
-    return torch.ops.rspnet.mixed_sum(w, xs)
+    ops = torch.ops.rspnet
+    name = _backend.select(_OP, xs[0], backend, lambda: _backend.signature(xs), lambda: {
+        "cuda": lambda: ops.mixed_sum_backward(ops.mixed_sum(w, xs), w, xs, True, True),
+        "triton": lambda: ops.mixed_sum_backward_triton(ops.mixed_sum_triton(w, xs), w, xs, True, True)})
+    return _backend.call(_OP, name, _backend.automatic(backend), {
+        "reference": lambda: mixed_sum_ref(w, xs),
+        "triton": lambda: ops.mixed_sum_triton(w, xs),
+        "cuda": lambda: ops.mixed_sum(w, xs), "cpp": lambda: ops.mixed_sum(w, xs)}, xs[0])
 
 
 # ----------------------------------------------------------------- autograd

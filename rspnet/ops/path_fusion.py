@@ -57,14 +57,17 @@ def path_fusion(logits: torch.Tensor, inputs: Sequence[torch.Tensor], size: Sequ
     _geometry(xs, out_size)
     w = _checks.weight_vector(_OP, "logits", logits, len(xs), xs[0])
     hw = list(out_size)
-    name = _backend.select(_OP, xs[0], backend, lambda: {
-        "cuda": lambda: torch.ops.rspnet.path_fusion(w, xs, hw, temperature),
-        "triton": lambda: torch.ops.rspnet.path_fusion_triton(w, xs, hw, temperature)})
-    if name == "reference":
-        return path_fusion_ref(w, xs, out_size, temperature)
-    if name == "triton":
-        return torch.ops.rspnet.path_fusion_triton(w, xs, hw, temperature)
-    return torch.ops.rspnet.path_fusion(w, xs, hw, temperature)
+    ops = torch.ops.rspnet
+    name = _backend.select(_OP, xs[0], backend, lambda: _backend.signature(xs, tuple(hw)), lambda: {
+        "cuda": lambda: ops.path_fusion_backward(ops.path_fusion(w, xs, hw, temperature), w, xs, temperature,
+                                                 True, True),
+        "triton": lambda: ops.path_fusion_backward_triton(ops.path_fusion_triton(w, xs, hw, temperature), w, xs,
+                                                          temperature, True, True)})
+    return _backend.call(_OP, name, _backend.automatic(backend), {
+        "reference": lambda: path_fusion_ref(w, xs, out_size, temperature),
+        "triton": lambda: ops.path_fusion_triton(w, xs, hw, temperature),
+        "cuda": lambda: ops.path_fusion(w, xs, hw, temperature),
+        "cpp": lambda: ops.path_fusion(w, xs, hw, temperature)}, xs[0])
 
 
 # --------------------------------------------------------------- validation

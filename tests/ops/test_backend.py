@@ -56,3 +56,113 @@ def test_compiled_code_follows_forced_without_graph_breaks():
         f(w, xs)
     assert len(graphs) == 2
     assert "rspnet.mixed_sum" in graphs[0] and "rspnet" not in graphs[1]
+
+
+# ---------------------------------------------- the CUDA/Triton choice
+# The decision runs on GPUs only; its logic (_decide) is driven here on CPU
+# with runners that count their calls and a timer that reports set times.
+class FakeClock:
+    def __init__(self, times):
+        self.times, self.calls = times, []
+
+    def __call__(self, run):
+        self.calls.append(run())
+        return self.times[self.calls[-1]]
+
+
+@pytest.fixture
+def clean_choices(monkeypatch):
+    monkeypatch.setattr(_backend, "_choices", {})
+    monkeypatch.setattr(_backend, "_triton_broken", {})
+    monkeypatch.setattr(_backend, "_tune", "measure")
+    return _backend
+
+
+def _runners(names=("cuda", "triton")):
+    return lambda: {n: (lambda n=n: n) for n in names}
+
+
+def test_choice_is_timed_once_per_signature_and_recorded(clean_choices, monkeypatch):
+    clock = FakeClock({"cuda": 2.0, "triton": 1.0})
+    monkeypatch.setattr(_backend, "_time_cuda", clock)
+    dev = torch.device("cpu")
+    pick = lambda key: _backend._decide("mixed_sum", dev, torch.float32, ["cuda", "triton"], key, _runners())
+    assert pick(((8,), (1,))) == "triton"
+    assert pick(((8,), (1,))) == "triton"
+    assert clock.calls == ["cuda", "triton"]  # the second call reused the recorded choice
+    clock.times = {"cuda": 1.0, "triton": 2.0}
+    assert pick(lambda: ((8,), (1,), 3)) == "cuda"  # another signature (a lazy key) is timed again
+    assert len(clock.calls) == 4
+    assert set(_backend.choices().values()) == {"cuda", "triton"}
+
+
+@pytest.mark.parametrize("refusal", ["tune_off", "deterministic"])
+def test_choice_is_fixed_where_timing_is_refused(clean_choices, monkeypatch, refusal):
+    clock = FakeClock({"cuda": 2.0, "triton": 1.0})
+    monkeypatch.setattr(_backend, "_time_cuda", clock)
+    if refusal == "tune_off":
+        _backend.set_tuning("off")
+    else:
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    dev = torch.device("cpu")
+    assert _backend.measuring_refused(dev) in ("RSPNET_TUNE=off", "deterministic algorithms are on")
+    assert _backend._decide("mixed_sum", dev, torch.float32, ["cuda", "triton"], (), _runners()) == "cuda"
+    assert clock.calls == [] and _backend.choices() == {}
+
+
+def test_choice_is_never_timed_while_compiling(clean_choices, monkeypatch):
+    clock = FakeClock({"cuda": 2.0, "triton": 1.0})
+    monkeypatch.setattr(_backend, "_time_cuda", clock)
+    seen = []
+
+    def f(x):
+        seen.append(_backend.measuring_refused(x.device))
+        return x + 1
+
+    torch.compile(f, backend="eager", fullgraph=True)(torch.ones(2))
+    assert seen == ["torch.compile is tracing"]
+    assert clock.calls == []
+
+
+def test_set_tuning_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="tuning must be one of measure, off"):
+        _backend.set_tuning("fast")
+
+
+def test_failing_triton_is_left_out_of_the_timing(clean_choices, monkeypatch):
+    def timer(run):
+        return run()
+
+    def broken():
+        raise RuntimeError("PassManager::run failed\nlong details")
+
+    with pytest.warns(RuntimeWarning, match="mixed_sum: the Triton kernel failed .RuntimeError: PassManager::run"):
+        assert _backend._fastest("mixed_sum", {"cuda": lambda: 3.0, "triton": broken}, timer) == "cuda"
+    assert "mixed_sum" in _backend._triton_broken
+
+
+def test_automatic_triton_failure_falls_back_and_warns_once(clean_choices):
+    x = torch.ones(3)
+    calls = []
+
+    def triton():
+        calls.append("triton")
+        raise RuntimeError("triton compile error")
+
+    impls = {"triton": triton, "reference": lambda: calls.append("reference") or "ref"}
+    with pytest.warns(RuntimeWarning, match="using the reference implementation instead"):
+        assert _backend.call("path_fusion", "triton", True, impls, x) == "ref"
+    assert calls == ["triton", "reference"]
+    # A forced or requested Triton kernel that fails raises: the caller asked for it.
+    with pytest.raises(RuntimeError, match="triton compile error"):
+        _backend.call("path_fusion", "triton", False, impls, x)
+    assert _backend.automatic(None) == (_backend.override() is None)
+    assert not _backend.automatic("triton")
+
+
+def test_status_reports_tuning_and_choices(clean_choices, monkeypatch):
+    monkeypatch.setattr(_backend, "_time_cuda", FakeClock({"cuda": 1.0, "triton": 2.0}))
+    _backend._decide("channel_merge", torch.device("cpu"), torch.float16, ["cuda", "triton"], ((1,), 2), _runners())
+    st = _backend.status()
+    assert st["tuning"] == "measure"
+    assert st["choices"] == {"channel_merge cpu torch.float16 ((1,), 2)": "cuda"}
