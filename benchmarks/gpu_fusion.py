@@ -4,20 +4,16 @@ Called by gpu_suite.py (``run(quick)`` returns its rows); also runnable alone:
 
     python benchmarks/gpu_fusion.py [--quick]
 
-Rows follow gpu_suite.py: median ms of forward+backward, effective GB/s of the
-ideal traffic, that rate as a % of a device copy measured in the same run, and
-peak extra memory (allocator peak during one step minus the input gradients
-every method produces).
+Rows follow gpu_suite.py: forward, backward and forward+backward ms, each as a
+% of a device copy measured in the same run (ideal bytes of that direction),
+and peak extra memory. Peers come from peers.py.
 
 * PAM path fusion (the PAM workload of benchmarks/RESULTS.md): 4 scales (1/1, 1/2, 1/4, 1/8 of the
   output) fused to 256x512, n=8, c=64. Ideal traffic: forward reads the inputs
-  (I) and writes the output (O); backward reads g (O) and the inputs (for
-  dlogits) and writes their gradients: 3I + 2O bytes. Peers: the eager
-  composition a user would write (softmax, interpolate / avg-pool, weighted sum)
-  and its torch.compile.
+  (I) and writes the output (O): I + O; backward reads g (O) and the inputs
+  (for dlogits) and writes their gradients: 2I + O.
 * RSP channel merge: two halves of (8, 32, 128, 256), groups=2. Ideal: every
-  element read and written once each way: 4 x total bytes. Peers: cat +
-  channel shuffle, eager and compiled.
+  element read and written once in each direction: 2 x total bytes each.
 """
 from __future__ import annotations
 
@@ -31,9 +27,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gpu_suite import bench_step, copy_ceiling_gbps  # noqa: E402
+import peers  # noqa: E402
+from gpu_suite import bench_op, copy_ceiling_gbps  # noqa: E402
 from rspnet.ops import _backend, channel_merge, path_fusion  # noqa: E402
-from rspnet.ops.reference import channel_shuffle_ref  # noqa: E402
 
 
 def _nbytes(ts) -> int:
@@ -46,28 +42,16 @@ def path_fusion_rows(ceiling: float, quick: bool, dtype=torch.float32) -> list[d
     logits = torch.randn(4, device="cuda", requires_grad=True)
     g = torch.randn(n, c, h, w, device="cuda", dtype=dtype)
     inputs, out = _nbytes(feats), _nbytes([g])
-    ideal = 3 * inputs + 2 * out
-
-    def eager(logits, *fs):
-        b = F.softmax(logits, 0).to(dtype)
-        y = b[0] * fs[0]
-        for i in range(1, len(fs)):
-            y = y + b[i] * F.interpolate(fs[i], size=(h, w), mode="bilinear", align_corners=False)
-        return y
-
-    compiled = torch.compile(eager)
+    ideal_fwd, ideal_bwd = inputs + out, 2 * inputs + out
+    compiled = peers.compiled(peers.path_fusion_eager)
     methods = [(f"rspnet {b}", (lambda b=b: path_fusion(logits, feats, (h, w), backend=b)))
                for b in ("cuda", "triton") if _backend.can_run(b, "path_fusion", g.device, dtype)[0]]
     methods += [("rspnet auto", lambda: path_fusion(logits, feats, (h, w))),
-                ("peer eager", lambda: eager(logits, *feats)),
-                ("peer torch.compile", lambda: compiled(logits, *feats))]
-    rows = []
-    for name, fn in methods:
-        row = bench_step(name, fn, [logits, *feats], g, ideal, ceiling, inputs)
-        row["workload"] = f"path_fusion 4 scales -> {(n, c, h, w)} {str(dtype).removeprefix('torch.')}"
-        rows.append(row)
-        print(row, flush=True)
-    return rows
+                ("peer eager", lambda: peers.path_fusion_eager(logits, *feats, size=(h, w))),
+                ("peer torch.compile", lambda: compiled(logits, *feats, size=(h, w)))]
+    workload = f"path_fusion 4 scales -> {(n, c, h, w)} {str(dtype).removeprefix('torch.')}"
+    return [bench_op(workload, name, fn, [logits, *feats], g, ideal_fwd, ideal_bwd, ceiling, inputs)
+            for name, fn in methods]
 
 
 def channel_merge_rows(ceiling: float, quick: bool, dtype=torch.float32) -> list[dict]:
@@ -75,24 +59,14 @@ def channel_merge_rows(ceiling: float, quick: bool, dtype=torch.float32) -> list
     xs = [torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2)]
     g = torch.randn(shape[0], 2 * shape[1], *shape[2:], device="cuda", dtype=dtype)
     total = _nbytes(xs)
-    ideal = 4 * total
-
-    def eager(*xs):
-        return channel_shuffle_ref(torch.cat(xs, 1), 2)
-
-    compiled = torch.compile(eager)
+    compiled = peers.compiled(peers.channel_merge_eager)
     methods = [(f"rspnet {b}", (lambda b=b: channel_merge(xs, 2, backend=b)))
                for b in ("cuda", "triton") if _backend.can_run(b, "channel_merge", g.device, dtype)[0]]
     methods += [("rspnet auto", lambda: channel_merge(xs, 2)),
-                ("peer eager cat+shuffle", lambda: eager(*xs)),
-                ("peer torch.compile", lambda: compiled(*xs))]
-    rows = []
-    for name, fn in methods:
-        row = bench_step(name, fn, xs, g, ideal, ceiling, total)
-        row["workload"] = f"channel_merge 2 x {shape} groups=2 {str(dtype).removeprefix('torch.')}"
-        rows.append(row)
-        print(row, flush=True)
-    return rows
+                ("peer eager cat+shuffle", lambda: peers.channel_merge_eager(*xs, groups=2)),
+                ("peer torch.compile", lambda: compiled(*xs, groups=2))]
+    workload = f"channel_merge 2 x {shape} groups=2 {str(dtype).removeprefix('torch.')}"
+    return [bench_op(workload, name, fn, xs, g, 2 * total, 2 * total, ceiling, total) for name, fn in methods]
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -100,6 +74,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = path_fusion_rows(ceiling, quick)
     rows += path_fusion_rows(ceiling, quick, torch.bfloat16)
     rows += channel_merge_rows(ceiling, quick)
+    rows += channel_merge_rows(ceiling, quick, torch.bfloat16)
     torch.cuda.empty_cache()
     return rows
 

@@ -2,16 +2,22 @@
 
     python benchmarks/gpu_suite.py [--quick] [--out DIR]
 
-For each workload it prints (and writes to DIR/gpu_suite.{md,json}): median
-ms of forward+backward, effective GB/s of the ideal traffic, that rate as a %
-of a device-to-device copy measured in the same run (the ceiling for
-memory-bound ops), and peak extra memory. Peers are what a user would write
-instead (eager sum, stack+einsum, torch.compile).
+For each workload, method and dtype (fp32 and bf16) it prints (and writes to
+DIR/gpu_suite.{md,json}) the forward, the backward and the forward+backward
+time, each as ms and as a % of a device-to-device copy measured in the same
+run (the ceiling for memory-bound ops: ideal bytes of that direction / time,
+over the copy's bytes / time), and the peak extra memory. Peers
+(``peers.py``) are what a user would write instead.
 
-Peak extra memory: gradients are reset to None before every step, so every
-method allocates its input gradients alike; the figure is the allocator's
-peak during one forward+backward minus those gradient bytes (what the
-method needs beyond its unavoidable outputs).
+Timing: ``steps`` calls between one pair of CUDA events (no synchronisation
+between steps, so host launch gaps hide behind the GPU work as they do in a
+training loop), the median of ``repeats`` such batches. Forward: the call
+under ``torch.no_grad()``; forward+backward: the call and ``backward(g)``
+with the gradients reset to None; backward: their difference.
+
+Peak extra memory: the allocator's peak during one forward+backward minus
+the input-gradient bytes every method allocates alike (what the method needs
+beyond its unavoidable outputs).
 """
 from __future__ import annotations
 
@@ -24,27 +30,28 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import peers  # noqa: E402
 from memory import peak_bytes  # noqa: E402
-from rspnet.ops import mixed_sum  # noqa: E402
-from rspnet.ops import _backend  # noqa: E402
+from rspnet.ops import _backend, mixed_sum  # noqa: E402
 
 
-def median_ms(fn, reps=20, warm=3) -> float:
+def time_ms(fn, steps: int = 20, repeats: int = 5, warm: int = 3) -> float:
+    """ms per call of ``fn``: ``steps`` calls between one event pair, median of ``repeats``."""
     for _ in range(warm):
         fn()
     torch.cuda.synchronize()
     times = []
-    for _ in range(reps):
+    for _ in range(repeats):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
-        fn()
+        for _ in range(steps):
+            fn()
         e.record()
         e.synchronize()
-        times.append(s.elapsed_time(e))
+        times.append(s.elapsed_time(e) / steps)
     times.sort()
     return times[len(times) // 2]
 
@@ -52,7 +59,7 @@ def median_ms(fn, reps=20, warm=3) -> float:
 def copy_ceiling_gbps() -> float:
     x = torch.empty(2**28, device="cuda")  # 1 GiB fp32
     y = torch.empty_like(x)
-    ms = median_ms(lambda: y.copy_(x))
+    ms = time_ms(lambda: y.copy_(x), steps=10)
     del x, y
     torch.cuda.empty_cache()
     return 2 * 2**28 * 4 / ms / 1e6
@@ -73,52 +80,57 @@ def env_info() -> dict:
     return info
 
 
-def bench_step(name, fwd, leaves, g, ideal_bytes, ceiling, grad_bytes):
+def _pct(nbytes: float, ms: float, ceiling: float) -> float:
+    return round(100 * nbytes / ms / 1e6 / ceiling, 1)
+
+
+def bench_op(workload, name, fwd, leaves, g, ideal_fwd, ideal_bwd, ceiling, grad_bytes) -> dict:
+    """One row: forward, backward and forward+backward of ``fwd`` (a
+    zero-argument callable returning the output) with gradient ``g``."""
     def step():
         for t in leaves:
             t.grad = None
         fwd().backward(g)
+
+    def forward_only():
+        with torch.no_grad():
+            fwd()
+
+    row = {"workload": workload, "method": name}
     try:
         step()
-        ms = median_ms(step)
+        f_ms, s_ms = time_ms(forward_only), time_ms(step)
+        b_ms = max(s_ms - f_ms, 1e-6)
         peak = peak_bytes(step, "cuda") - grad_bytes
-        gbps = ideal_bytes / ms / 1e6
-        return {"method": name, "ms": round(ms, 4), "GB/s": round(gbps, 1),
-                "% copy": round(100 * gbps / ceiling, 1), "peak extra MiB": round(peak / 2**20, 1)}
+        row.update({"fwd ms": round(f_ms, 4), "fwd % copy": _pct(ideal_fwd, f_ms, ceiling),
+                    "bwd ms": round(b_ms, 4), "bwd % copy": _pct(ideal_bwd, b_ms, ceiling),
+                    "fwd+bwd ms": round(s_ms, 4), "% copy": _pct(ideal_fwd + ideal_bwd, s_ms, ceiling),
+                    "ideal ms": round((ideal_fwd + ideal_bwd) / ceiling / 1e6, 4),
+                    "peak extra MiB": round(peak / 2**20, 1)})
     except Exception as exc:  # noqa: BLE001 - one failing peer must not hide the others
-        return {"method": name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    print(row, flush=True)
+    return row
 
 
 def mixed_sum_rows(ceiling, quick, dtype=torch.float32):
     k = 8
     shape = (2, 8, 32, 64) if quick else (8, 64, 128, 256)
     xs = [torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True) for _ in range(k)]
-    alpha = torch.randn(k, device="cuda", requires_grad=True)
+    w = torch.randn(k, device="cuda", requires_grad=True)
     g = torch.randn(shape, device="cuda", dtype=dtype)
     nbytes = xs[0].numel() * xs[0].element_size()
-    ideal = (3 * k + 2) * nbytes  # fwd: read k, write 1; bwd: read g + k, write k
-    leaves = [alpha, *xs]
-
-    def eager(a=alpha):
-        w = F.softmax(a, 0)
-        return sum(wi * xi for wi, xi in zip(w, xs))
-
-    def stacked():
-        return torch.einsum("k,k...->...", F.softmax(alpha, 0).to(dtype), torch.stack(xs))
-
-    compiled = torch.compile(lambda a, *xs: sum(wi * xi for wi, xi in zip(F.softmax(a, 0), xs)))
-    methods = [(f"rspnet {b}", (lambda b=b: mixed_sum(F.softmax(alpha, 0), xs, backend=b)))
+    ideal_fwd, ideal_bwd = (k + 1) * nbytes, (2 * k + 1) * nbytes  # fwd: read k, write 1; bwd: read g + k, write k
+    compiled = peers.compiled(peers.weighted_sum_eager)
+    methods = [(f"rspnet {b}", (lambda b=b: mixed_sum(w, xs, backend=b)))
                for b in ("cuda", "triton") if _backend.can_run(b, "mixed_sum", xs[0].device, dtype)[0]]
-    methods += [("rspnet auto", lambda: mixed_sum(F.softmax(alpha, 0), xs)),
-                ("peer eager sum", eager), ("peer stack+einsum", stacked),
-                ("peer torch.compile", lambda: compiled(alpha, *xs))]
-    rows = []
-    for name, fn in methods:
-        row = bench_step(name, fn, leaves, g, ideal, ceiling, k * nbytes)
-        row["workload"] = f"mixed_sum K={k} {tuple(shape)} {str(dtype).removeprefix('torch.')}"
-        rows.append(row)
-        print(row, flush=True)
-    return rows
+    methods += [("rspnet auto", lambda: mixed_sum(w, xs)),
+                ("peer eager sum", lambda: peers.weighted_sum_eager(w, *xs)),
+                ("peer stack+einsum", lambda: peers.weighted_sum_stacked(w, *xs)),
+                ("peer torch.compile", lambda: compiled(w, *xs))]
+    workload = f"mixed_sum K={k} {tuple(shape)} {str(dtype).removeprefix('torch.')}"
+    return [bench_op(workload, name, fn, [w, *xs], g, ideal_fwd, ideal_bwd, ceiling, k * nbytes)
+            for name, fn in methods]
 
 
 def cell_rows(mod, quick):
@@ -146,13 +158,39 @@ def optional_rows(module: str, quick: bool, adapt=None):
 
 
 def to_markdown(info, ceiling, rows) -> str:
-    cols = ["workload", "method", "ms", "GB/s", "% copy", "peak extra MiB", "alpha grad rel diff", "error"]
+    cols = ["workload", "method", "fwd ms", "fwd % copy", "bwd ms", "bwd % copy", "fwd+bwd ms", "% copy",
+            "ideal ms", "ms", "peak extra MiB", "alpha grad rel diff", "error"]
     cols = [c for c in cols if any(c in r for r in rows)]
     out = [f"Device: {info['gpu']}; torch {info['torch']} (CUDA {info['cuda']}), triton {info['triton']}, "
            f"{info['nvcc']}; {info['date']}. Copy ceiling measured in this run: {ceiling:.0f} GB/s.", "",
            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         out.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(out)
+
+
+# The targets of the fused ops (fp32, forward+backward, default backend).
+TARGETS = {"mixed_sum": ("% copy", 85.0), "channel_merge": ("% copy", 85.0), "path_fusion": ("fwd+bwd ms", 0.6)}
+
+
+def verdicts(info: dict, rows: list[dict]) -> str:
+    """One line per target: met or not, from the 'rspnet auto' fp32 rows. The
+    path_fusion time target is for an H200; elsewhere it reads as 1.5x the
+    ideal bytes over this run's copy rate."""
+    out = ["Targets (rspnet auto, fp32, forward+backward):"]
+    for op, (col, target) in TARGETS.items():
+        row = next((r for r in rows if r.get("workload", "").startswith(op) and r.get("method") == "rspnet auto"
+                    and "float32" in r.get("workload", "") and col in r), None)
+        if row is None:
+            out.append(f"- {op}: no measurement")
+            continue
+        if col == "% copy":
+            ok = row[col] >= target
+            out.append(f"- {op}: {row[col]} % of copy (target >= {target} %): {'met' if ok else 'NOT met'}")
+        else:
+            limit = target if "H200" in (info.get("gpu") or "") else 1.5 * row["ideal ms"]
+            ok = row[col] <= limit
+            out.append(f"- {op}: {row[col]} ms (target <= {limit:.3g} ms): {'met' if ok else 'NOT met'}")
     return "\n".join(out)
 
 
@@ -171,7 +209,7 @@ def main(argv=None):
     rows = mixed_sum_rows(ceiling, args.quick) + mixed_sum_rows(ceiling, args.quick, torch.bfloat16)
     rows += optional_rows("gpu_fusion", args.quick)
     rows += optional_rows("cell_workload", args.quick, cell_rows)
-    md = to_markdown(info, ceiling, rows)
+    md = to_markdown(info, ceiling, rows) + "\n\n" + verdicts(info, rows)
     print(md)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
