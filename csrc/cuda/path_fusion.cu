@@ -2,8 +2,12 @@
 // its backward, without materialising any resampled map and without atomics.
 //
 //   forward : one block per (plane, tile of kFwdRows x kFwdCols output pixels);
-//             each pixel gathers its resampled value from every input
-//             (identity: 1 tap, bilinear: 4, pooling: kh*kw) and is written once.
+//             each thread owns 4 consecutive outputs of a row and gathers
+//             their resampled values from every input (identity: one 4-wide
+//             vector load, bilinear: 4 taps each, pooling: kh*kw), issuing a
+//             path's loads for the four together, and writes them once (one
+//             vector store). The host picks each input's PathKind, so the PAM
+//             ratios (up by 2/4/8, pool by 2) run with compile-time factors.
 //   backward: one block per (plane, band of kRegion output rows). The block owns,
 //             for every input, the input rows [y0*h/H, y1*h/H) (a partition of
 //             that input's rows) and computes t = resample^T(g) there:
@@ -17,8 +21,10 @@
 //             dx_p = w_p t is written once; <x_p, t> is reduced per block into
 //             partial[p, block], and a one-block kernel sums the partials in a
 //             fixed order and applies the softmax Jacobian.
-// Softmax weights are evaluated inside the kernels (from logits in the
-// accumulation type), so a call is one launch per direction (+1 for dlogits).
+// The softmax weights are evaluated once per call by a one-thread launch (in
+// the accumulation type) and read by every block; a call is two launches per
+// direction (+1 for dlogits). The backward streams identity inputs 4 elements
+// at a time, with no division per element.
 //
 // Owns the CUDA kernels of rspnet::path_fusion and path_fusion_backward; the
 // input checks and the resampling rule (ResampleMode) are shared with the CPU
@@ -33,9 +39,8 @@
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
-
-#include "cuda_utils.cuh"
 #endif
+#include "cuda_utils.cuh"
 #include "../common.h"  // plain C++ (ResampleMode) under RSPNET_CUDA_EMULATION
 
 #include <algorithm>
@@ -50,7 +55,8 @@ constexpr int kMaxPaths = 4;     // inputs per launch (a PAM node fuses <= 4); l
 constexpr int kThreads = 256;
 constexpr int kFwdMinBlocks = 4; // resident blocks per SM asked of the register allocator
 constexpr int kBwdMinBlocks = 3;
-constexpr int kFwdCols = 128;
+constexpr int kFwdQuads = 64;    // forward: threads across a tile, 4 consecutive outputs each
+constexpr int kFwdCols = 4 * kFwdQuads;
 constexpr int kFwdRows = 8;
 constexpr int kRegion = 16;      // output rows per backward block
 constexpr int kRowBuffer = 2048;    // shared-memory row of the bilinear backward
@@ -62,6 +68,7 @@ struct Paths {
   const scalar_t* x[kMaxPaths];
   scalar_t* dx[kMaxPaths];
   int h[kMaxPaths], w[kMaxPaths], mode[kMaxPaths];
+  int kind[kMaxPaths];            // PathKind: the forward's compile-time specialisation
   int cols_per_chunk[kMaxPaths];  // bilinear backward: input columns per shared row
   A scale_h[kMaxPaths], scale_w[kMaxPaths];
 };
@@ -99,116 +106,217 @@ __host__ __device__ __forceinline__ int end_touching(int i, int in, int out) {
   return v > out ? out : static_cast<int>(v);
 }
 
-// softmax(logits / T)[k0 : k0 + count] into shared memory, by thread 0.
-template <typename A>
-__device__ void softmax_weights(const A* logits, int P_all, int k0, int count, A temperature, A* w) {
-  if (threadIdx.x == 0) {
-    A m = -std::numeric_limits<A>::infinity();
-    for (int p = 0; p < P_all; ++p) m = max(m, logits[p] / temperature);
-    A s = A(0);
-    for (int p = 0; p < P_all; ++p) s += exp(logits[p] / temperature - m);
-    for (int k = 0; k < count; ++k) w[k] = exp(logits[k0 + k] / temperature - m) / s;
+// How the forward samples an input, decided by the host (path_kind) so that
+// the common PAM ratios run code with compile-time factors: bilinear up by 2,
+// 4 or 8 in both dimensions, average pooling by 2; anything else takes the
+// generic code with the factors read at run time.
+enum PathKind : int { kKindIdentity = 0, kKindUp2, kKindUp4, kKindUp8, kKindUp, kKindPool2, kKindPool };
+
+inline int path_kind(int mode, int h, int w, int64_t H, int64_t W) {
+  if (mode == kIdentity) return kKindIdentity;
+  if (mode == kBilinear) {
+    for (int s : {2, 4, 8}) {
+      if (int64_t(h) * s == H && int64_t(w) * s == W) return s == 2 ? kKindUp2 : s == 4 ? kKindUp4 : kKindUp8;
+    }
+    return kKindUp;
   }
-  __syncthreads();
+  return (int64_t(h) == 2 * H && int64_t(w) == 2 * W) ? kKindPool2 : kKindPool;
 }
 
 // ------------------------------------------------------------------ forward
-// Value of input k resampled at output (y, x); `tx` are the column taps of x
-// (bilinear inputs only), computed once per thread and reused for its rows.
-template <typename scalar_t>
-__device__ __forceinline__ acc_t<scalar_t> sample(const Paths<scalar_t>& ps, int k, int64_t plane, int y, int x,
-                                                  const Taps<acc_t<scalar_t>>& tx, int H, int W) {
+// Four consecutive outputs (x0 .. x0 + 3) of row yy of input k's resampling.
+// VEC: W % 4 == 0 and every base pointer 4-element aligned, so the four are
+// in range and identity rows load as one vector.
+template <typename scalar_t, bool VEC>
+__device__ __forceinline__ void sample_identity(const scalar_t* __restrict__ xp, int w, int yy, int x0, int W,
+                                                acc_t<scalar_t> (&v)[4]) {
   using A = acc_t<scalar_t>;
-  const int h = ps.h[k], w = ps.w[k];
-  const scalar_t* __restrict__ xp = ps.x[k] + plane * h * w;
-  if (ps.mode[k] == kIdentity) return static_cast<A>(xp[y * w + x]);
-  if (ps.mode[k] == kBilinear) {
-    const Taps<A> ty = taps(y, h, ps.scale_h[k]);
-    const A v00 = static_cast<A>(xp[ty.i0 * w + tx.i0]), v01 = static_cast<A>(xp[ty.i0 * w + tx.i1]);
-    const A v10 = static_cast<A>(xp[ty.i1 * w + tx.i0]), v11 = static_cast<A>(xp[ty.i1 * w + tx.i1]);
-    return ty.l0 * (tx.l0 * v00 + tx.l1 * v01) + ty.l1 * (tx.l0 * v10 + tx.l1 * v11);
+  const scalar_t* row = xp + int64_t(yy) * w;
+  if (VEC) {
+    const Vec<scalar_t, 4> q = *reinterpret_cast<const Vec<scalar_t, 4>*>(row + x0);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = static_cast<A>(q.v[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = x0 + j < W ? static_cast<A>(row[x0 + j]) : A(0);
   }
-  const int kh = h / H, kw = w / W;
-  A s = A(0);
-  for (int a = 0; a < kh; ++a) {
-    const scalar_t* row = xp + (y * kh + a) * w + x * kw;
-    for (int b = 0; b < kw; ++b) s += static_cast<A>(row[b]);
-  }
-  return s / static_cast<A>(kh * kw);
 }
 
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads, kFwdMinBlocks)
-path_fusion_fwd_kernel(Paths<scalar_t> ps, int P, const acc_t<scalar_t>* __restrict__ logits, int P_all, int k0,
-                       acc_t<scalar_t> temperature, scalar_t* __restrict__ y, int H, int W, int row_tiles,
-                       int col_tiles, bool accumulate) {
+// Bilinear up; S > 0: by S in both dimensions (the scale 1/S is exact, so
+// the taps equal the generic formula's); S == 0: the run-time scales.
+template <typename scalar_t, int S>
+__device__ __forceinline__ void sample_up(const scalar_t* __restrict__ xp, int h, int w, acc_t<scalar_t> sh,
+                                          acc_t<scalar_t> sw, int yy, int x0, int W, acc_t<scalar_t> (&v)[4]) {
   using A = acc_t<scalar_t>;
-  __shared__ A wts[kMaxPaths];
-  softmax_weights(logits, P_all, k0, P, temperature, wts);
-  const int64_t b = blockIdx.x;
-  const int col0 = static_cast<int>(b % col_tiles) * kFwdCols;
-  const int64_t rest = b / col_tiles;
-  const int row0 = static_cast<int>(rest % row_tiles) * kFwdRows;
-  const int64_t plane = rest / row_tiles;
-  const int x = col0 + threadIdx.x % kFwdCols;
-  if (x >= W) return;
-  Taps<A> tx[kMaxPaths];
+  const A scale_h = S > 0 ? A(1) / A(S > 0 ? S : 1) : sh;
+  const A scale_w = S > 0 ? A(1) / A(S > 0 ? S : 1) : sw;
+  const Taps<A> ty = taps(yy, h, scale_h);
+  const scalar_t* r0 = xp + int64_t(ty.i0) * w;
+  const scalar_t* r1 = xp + int64_t(ty.i1) * w;
+  Taps<A> tx[4];
+  A a[4], b[4], c[4], d[4];
 #pragma unroll
-  for (int k = 0; k < kMaxPaths; ++k) {
-    tx[k] = (k < P && ps.mode[k] == kBilinear) ? taps(x, ps.w[k], ps.scale_w[k]) : Taps<A>{0, 0, A(1), A(0)};
+  for (int j = 0; j < 4; ++j) tx[j] = taps(min(x0 + j, W - 1), w, scale_w);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {  // every load of the row pair first
+    a[j] = static_cast<A>(r0[tx[j].i0]);
+    b[j] = static_cast<A>(r0[tx[j].i1]);
+    c[j] = static_cast<A>(r1[tx[j].i0]);
+    d[j] = static_cast<A>(r1[tx[j].i1]);
   }
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    v[j] = ty.l0 * (tx[j].l0 * a[j] + tx[j].l1 * b[j]) + ty.l1 * (tx[j].l0 * c[j] + tx[j].l1 * d[j]);
+}
+
+// Average pooling by kh x kw; S > 0: by S x S.
+template <typename scalar_t, int S>
+__device__ __forceinline__ void sample_pool(const scalar_t* __restrict__ xp, int h, int w, int H, int yy, int x0,
+                                            int W, acc_t<scalar_t> (&v)[4]) {
+  using A = acc_t<scalar_t>;
+  const int kh = S > 0 ? S : h / H, kw = S > 0 ? S : w / W;
+  const A inv = A(1) / static_cast<A>(kh * kw);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int xx = min(x0 + j, W - 1);
+    A s = A(0);
+#pragma unroll 2
+    for (int a = 0; a < kh; ++a) {
+      const scalar_t* row = xp + int64_t(yy * kh + a) * w + int64_t(xx) * kw;
+#pragma unroll 2
+      for (int b = 0; b < kw; ++b) s += static_cast<A>(row[b]);
+    }
+    v[j] = s * inv;
+  }
+}
+
+// y (+)= sum_{k < P} wts[k0 + k] * resample_k(x_k). One block per (plane,
+// kFwdRows rows, kFwdCols columns); thread t writes outputs 4 (t % kFwdQuads)
+// .. +3 of rows t / kFwdQuads, + kThreads / kFwdQuads, ... The softmax weights
+// arrive evaluated (once per call, by the host).
+template <typename scalar_t, bool VEC>
+__global__ void __launch_bounds__(kThreads, kFwdMinBlocks)
+path_fusion_fwd_kernel(Paths<scalar_t> ps, int P, const acc_t<scalar_t>* __restrict__ wts, int k0,
+                       scalar_t* __restrict__ y, int H, int W, int row_tiles, int col_tiles, bool accumulate) {
+  using A = acc_t<scalar_t>;
+  const int b = blockIdx.x;
+  const int col0 = (b % col_tiles) * kFwdCols;
+  const int rest = b / col_tiles;
+  const int row0 = (rest % row_tiles) * kFwdRows;
+  const int64_t plane = rest / row_tiles;
+  const int x0 = col0 + 4 * (static_cast<int>(threadIdx.x) % kFwdQuads);
+  if (x0 >= W) return;
+  A wk[kMaxPaths];
+#pragma unroll
+  for (int k = 0; k < kMaxPaths; ++k) wk[k] = k < P ? wts[k0 + k] : A(0);
   scalar_t* out = y + plane * H * W;
-  for (int r = threadIdx.x / kFwdCols; r < kFwdRows; r += kThreads / kFwdCols) {
+  for (int r = static_cast<int>(threadIdx.x) / kFwdQuads; r < kFwdRows; r += kThreads / kFwdQuads) {
     const int yy = row0 + r;
     if (yy >= H) break;
-    A acc = accumulate ? static_cast<A>(out[yy * W + x]) : A(0);
+    A acc[4] = {A(0), A(0), A(0), A(0)};
+    if (accumulate) sample_identity<scalar_t, VEC>(out, W, yy, x0, W, acc);
 #pragma unroll
     for (int k = 0; k < kMaxPaths; ++k) {
-      if (k < P) acc += wts[k] * sample(ps, k, plane, yy, x, tx[k], H, W);
+      if (k < P) {
+        const int h = ps.h[k], w = ps.w[k];
+        const scalar_t* __restrict__ xp = ps.x[k] + plane * h * w;
+        A v[4];
+        switch (ps.kind[k]) {
+          case kKindIdentity: sample_identity<scalar_t, VEC>(xp, w, yy, x0, W, v); break;
+          case kKindUp2: sample_up<scalar_t, 2>(xp, h, w, A(0), A(0), yy, x0, W, v); break;
+          case kKindUp4: sample_up<scalar_t, 4>(xp, h, w, A(0), A(0), yy, x0, W, v); break;
+          case kKindUp8: sample_up<scalar_t, 8>(xp, h, w, A(0), A(0), yy, x0, W, v); break;
+          case kKindUp: sample_up<scalar_t, 0>(xp, h, w, ps.scale_h[k], ps.scale_w[k], yy, x0, W, v); break;
+          case kKindPool2: sample_pool<scalar_t, 2>(xp, h, w, H, yy, x0, W, v); break;
+          default: sample_pool<scalar_t, 0>(xp, h, w, H, yy, x0, W, v);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[j] += wk[k] * v[j];
+      }
     }
-    out[yy * W + x] = static_cast<scalar_t>(acc);
+    scalar_t* orow = out + int64_t(yy) * W;
+    if (VEC) {
+      Vec<scalar_t, 4> q;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) q.v[j] = static_cast<scalar_t>(acc[j]);
+      *reinterpret_cast<Vec<scalar_t, 4>*>(orow + x0) = q;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (x0 + j < W) orow[x0 + j] = static_cast<scalar_t>(acc[j]);
+      }
+    }
   }
 }
 
 // ----------------------------------------------------------------- backward
+// fp64 needs more registers than kBwdMinBlocks blocks per SM leave a thread.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads, kBwdMinBlocks)
+constexpr int bwd_min_blocks() { return sizeof(scalar_t) == 8 ? 2 : kBwdMinBlocks; }
+
+template <typename scalar_t, bool VEC>
+__global__ void __launch_bounds__(kThreads, bwd_min_blocks<scalar_t>())
 path_fusion_bwd_kernel(const scalar_t* __restrict__ g, Paths<scalar_t> ps, int P,
-                       const acc_t<scalar_t>* __restrict__ logits, int P_all, int k0, acc_t<scalar_t> temperature,
-                       int H, int W, int regions, acc_t<scalar_t>* __restrict__ partial, int64_t blocks,
-                       bool input_grads, bool logit_grad) {
+                       const acc_t<scalar_t>* __restrict__ wts, int k0, int H, int W, int regions,
+                       acc_t<scalar_t>* __restrict__ partial, int64_t blocks, bool input_grads, bool logit_grad) {
   using A = acc_t<scalar_t>;
-  __shared__ A wts[kMaxPaths];
+  using V4 = Vec<scalar_t, 4>;
   __shared__ A row[kRowBuffer];         // r[x] for the current input row
   __shared__ int col_i0[kRowBuffer];    // column taps of the current column chunk
   __shared__ A col_l1[kRowBuffer];
   __shared__ A vweight[kMaxFootprint];  // A(y, i) for a piece of the current row's footprint
   __shared__ A warp_partial[kMaxPaths][kThreads / 32];
-  softmax_weights(logits, P_all, k0, P, temperature, wts);
   const int64_t plane = blockIdx.x / regions;
   const int y0 = static_cast<int>(blockIdx.x % regions) * kRegion;
   const int y1 = min(H, y0 + kRegion);
   const scalar_t* __restrict__ gp = g + plane * H * W;
-  A dot[kMaxPaths];
-#pragma unroll
-  for (int k = 0; k < kMaxPaths; ++k) {
-    dot[k] = A(0);
-    if (k >= P) continue;
+  // One path at a time (not unrolled: the paths' bodies are large); each
+  // path's <x_k, t> is reduced per warp into shared memory right away.
+#pragma unroll 1
+  for (int k = 0; k < P; ++k) {
     const int h = ps.h[k], w = ps.w[k], mode = ps.mode[k];
     const scalar_t* __restrict__ xp = ps.x[k] + plane * h * w;
     scalar_t* __restrict__ dxp = input_grads ? ps.dx[k] + plane * h * w : nullptr;
     const int i_lo = static_cast<int>(int64_t(y0) * h / H), i_hi = static_cast<int>(int64_t(y1) * h / H);
-    const A wk = wts[k];
+    const A wk = wts[k0 + k];
     A d = A(0);
-    if (mode != kBilinear) {
-      const int kh = mode == kPool ? h / H : 1, kw = mode == kPool ? w / W : 1;
-      const A inv = A(1) / static_cast<A>(kh * kw);
+    if (mode == kIdentity) {
+      // Rows [i_lo, i_hi) are one contiguous stretch of g, x and dx: a stream.
+      const int64_t base = int64_t(i_lo) * w;
       const int n = (i_hi - i_lo) * w;
-      for (int e = threadIdx.x; e < n; e += kThreads) {
-        const int i = i_lo + e / w, j = e % w;
-        const A t = mode == kIdentity ? static_cast<A>(gp[i * W + j]) : static_cast<A>(gp[(i / kh) * W + j / kw]) * inv;
-        if (dxp) dxp[i * w + j] = static_cast<scalar_t>(wk * t);
-        if (logit_grad) d += static_cast<A>(xp[i * w + j]) * t;
+      if (VEC) {  // W % 4 == 0 and aligned: n % 4 == 0
+        for (int q = threadIdx.x; q < n / 4; q += kThreads) {
+          const V4 gv = *reinterpret_cast<const V4*>(gp + base + 4 * q);
+          V4 xv;
+          if (logit_grad) xv = *reinterpret_cast<const V4*>(xp + base + 4 * q);
+          if (dxp) {
+            V4 o;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) o.v[j] = static_cast<scalar_t>(wk * static_cast<A>(gv.v[j]));
+            *reinterpret_cast<V4*>(dxp + base + 4 * q) = o;
+          }
+          if (logit_grad) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) d += static_cast<A>(xv.v[j]) * static_cast<A>(gv.v[j]);
+          }
+        }
+      } else {
+        for (int e = threadIdx.x; e < n; e += kThreads) {
+          const A t = static_cast<A>(gp[base + e]);
+          if (dxp) dxp[base + e] = static_cast<scalar_t>(wk * t);
+          if (logit_grad) d += static_cast<A>(xp[base + e]) * t;
+        }
+      }
+    } else if (mode == kPool) {
+      const int kh = h / H, kw = w / W;
+      const A inv = A(1) / static_cast<A>(kh * kw);
+      for (int i = i_lo; i < i_hi; ++i) {  // one division per row, shifts for the factor 2
+        const scalar_t* __restrict__ grow = gp + int64_t(i / kh) * W;
+        for (int j = threadIdx.x; j < w; j += kThreads) {
+          const A t = static_cast<A>(grow[kw == 2 ? j >> 1 : j / kw]) * inv;
+          if (dxp) dxp[int64_t(i) * w + j] = static_cast<scalar_t>(wk * t);
+          if (logit_grad) d += static_cast<A>(xp[int64_t(i) * w + j]) * t;
+        }
       }
     } else if (i_lo < i_hi) {
       const A sh = ps.scale_h[k], sw = ps.scale_w[k];
@@ -259,18 +367,14 @@ path_fusion_bwd_kernel(const scalar_t* __restrict__ g, Paths<scalar_t> ps, int P
         }
       }
     }
-    dot[k] = d;
-  }
-  if (!logit_grad) return;
-#pragma unroll
-  for (int k = 0; k < kMaxPaths; ++k) {
-    if (k < P) {
-      const A s = warp_sum(dot[k]);
+    if (logit_grad) {
+      const A s = warp_sum(d);
       if ((threadIdx.x & 31) == 0) warp_partial[k][threadIdx.x >> 5] = s;
     }
   }
+  if (!logit_grad) return;
   __syncthreads();
-  if (threadIdx.x < P) {
+  if (threadIdx.x < static_cast<unsigned>(P)) {
     A s = A(0);
 #pragma unroll
     for (int wi = 0; wi < kThreads / 32; ++wi) s += warp_partial[threadIdx.x][wi];
@@ -308,6 +412,17 @@ path_fusion_dlogits_kernel(const A* __restrict__ partial, int64_t blocks, const 
   }
 }
 
+// wts = softmax(logits / T), once per call (one thread: P is a handful).
+template <typename A>
+__global__ void path_fusion_weights_kernel(const A* __restrict__ logits, int P, A temperature, A* __restrict__ wts) {
+  if (threadIdx.x != 0) return;
+  A m = -std::numeric_limits<A>::infinity();
+  for (int p = 0; p < P; ++p) m = max(m, logits[p] / temperature);
+  A s = A(0);
+  for (int p = 0; p < P; ++p) s += exp(logits[p] / temperature - m);
+  for (int p = 0; p < P; ++p) wts[p] = exp(logits[p] / temperature - m) / s;
+}
+
 // Launch parameters of input k (a path of h x w to H x W in `mode`).
 template <typename scalar_t>
 void set_path(Paths<scalar_t>& ps, int k, const scalar_t* x, scalar_t* dx, int h, int w, int mode, int64_t H,
@@ -315,6 +430,7 @@ void set_path(Paths<scalar_t>& ps, int k, const scalar_t* x, scalar_t* dx, int h
   using A = acc_t<scalar_t>;
   ps.x[k] = x, ps.dx[k] = dx;
   ps.h[k] = h, ps.w[k] = w, ps.mode[k] = mode;
+  ps.kind[k] = path_kind(mode, h, w, H, W);
   ps.scale_h[k] = static_cast<A>(h) / static_cast<A>(H);
   ps.scale_w[k] = static_cast<A>(w) / static_cast<A>(W);
   // Columns [j0, j0+n) need output columns [first(j0), end(j0+n-1)), at most
@@ -352,6 +468,29 @@ at::Tensor acc_logits(const at::Tensor& logits, const at::Tensor& like) {
   return logits.detach().to(like.device(), acc).contiguous();
 }
 
+// softmax(l / T) in l's (accumulation) dtype, by one tiny launch.
+template <typename A>
+at::Tensor softmax_weights(const at::Tensor& l, double temperature, cudaStream_t stream) {
+  auto wts = at::empty_like(l);
+  path_fusion_weights_kernel<A><<<1, 32, 0, stream>>>(l.const_data_ptr<A>(), static_cast<int>(l.numel()),
+                                                      static_cast<A>(temperature), wts.mutable_data_ptr<A>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return wts;
+}
+
+// May the kernels move 4 consecutive elements as one vector: W % 4 == 0 and
+// every tensor's base 4-element aligned (then so is every plane and row).
+template <typename scalar_t>
+bool vectorisable(int64_t W, std::initializer_list<const std::vector<at::Tensor>*> lists) {
+  if (W % 4 != 0) return false;
+  for (const auto* list : lists) {
+    for (const auto& t : *list) {
+      if (reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % (4 * sizeof(scalar_t)) != 0) return false;
+    }
+  }
+  return true;
+}
+
 at::Tensor path_fusion_cuda(const at::Tensor& logits, at::TensorList inputs, c10::SymIntArrayRef size,
                             double temperature) {
   const auto c = check_path_fusion(logits, inputs, size, temperature);
@@ -369,12 +508,15 @@ at::Tensor path_fusion_cuda(const at::Tensor& logits, at::TensorList inputs, c10
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "path_fusion_cuda", [&] {
     using A = acc_t<scalar_t>;
+    const auto wts = softmax_weights<A>(l, temperature, stream);
+    const std::vector<at::Tensor> ys{y};
+    const bool vec = vectorisable<scalar_t>(W, {&c.xs, &ys});
     for (int k0 = 0; k0 < P_all; k0 += kMaxPaths) {
       const int count = std::min(kMaxPaths, P_all - k0);
-      path_fusion_fwd_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-          chunk_paths<scalar_t>(c, nullptr, k0, count), count, l.const_data_ptr<A>(), P_all, k0,
-          static_cast<A>(temperature), y.mutable_data_ptr<scalar_t>(), static_cast<int>(H), static_cast<int>(W),
-          row_tiles, col_tiles, k0 > 0);
+      const auto ps = chunk_paths<scalar_t>(c, nullptr, k0, count);
+      auto kernel = vec ? path_fusion_fwd_kernel<scalar_t, true> : path_fusion_fwd_kernel<scalar_t, false>;
+      kernel<<<blocks, kThreads, 0, stream>>>(ps, count, wts.const_data_ptr<A>(), k0, y.mutable_data_ptr<scalar_t>(),
+                                              static_cast<int>(H), static_cast<int>(W), row_tiles, col_tiles, k0 > 0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -398,18 +540,22 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> path_fusion_backward_cuda(const 
   const int regions = static_cast<int>((c.H + kRegion - 1) / kRegion);
   const int64_t blocks = c.N * c.C * regions;
   TORCH_CHECK(blocks < (int64_t{1} << 31), "path_fusion_backward: too many row bands for one launch");
-  auto dlogits = at::zeros({P_all}, l.options());
+  auto dlogits = logit_grad && blocks > 0 ? at::empty({P_all}, l.options()) : at::zeros({P_all}, l.options());
   if (blocks == 0 || !(input_grads || logit_grad)) return {dxs, dlogits.to(logits.options())};
   auto partial = at::empty({logit_grad ? P_all : 1, logit_grad ? blocks : 1}, l.options());
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "path_fusion_backward_cuda", [&] {
     using A = acc_t<scalar_t>;
+    const auto wts = softmax_weights<A>(l, temperature, stream);
+    const std::vector<at::Tensor> gs{g};
+    const bool vec = vectorisable<scalar_t>(c.W, {&c.xs, &gs, &dxs});
     for (int k0 = 0; k0 < P_all; k0 += kMaxPaths) {
       const int count = std::min(kMaxPaths, P_all - k0);
-      path_fusion_bwd_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-          g.const_data_ptr<scalar_t>(), chunk_paths<scalar_t>(c, input_grads ? &dxs : nullptr, k0, count), count,
-          l.const_data_ptr<A>(), P_all, k0, static_cast<A>(temperature), static_cast<int>(c.H),
-          static_cast<int>(c.W), regions, partial.mutable_data_ptr<A>(), blocks, input_grads, logit_grad);
+      const auto ps = chunk_paths<scalar_t>(c, input_grads ? &dxs : nullptr, k0, count);
+      auto kernel = vec ? path_fusion_bwd_kernel<scalar_t, true> : path_fusion_bwd_kernel<scalar_t, false>;
+      kernel<<<blocks, kThreads, 0, stream>>>(g.const_data_ptr<scalar_t>(), ps, count, wts.const_data_ptr<A>(), k0,
+                                              static_cast<int>(c.H), static_cast<int>(c.W), regions,
+                                              partial.mutable_data_ptr<A>(), blocks, input_grads, logit_grad);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (logit_grad) {

@@ -529,14 +529,33 @@ Paths<T> chunk(int k0, int count, const T** xs, T** dxs, const int* hs, const in
 }
 
 template <typename T>
+std::vector<T> weights(int P, const T* logits, double temperature) {
+  std::vector<T> w(P);
+  run_grid(1, 32, [&] { path_fusion_weights_kernel<T>(logits, P, T(temperature), w.data()); });
+  return w;
+}
+
+// The host's vectorisation rule (W % 4 == 0, 4-element aligned bases).
+template <typename T>
+bool vec_ok(int P, const T* const* ps, const T* extra, int W) {
+  auto ok = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % (4 * sizeof(T)) == 0; };
+  bool v = W % 4 == 0 && ok(extra);
+  for (int k = 0; k < P; ++k) v = v && ok(ps[k]);
+  return v;
+}
+
+template <typename T>
 void forward(int P, const T** xs, const int* hs, const int* ws, const T* logits, double temperature, T* y,
              int64_t planes, int H, int W) {
   const int row_tiles = (H + kFwdRows - 1) / kFwdRows, col_tiles = (W + kFwdCols - 1) / kFwdCols;
+  const std::vector<T> w = weights<T>(P, logits, temperature);
+  const bool vec = vec_ok<T>(P, xs, y, W);
   for (int k0 = 0; k0 < P; k0 += kMaxPaths) {
     const int count = std::min(kMaxPaths, P - k0);
     const Paths<T> ps = chunk<T>(k0, count, xs, nullptr, hs, ws, H, W);
     run_grid(planes * row_tiles * col_tiles, kThreads, [&] {
-      path_fusion_fwd_kernel<T>(ps, count, logits, P, k0, T(temperature), y, H, W, row_tiles, col_tiles, k0 > 0);
+      if (vec) path_fusion_fwd_kernel<T, true>(ps, count, w.data(), k0, y, H, W, row_tiles, col_tiles, k0 > 0);
+      else path_fusion_fwd_kernel<T, false>(ps, count, w.data(), k0, y, H, W, row_tiles, col_tiles, k0 > 0);
     });
   }
 }
@@ -547,12 +566,16 @@ void backward(int P, const T* g, const T** xs, T** dxs, const int* hs, const int
   const int regions = (H + kRegion - 1) / kRegion;
   const int64_t blocks = planes * regions;
   std::vector<T> partial(P * blocks), dw(P);
+  const std::vector<T> w = weights<T>(P, logits, temperature);
+  const bool vec = vec_ok<T>(P, xs, g, W) && (!input_grads || vec_ok<T>(P, dxs, g, W));
   for (int k0 = 0; k0 < P; k0 += kMaxPaths) {
     const int count = std::min(kMaxPaths, P - k0);
     const Paths<T> ps = chunk<T>(k0, count, xs, input_grads ? dxs : nullptr, hs, ws, H, W);
     run_grid(blocks, kThreads, [&] {
-      path_fusion_bwd_kernel<T>(g, ps, count, logits, P, k0, T(temperature), H, W, regions, partial.data(), blocks,
-                                input_grads, logit_grad);
+      if (vec) path_fusion_bwd_kernel<T, true>(g, ps, count, w.data(), k0, H, W, regions, partial.data(), blocks,
+                                               input_grads, logit_grad);
+      else path_fusion_bwd_kernel<T, false>(g, ps, count, w.data(), k0, H, W, regions, partial.data(), blocks,
+                                            input_grads, logit_grad);
     });
   }
   if (logit_grad) {
