@@ -36,6 +36,9 @@ fi
 echo "build took $(( $(date +%s) - t0 )) s"
 "$PY" -m rspnet.info | tee "$OUT/info.txt"
 
+echo "== static facts of the CUDA kernels (registers, stack, spills, 16-byte accesses)"
+"$PY" -m tests.cuda_static 2>&1 | tee "$OUT/cuda_static.txt"
+
 echo "== GPU tests"
 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt"
 

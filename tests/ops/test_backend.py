@@ -166,3 +166,29 @@ def test_status_reports_tuning_and_choices(clean_choices, monkeypatch):
     st = _backend.status()
     assert st["tuning"] == "measure"
     assert st["choices"] == {"channel_merge cpu torch.float16 ((1,), 2)": "cuda"}
+
+
+@pytest.mark.gpu
+def test_gpu_choice_is_recorded_per_signature_and_never_timed_in_graph_capture(clean_choices):
+    if not (_backend.can_run("cuda", "mixed_sum", torch.device("cuda"), torch.float32)[0]
+            and _backend.can_run("triton", "mixed_sum", torch.device("cuda"), torch.float32)[0]):
+        pytest.skip("needs both the CUDA and the Triton kernels")
+    w = torch.randn(3, device="cuda")
+    xs = [torch.randn(4, 5, device="cuda") for _ in range(3)]
+    torch.testing.assert_close(mixed_sum(w, xs), sum(wi * x for wi, x in zip(w, xs)))
+    keys = [k for k in _backend.choices() if k[0] == "mixed_sum"]
+    assert len(keys) == 1 and keys[0][3] == _backend.signature(xs)
+    # A new signature inside a CUDA graph capture: no timing (it would
+    # synchronise and break the capture), the fixed default, nothing recorded.
+    xs2 = [torch.randn(6, 7, device="cuda") for _ in range(3)]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        mixed_sum(w, xs2, backend="cuda")  # warm-up outside the capture
+        with torch.cuda.graph(graph, stream=stream):
+            y = mixed_sum(w, xs2)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, sum(wi * x for wi, x in zip(w, xs2)))
+    assert len([k for k in _backend.choices() if k[0] == "mixed_sum"]) == 1
