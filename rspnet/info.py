@@ -32,6 +32,9 @@ def collect() -> dict:
         },
         "triton_runs": None,
         "backend_override": st["override"],
+        "backend_tuning": st["tuning"],
+        "backend_choices": st["choices"],
+        "triton_failed": st["triton_failed"],
         "ops": {},
     }
     if st["triton_ok"]:
@@ -52,8 +55,8 @@ def collect() -> dict:
             x = torch.empty(0, device=dev)
             runnable = [b for b in _backend.BACKENDS if _backend.can_run(b, op, x.device, torch.float32)[0]]
             default = _backend.select(op, x, None)
-            if dev == "cuda" and {"cuda", "triton"} <= set(runnable):
-                default = "faster of cuda/triton, measured at first call"
+            if dev == "cuda" and {"cuda", "triton"} <= set(runnable) and st["tuning"] == "measure":
+                default = "faster of cuda/triton (fwd+bwd), timed once per call signature"
             info["ops"][op][dev] = {"default": default, "available": runnable}
     return info
 
@@ -81,11 +84,18 @@ def render(info: dict) -> str:
         + (f"  [{_arch_names(ext['cuda_arch_list'])}]" if ext["cuda_kernels"] else ""),
         f"Triton     {info['triton_runs']}",
         f"override   RSPNET_BACKEND={info['backend_override'] or '(unset)'}",
+        f"tuning     {info['backend_tuning']} (RSPNET_TUNE=off: always CUDA where both run, the same kernels "
+        "in eager, compiled and every rank)",
         "backends   (default <- available)",
     ]
     for op, per_dev in info["ops"].items():
         for dev, d in per_dev.items():
             lines.append(f"  {op:14s} {dev:5s} {d['default']:10s} <- {', '.join(d['available'])}")
+    if info["backend_choices"]:
+        lines.append("choices    made in this process (op device dtype signature -> backend)")
+        lines += [f"  {k} -> {v}" for k, v in info["backend_choices"].items()]
+    for op, why in info["triton_failed"].items():
+        lines.append(f"Triton failed for {op}: {why} (falls back)")
     return "\n".join(lines)
 
 
