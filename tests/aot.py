@@ -18,7 +18,8 @@ For every kernel the report gives, from the cubin (``cuobjdump`` shipped in
 the triton wheel): registers, stack, local and shared memory, and the count
 of local-memory instructions (``LDL``/``STL``: spills) in the SASS; from the
 PTX: vector (``.v4``, ``.v2``) and scalar global loads and stores, and
-``bar.sync`` barriers.
+``bar.sync`` barriers, and the number of 64/128-bit loads SASS issues after
+the first global store.
 """
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ def resources(cubin):
     out = {k.lower(): int(v) for k, v in fields.items()}
     out["ldl_stl"] = len(re.findall(r"\b(LDL|STL)\b", sass))
     out["sass_instructions"] = len(re.findall(r"/\*[0-9a-f]{4}\*/", sass))
+    # Wide loads that SASS issues after the kernel's first global store: a
+    # streaming kernel that loads its whole tile first has none (loops aside).
+    ops = re.findall(r"\b(LDG\.E\.128|LDG\.E\.64|STG)\S*", sass)
+    first = ops.index("STG") if "STG" in ops else len(ops)
+    out["wide_ldg_after_first_stg"] = sum(op != "STG" for op in ops[first:])
     return out
 
 
