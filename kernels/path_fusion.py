@@ -202,8 +202,8 @@ def _bwd_identity(g_base, wk, xb, db, y0, y1, W, BLOCK: tl.constexpr, INPUT_GRAD
                   LOGIT_GRAD: tl.constexpr, ACC: tl.constexpr, OUT: tl.constexpr):
     """The band's rows are one contiguous run of g, x and dx: a flat stream."""
     dot = tl.zeros([BLOCK], ACC)
-    lo = _wide(y0) * W
-    hi = _wide(y1) * W
+    lo = y0 * W   # within a plane: 32-bit (the host rejects planes >= 2^31)
+    hi = y1 * W
     for o in range(lo, hi, BLOCK):
         offs = o + tl.arange(0, BLOCK)
         m = offs < hi

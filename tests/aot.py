@@ -76,12 +76,15 @@ for spec in json.loads(sys.stdin.read()):
     fn = getattr(importlib.import_module(spec["module"]), spec["kernel"])
     signature = dict(spec["signature"])
     constexprs = dict(spec["constexprs"])
-    for p in inspect.signature(fn.fn).parameters.values():
+    params = list(inspect.signature(fn.fn).parameters.values())
+    names = [p.name for p in params]
+    for p in params:
         if p.name not in signature and p.name not in constexprs and p.default is not inspect.Parameter.empty:
             constexprs[p.name] = p.default
     for name in constexprs:
         signature[name] = "constexpr"
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.get("hints", [])}
+    constexprs = {(names.index(a),): v for a, v in constexprs.items()}
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in spec.get("hints", [])}
     start = time.perf_counter()
     k = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs),
                        target=GPUTarget("cuda", 90, 32), options=spec.get("options") or None)
@@ -107,6 +110,9 @@ def compile_batch(specs: list[dict], timeout: float = 600) -> list[dict]:
     figures of the module docstring: keys ``reg``, ``stack``, ``local``,
     ``shared``, ``ldl_stl``, ``ld_global_v4``, ``ld_global_scalar``, ...)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # The checkout these tests belong to comes first (not an installed copy).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     proc = subprocess.run([sys.executable, "-c", _SCRIPT], input=json.dumps(specs), capture_output=True,
                           text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
