@@ -105,24 +105,42 @@ if _backend.TRITON_OK:
 
     from ..kernels import channel_merge as _kern
 
-    def _copy(part: torch.Tensor, merged: torch.Tensor, offset: int, groups: int, to_merged: bool) -> None:
-        n, ck, h, w = part.shape
+    def _launch(parts: list[torch.Tensor], merged: torch.Tensor, groups: int, to_merged: bool) -> None:
+        """Copy every part from/to its shuffled planes of ``merged``: one
+        launch per MAX_PARTS inputs (one launch in all for the usual two).
+        Empty parts are skipped (they own no channel)."""
+        n, C, h, w = merged.shape
         plane = h * w
-        if part.numel() == 0:
+        if merged.numel() == 0:
             return
-        grid = (n * ck, (plane + _kern.BLOCK - 1) // _kern.BLOCK)
-        wrap_triton(_kern.channel_merge_copy_kernel)[grid](
-            part, merged, plane, ck, offset, merged.shape[1], groups, TO_MERGED=to_merged, BLOCK=_kern.BLOCK)
+        live = [(p, offset) for p, offset in _offsets(parts) if p.shape[1] > 0]
+        for start in range(0, len(live), _kern.MAX_PARTS):
+            chunk = live[start:start + _kern.MAX_PARTS]
+            c_base = chunk[0][1]
+            bounds, ptrs = [], []
+            for p, off in chunk:
+                bounds.append(off - c_base)
+                ptrs.append(p)
+            cl = chunk[-1][1] + chunk[-1][0].shape[1] - c_base
+            bounds = bounds[1:] + [cl] * (_kern.MAX_PARTS - len(chunk))
+            ptrs += [ptrs[0]] * (_kern.MAX_PARTS - len(chunk))
+            grid = (n * cl, (plane + _kern.BLOCK - 1) // _kern.BLOCK)
+            wrap_triton(_kern.channel_merge_kernel)[grid](
+                *ptrs, merged, plane, *bounds[:_kern.MAX_PARTS - 1], cl, c_base, C, groups,
+                NUM_PARTS=len(chunk), TO_MERGED=to_merged, BLOCK=_kern.BLOCK)
+
+    def _offsets(parts: list[torch.Tensor]):
+        offset = 0
+        for p in parts:
+            yield p, offset
+            offset += p.shape[1]
 
     @triton_op("rspnet::channel_merge_triton", mutates_args=())
     def channel_merge_triton(inputs: list[torch.Tensor], groups: int) -> torch.Tensor:
         xs = [x.contiguous() for x in inputs]
         n, _, h, w = xs[0].shape
         out = torch.empty((n, sum(x.shape[1] for x in xs), h, w), device=xs[0].device, dtype=xs[0].dtype)
-        offset = 0
-        for x in xs:
-            _copy(x, out, offset, groups, True)
-            offset += x.shape[1]
+        _launch(xs, out, groups, True)
         return out
 
     @triton_op("rspnet::channel_merge_backward_triton", mutates_args=())
@@ -130,10 +148,7 @@ if _backend.TRITON_OK:
         g = grad.contiguous()
         n, _, h, w = g.shape
         dxs = [torch.empty((n, ck, h, w), device=g.device, dtype=g.dtype) for ck in channels]
-        offset = 0
-        for d, ck in zip(dxs, channels):
-            _copy(d, g, offset, groups, False)
-            offset += ck
+        _launch(dxs, g, groups, False)
         return dxs
 
     channel_merge_triton.register_autograd(_make_backward(torch.ops.rspnet.channel_merge_backward_triton),

@@ -124,13 +124,18 @@ if _backend.TRITON_OK:
         dxs = [torch.empty_like(x) for x in xs] if input_grads else []
         w = _acc_weights(weights, g)
         tiles = triton_cdiv(n, _kern.BLOCK)
-        partial = torch.zeros(len(xs), max(tiles, 1), device=g.device, dtype=w.dtype)
-        if n > 0:
-            for k0, kc in _chunks(len(xs), _kern.MAX_INPUTS):
-                outs = dxs[k0:k0 + kc] if input_grads else xs[k0:k0 + kc]
-                wrap_triton(_kern.mixed_sum_bwd_kernel)[(tiles,)](
-                    g, w[k0:], partial[k0:], *_pad(xs[k0:k0 + kc]), *_pad(outs), n, tiles,
-                    K=kc, INPUT_GRADS=input_grads, WEIGHT_GRAD=weight_grad, BLOCK=_kern.BLOCK)
+        if n == 0 or not (input_grads or weight_grad):
+            return dxs, torch.zeros_like(weights)
+        # Every [k, tile] partial is written when weight_grad (no zero-fill);
+        # without it the kernel writes none and w stands in as the pointer.
+        partial = torch.empty(len(xs), tiles, device=g.device, dtype=w.dtype) if weight_grad else w
+        for k0, kc in _chunks(len(xs), _kern.MAX_INPUTS):
+            outs = dxs[k0:k0 + kc] if input_grads else xs[k0:k0 + kc]
+            wrap_triton(_kern.mixed_sum_bwd_kernel)[(tiles,)](
+                g, w[k0:], partial[k0:], *_pad(xs[k0:k0 + kc]), *_pad(outs), n, tiles,
+                K=kc, INPUT_GRADS=input_grads, WEIGHT_GRAD=weight_grad, BLOCK=_kern.BLOCK)
+        if not weight_grad:
+            return dxs, torch.zeros_like(weights)
         return dxs, partial.sum(1).to(weights.dtype)
 
     def triton_cdiv(a: int, b: int) -> int:

@@ -152,13 +152,14 @@ if _backend.TRITON_OK:
     from torch.library import triton_op, wrap_triton
 
     from ..kernels import path_fusion as _kern
+    from .reference import BILINEAR, POOL
 
     def _check_planes(xs, H, W):
         # The Triton kernels index within a plane in 32-bit arithmetic.
         if max([H * W] + [x.shape[2] * x.shape[3] for x in xs]) >= 2**31:
             raise RuntimeError(f"{_OP}: planes of 2^31 or more elements are not supported by the Triton kernels")
 
-    def _chunk_args(xs, geometry, start):
+    def _chunk_args(xs, geometry, start, H, W):
         """Pointer, size and mode arguments for inputs[start:start+MAX_PATHS],
         padded with live tensors that the constexpr P keeps unread."""
         chunk = list(range(start, min(start + _kern.MAX_PATHS, len(xs))))
@@ -170,7 +171,22 @@ if _backend.TRITON_OK:
         sizes += [1, 1] * pad
         modes = {f"MODE{i}": geometry[chunk[i]][0] if i < len(chunk) else IDENTITY
                  for i in range(_kern.MAX_PATHS)}
+        for i in range(_kern.MAX_PATHS):
+            modes[f"SCALE{i}"] = _scale(xs[chunk[i]], geometry[chunk[i]], H, W) if i < len(chunk) else 0
         return chunk, ptrs, sizes, modes
+
+    def _scale(x, geometry, H: int, W: int) -> int:
+        """The constexpr SCALE of a path: S in the kernels' SCALES when the
+        input is bilinearly upsampled by exactly S, or average-pooled by S x S,
+        in both dimensions; 0 (the generic code) otherwise."""
+        mode, kh, kw = geometry
+        h, w = x.shape[2], x.shape[3]
+        if mode == POOL:
+            return kh if kh == kw and kh in _kern.SCALES else 0
+        if mode == BILINEAR:
+            s = H // h
+            return s if s in _kern.SCALES and H == s * h and W == s * w else 0
+        return 0
 
     @triton_op("rspnet::path_fusion_triton", mutates_args=())
     def path_fusion_triton(logits: torch.Tensor, inputs: list[torch.Tensor], size: list[int],
@@ -187,7 +203,7 @@ if _backend.TRITON_OK:
         row_tiles = _cdiv(H, _kern.FWD_BLOCK_H)
         grid = (n * c * row_tiles, _cdiv(W, _kern.FWD_BLOCK_W))
         for start in range(0, len(xs), _kern.MAX_PATHS):
-            chunk, ptrs, sizes, modes = _chunk_args(xs, geometry, start)
+            chunk, ptrs, sizes, modes = _chunk_args(xs, geometry, start, H, W)
             wrap_triton(_kern.path_fusion_fwd_kernel)[grid](
                 y, w[start:], *ptrs, *sizes, H, W, row_tiles, P=len(chunk), **modes, ACCUMULATE=start > 0,
                 BLOCK_H=_kern.FWD_BLOCK_H, BLOCK_W=_kern.FWD_BLOCK_W)
@@ -206,10 +222,12 @@ if _backend.TRITON_OK:
         w = _softmax_weights(logits, temperature, g)
         regions = _cdiv(H, _kern.BWD_REGION)
         programs = n * c * regions
-        partial = torch.zeros(len(xs), max(programs, 1), device=g.device, dtype=w.dtype)
+        # Every [p, program] partial is written when logit_grad (no zero-fill);
+        # without it the kernel writes none and w stands in as the pointer.
+        partial = torch.empty(len(xs), programs, device=g.device, dtype=w.dtype) if logit_grad else w
         if programs > 0 and (input_grads or logit_grad):
             for start in range(0, len(xs), _kern.MAX_PATHS):
-                chunk, ptrs, sizes, modes = _chunk_args(xs, geometry, start)
+                chunk, ptrs, sizes, modes = _chunk_args(xs, geometry, start, H, W)
                 outs = [dxs[p] for p in chunk] if input_grads else [xs[p] for p in chunk]
                 outs += [outs[0]] * (_kern.MAX_PATHS - len(chunk))
                 tiles = {}
