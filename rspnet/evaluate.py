@@ -39,7 +39,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from rspnet import data
@@ -49,7 +48,7 @@ from rspnet.engine.config import check_device
 from rspnet.engine import precision
 from rspnet.engine.precision import AMP_MODES, autocast
 from rspnet.engine.session import set_threads
-from rspnet.files import atomic_open, write_json
+from rspnet.files import write_json, write_png
 from rspnet.metrics import ConfusionMatrix, format_table, summarize
 from rspnet.train.checkpoint import load_trained_model
 
@@ -108,13 +107,6 @@ def prediction_names(dataset, index: int) -> tuple[str, str]:
     return "synthetic", f"synthetic_{index:06d}_000019"
 
 
-def _write_png(path: str, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    with atomic_open(path) as f:
-        f.write(buffer.getvalue())
-
-
 def save_prediction(out_dir: str, city: str, stem: str, train_ids: np.ndarray,
                     image: np.ndarray | None = None, classes: data.ClassTable = data.CITYSCAPES) -> str:
     """Write the prediction in the data set's mask encoding (Cityscapes: the
@@ -124,13 +116,13 @@ def save_prediction(out_dir: str, city: str, stem: str, train_ids: np.ndarray,
     label_dir = os.path.join(out_dir, "labelIds" if cityscapes else "masks", city)
     os.makedirs(label_dir, exist_ok=True)
     path = os.path.join(label_dir, stem + (_IMAGE_SUFFIX if cityscapes else ".png"))
-    _write_png(path, classes.encode(train_ids))
+    write_png(path, classes.encode(train_ids))
     if image is not None:
         overlay_dir = os.path.join(out_dir, "overlay", city)
         os.makedirs(overlay_dir, exist_ok=True)
         colour = classes.colorize(train_ids).astype(np.float32)
         blend = (0.5 * image.astype(np.float32) + 0.5 * colour).round().clip(0, 255).astype(np.uint8)
-        _write_png(os.path.join(overlay_dir, stem + "_overlay.png"), blend)
+        write_png(os.path.join(overlay_dir, stem + "_overlay.png"), blend)
     return path
 
 

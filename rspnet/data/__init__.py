@@ -17,12 +17,14 @@ import torch
 from .cached import CachedDataset
 from .cityscapes import Cityscapes
 from .classes import CAMVID, CITYSCAPES, CLASSES_FILE, ClassTable, load_classes, parse_classes
-from .folder import CamVid, FolderDataset, LabelledImages, camvid_dirs, folder_dirs, read_image
+from .folder import (IMAGE_EXTENSIONS, CamVid, FolderDataset, LabelledImages, camvid_dirs, folder_dirs, image_size,
+                     read_image)
 from .labels import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize,
                      labelid_to_trainid, trainid_to_labelid)
 from .layouts import write_camvid_layout, write_folder_layout
 from .synthetic import SyntheticScenes, render_scene, write_cityscapes_layout
-from .transforms import MEAN, STD, TrainTransform, ValTransform, denormalize, to_tensors, worker_init_fn
+from .transforms import (MEAN, STD, TrainTransform, ValTransform, denormalize, image_tensor, to_tensors,
+                         worker_init_fn)
 
 __all__ = [
     "NUM_CLASSES", "CLASS_NAMES", "PALETTE", "IGNORE_INDEX", "MEAN", "STD",
@@ -31,7 +33,8 @@ __all__ = [
     "write_cityscapes_layout", "write_folder_layout", "write_camvid_layout",
     "TrainTransform", "ValTransform", "worker_init_fn", "DATASETS", "CachedDataset",
     "SYNTHETIC_TRAINING_IMAGES", "check_source", "class_table", "ClassTable", "CITYSCAPES", "CAMVID",
-    "load_classes", "parse_classes", "read_image", "to_tensors", "SPLITS",
+    "load_classes", "parse_classes", "read_image", "image_size", "IMAGE_EXTENSIONS", "to_tensors",
+    "image_tensor", "SPLITS",
 ]
 
 DATASETS = ("synthetic", "cityscapes", "camvid", "folder")

@@ -28,7 +28,7 @@ from PIL import Image
 from .classes import CAMVID, CLASSES_FILE, ClassTable, load_classes
 from .transforms import ValTransform
 
-__all__ = ["LabelledImages", "FolderDataset", "CamVid", "IMAGE_EXTENSIONS", "read_image", "folder_pairs",
+__all__ = ["LabelledImages", "FolderDataset", "CamVid", "IMAGE_EXTENSIONS", "read_image", "image_size", "folder_pairs",
            "camvid_pairs"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -51,6 +51,13 @@ def _decoded(path: str) -> Image.Image:
         # PIL raises a mix of these for truncated or garbage files.
         raise ValueError(f"cannot decode {path}: {err}") from None
     return image
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(H, W) of an image file from its header; ``ValueError`` naming it if
+    it is not an image."""
+    width, height = _open(path).size
+    return height, width
 
 
 def read_image(path: str) -> np.ndarray:
