@@ -21,7 +21,7 @@ from .folder import (IMAGE_EXTENSIONS, CamVid, FolderDataset, LabelledImages, ca
                      read_image)
 from .labels import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize,
                      labelid_to_trainid, trainid_to_labelid)
-from .layouts import write_camvid_layout, write_folder_layout
+from .layouts import FOLDER_DEMO_CLASSES, write_camvid_layout, write_folder_layout
 from .synthetic import SyntheticScenes, render_scene, write_cityscapes_layout
 from .transforms import (MEAN, STD, TrainTransform, ValTransform, denormalize, image_tensor, to_tensors,
                          worker_init_fn)
@@ -34,7 +34,7 @@ __all__ = [
     "TrainTransform", "ValTransform", "worker_init_fn", "DATASETS", "CachedDataset",
     "SYNTHETIC_TRAINING_IMAGES", "check_source", "class_table", "ClassTable", "CITYSCAPES", "CAMVID",
     "load_classes", "parse_classes", "read_image", "image_size", "IMAGE_EXTENSIONS", "to_tensors",
-    "image_tensor", "SPLITS",
+    "image_tensor", "SPLITS", "FOLDER_DEMO_CLASSES",
 ]
 
 DATASETS = ("synthetic", "cityscapes", "camvid", "folder")

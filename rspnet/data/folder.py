@@ -56,7 +56,8 @@ def _decoded(path: str) -> Image.Image:
 def image_size(path: str) -> tuple[int, int]:
     """(H, W) of an image file from its header; ``ValueError`` naming it if
     it is not an image."""
-    width, height = _open(path).size
+    with _open(path) as image:
+        width, height = image.size
     return height, width
 
 
@@ -112,14 +113,14 @@ class LabelledImages(torch.utils.data.Dataset):
 
     def sizes(self) -> list[tuple[int, int]]:
         """(H, W) of every image, from the file headers."""
-        return [tuple(reversed(_open(p).size)) for p in self.images]
+        return [image_size(p) for p in self.images]
 
     def verify(self) -> None:
         """Check every pair (see the module docstring); cheap enough to run
         at start-up: image headers and the masks are read, images are not
         decoded."""
         for image_path, label_path in zip(self.images, self.labels):
-            width, height = _open(image_path).size
+            height, width = image_size(image_path)
             label = read_mask(label_path)
             if label.shape != (height, width):
                 raise ValueError(f"{label_path}: mask size {label.shape[1]}x{label.shape[0]} differs "
