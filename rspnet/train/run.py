@@ -28,7 +28,8 @@ from rspnet.files import write_json
 from .checkpoint import check_architecture, checkpoint_series, load_train_checkpoint
 from .config import RESUMABLE_CHANGES, TrainConfig, check_config
 from .plots import plot_curves
-from .trainer import Trainer, build_datasets
+from . import trainer as trainer_module
+from .trainer import Trainer
 
 __all__ = ["run"]
 
@@ -100,7 +101,7 @@ def _run(session: RunSession, config: TrainConfig, architecture: Architecture, s
     arch_name = f"--arch {source}" if source else "--arch"
     if datasets is None:   # before anything is written: a bad file is an error with nothing to clean up
         try:
-            datasets = build_datasets(config)
+            datasets = trainer_module.build_datasets(config)   # (looked up late: tests wrap it)
         except (OSError, ValueError) as exc:
             raise RunError(f"--data {config.data}: {exc}") from None
     found = session.on_main(lambda: _resume_state(config, architecture, arch_name, options, log))
