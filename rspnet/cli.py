@@ -56,6 +56,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def data_root_help() -> str:
+    """The help of ``--data-root``, which every command with ``--data`` has."""
+    return ("the data set's directory: cityscapes: holding leftImg8bit/ and gtFine/; camvid: holding "
+            "train/ trainannot/ val/ valannot/ (test/ testannot/); folder: holding images/{train,val}/, "
+            "masks/{train,val}/ and classes.json (see the README, \"Your own data\")")
+
+
 # ------------------------------------------------------ options of every run
 def add_run_options(parser: argparse.ArgumentParser, kind: str, seed: int = 0) -> None:
     """The flags that search and train share, with one meaning in both

@@ -1,4 +1,5 @@
-"""``python -m rspnet.evaluate``: mIoU of a trained RSPNet, with a per-class table.
+"""``python -m rspnet.evaluate``: mIoU of a trained RSPNet, with a per-class table
+named by the data set's classes (``--data synthetic|cityscapes|camvid|folder``).
 
 Single-scale by default; ``--scales 0.75 1.0 1.25`` averages the class
 probabilities over rescaled inputs and ``--flip`` adds horizontally flipped
@@ -11,6 +12,9 @@ that ``--save-predictions DIR`` writes:
     DIR/labelIds/<city>/<stem>_leftImg8bit.png   labelId PNGs the official script reads
                                                  (point CITYSCAPES_RESULTS at DIR/labelIds)
     DIR/overlay/<city>/<stem>_overlay.png        image blended with the coloured prediction
+
+For CamVid and folder data sets the predictions are masks in the data set's
+own encoding, ``DIR/masks/<split>/<stem>.png``, beside the overlays.
 
 ``--official`` runs that script on the saved PNGs afterwards and reports its
 mIoU beside ours.
@@ -35,20 +39,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from rspnet import data
-from rspnet.cli import architecture_arg, checked, nonnegative_int, parse_size, positive_int
+from rspnet.cli import architecture_arg, checked, data_root_help, nonnegative_int, parse_size, positive_int
 from rspnet.engine.checkpoint import CheckpointError
 from rspnet.engine.config import check_device
 from rspnet.engine import precision
 from rspnet.engine.precision import AMP_MODES, autocast
 from rspnet.engine.session import set_threads
-from rspnet.files import atomic_open, write_json
+from rspnet.files import write_json, write_png
 from rspnet.metrics import ConfusionMatrix, format_table, summarize
-from rspnet.models import RSPNet
-from rspnet.train.checkpoint import check_architecture, load_model_weights, load_train_checkpoint
+from rspnet.train.checkpoint import load_trained_model
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 
@@ -105,27 +107,22 @@ def prediction_names(dataset, index: int) -> tuple[str, str]:
     return "synthetic", f"synthetic_{index:06d}_000019"
 
 
-def _write_png(path: str, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    with atomic_open(path) as f:
-        f.write(buffer.getvalue())
-
-
 def save_prediction(out_dir: str, city: str, stem: str, train_ids: np.ndarray,
-                    image: np.ndarray | None = None) -> str:
-    """Write the labelId PNG (official format) and, given the uint8 image, an
-    overlay; returns the labelId PNG's path."""
-    label_dir = os.path.join(out_dir, "labelIds", city)
+                    image: np.ndarray | None = None, classes: data.ClassTable = data.CITYSCAPES) -> str:
+    """Write the prediction in the data set's mask encoding (Cityscapes: the
+    official labelId PNG) and, given the uint8 image, an overlay; returns the
+    prediction PNG's path."""
+    cityscapes = classes is data.CITYSCAPES
+    label_dir = os.path.join(out_dir, "labelIds" if cityscapes else "masks", city)
     os.makedirs(label_dir, exist_ok=True)
-    path = os.path.join(label_dir, stem + _IMAGE_SUFFIX)
-    _write_png(path, data.trainid_to_labelid(train_ids))
+    path = os.path.join(label_dir, stem + (_IMAGE_SUFFIX if cityscapes else ".png"))
+    write_png(path, classes.encode(train_ids))
     if image is not None:
         overlay_dir = os.path.join(out_dir, "overlay", city)
         os.makedirs(overlay_dir, exist_ok=True)
-        colour = data.colorize(train_ids).astype(np.float32)
+        colour = classes.colorize(train_ids).astype(np.float32)
         blend = (0.5 * image.astype(np.float32) + 0.5 * colour).round().clip(0, 255).astype(np.uint8)
-        _write_png(os.path.join(overlay_dir, stem + "_overlay.png"), blend)
+        write_png(os.path.join(overlay_dir, stem + "_overlay.png"), blend)
     return path
 
 
@@ -174,15 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, help="architecture file the checkpoint was trained for")
     p.add_argument("--checkpoint", required=True, help="checkpoint of rspnet.train (e.g. best.pt)")
     p.add_argument("--data", choices=data.DATASETS, default="synthetic")
-    p.add_argument("--data-root", help="Cityscapes directory (holding leftImg8bit/ and gtFine/)")
-    p.add_argument("--split", choices=("train", "val"), default="val")
+    p.add_argument("--data-root", help=data_root_help())
+    p.add_argument("--split", choices=data.SPLITS, default="val",
+                   help="test: CamVid and folder data sets (default %(default)s)")
     p.add_argument("--images", type=positive_int,
-                   help="evaluate the first N images (default: Cityscapes all; synthetic the number the "
+                   help="evaluate the first N images (default: all; synthetic the number the "
                         "checkpoint's run used for this split)")
     p.add_argument("--size", type=parse_size,
                    help="HxW fed to the network at scale 1.0 (multiples of 32). Synthetic: also the "
                         "size the scenes are rendered at (default: the training size of the "
-                        "checkpoint); Cityscapes: default the image's own size rounded to 32. "
+                        "checkpoint); other data sets: default each image's own size rounded to 32. "
                         "Predictions are always scored at the labels' resolution")
     p.add_argument("--seed", type=nonnegative_int,
                    help="synthetic scene seed (default: the checkpoint's training seed)")
@@ -198,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed-precision inference (auto: bf16/fp16 on a GPU); off by default so "
                         "that scores are fp32")
     p.add_argument("--save-predictions", metavar="DIR",
-                   help="write labelId PNGs (DIR/labelIds) and overlays (DIR/overlay)")
+                   help="write the predictions (Cityscapes: labelId PNGs in DIR/labelIds; others: masks in "
+                        "DIR/masks) and overlays (DIR/overlay)")
     p.add_argument("--official", action="store_true",
                    help="with --save-predictions on Cityscapes: also run the official "
                         "cityscapesscripts evaluation on the saved PNGs and report its mIoU")
@@ -214,8 +213,9 @@ def parse_args(argv: Sequence[str] | None = None):
     checked(parser, check_device, args.device)
     if not os.path.isfile(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint}: no such file")
-    if args.data == "cityscapes" and not (args.data_root and os.path.isdir(args.data_root)):
-        parser.error("--data cityscapes needs --data-root, an existing directory")
+    if args.data == "synthetic" and args.split == "test":
+        parser.error("--split test: the synthetic scenes have train and val")
+    checked(parser, data.check_source, args.data, args.data_root, (args.split,))
     for s in args.scales:
         if not (math.isfinite(s) and 0.1 <= s <= 4):
             parser.error(f"--scales: {s} is outside [0.1, 4]")
@@ -231,48 +231,56 @@ def parse_args(argv: Sequence[str] | None = None):
     if args.report is None:
         args.report = os.path.splitext(args.checkpoint)[0] + "-eval.json"
     try:
-        args.state = load_train_checkpoint(args.checkpoint)
-        check_architecture(args.state, args.architecture, data.NUM_CLASSES,
-                           f"checkpoint {args.checkpoint}", f"--arch {args.arch}")
+        args.classes = data.class_table(args.data, args.data_root)
+    except ValueError as exc:
+        parser.error(f"--data {args.data}: {exc}")
+    try:
+        args.model, args.state = load_trained_model(args.architecture, args.checkpoint, args.classes.num_classes,
+                                                    f"--arch {args.arch}")
     except CheckpointError as exc:
-        parser.error(str(exc))
+        parser.error(f"{exc} (--data {args.data})" if "classes" in str(exc) else str(exc))
+    args.dataset = _dataset(parser, args)
     return parser, args
+
+
+def _dataset(parser: argparse.ArgumentParser, args):
+    """The data set evaluated, every cheap check of its files done (before
+    anything is written)."""
+    train_config = args.state.get("config", {})
+    if args.data == "synthetic":
+        args.input_size = args.size or tuple(train_config.get("size", (128, 256)))
+        args.scene_seed = args.seed if args.seed is not None else int(train_config.get("seed", 0))
+        # by default the very scenes the training run validated on (or trained on)
+        length = (args.images or train_config.get(f"{args.split}_images")
+                  or data.SYNTHETIC_TRAINING_IMAGES[args.split])
+        return data.get_dataset("synthetic", args.split, size=args.input_size, length=length, seed=args.scene_seed)
+    args.input_size, args.scene_seed = args.size, None
+    try:
+        dataset = data.get_dataset(args.data, args.split, root=args.data_root, size=None, length=args.images)
+        sizes = set(dataset.sizes()) if args.batch_size > 1 and args.size is None else set()
+    except (OSError, ValueError) as exc:
+        parser.error(f"--data {args.data}: {exc}")
+    if len(sizes) > 1:
+        parser.error(f"--batch-size {args.batch_size}: the images have {len(sizes)} different sizes and are "
+                     f"evaluated at their own; use --batch-size 1 (or --size HxW)")
+    return dataset
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, args = parse_args(argv)
-    train_config = args.state.get("config", {})
     device = torch.device(args.device)
     set_threads(args.threads, device)
-    model = RSPNet(args.architecture, data.NUM_CLASSES)
-    try:
-        load_model_weights(model, args.state, f"checkpoint {args.checkpoint}")
-    except CheckpointError as exc:
-        parser.error(str(exc))
-    model = model.to(device).eval()
+    model = args.model.to(device)
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     dtype = precision.amp_dtype(args.amp, device) if device.type == "cuda" else None   # CPU: always fp32
 
-    if args.data == "synthetic":
-        size = args.size or tuple(train_config.get("size", (128, 256)))
-        seed = args.seed if args.seed is not None else int(train_config.get("seed", 0))
-        # by default the very scenes the training run validated on (or trained on)
-        length = (args.images or train_config.get(f"{args.split}_images")
-                  or data.SYNTHETIC_TRAINING_IMAGES[args.split])
-        dataset = data.get_dataset("synthetic", args.split, size=size, length=length, seed=seed)
-    else:
-        size, seed = args.size, None
-        try:
-            dataset = data.get_dataset("cityscapes", args.split, root=args.data_root, size=None,
-                                       length=args.images)
-        except (OSError, ValueError) as exc:
-            parser.error(f"--data-root {args.data_root}: {exc}")
+    dataset, size, seed, classes = args.dataset, args.input_size, args.scene_seed, args.classes
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.workers)
 
-    confusion = ConfusionMatrix(data.NUM_CLASSES, data.IGNORE_INDEX)
+    confusion = ConfusionMatrix(classes.num_classes, data.IGNORE_INDEX)
     start = time.perf_counter()
     index = 0
     saved = []
@@ -290,11 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 city, stem = prediction_names(dataset, index + k)
                 saved.append(save_prediction(args.save_predictions, city, stem,
                                              pred[k].to(torch.uint8).cpu().numpy(),
-                                             data.denormalize(images[k])))
+                                             data.denormalize(images[k]), classes))
         index += pred.shape[0]
     seconds = time.perf_counter() - start
 
-    summary = summarize(confusion.matrix, data.CLASS_NAMES)
+    summary = summarize(confusion.matrix, classes.names)
     scales = " ".join(f"{s:g}" for s in args.scales)
     title = (f"{args.data} {args.split}, {len(dataset)} images, scales {scales}"
              f"{' + flip' if args.flip else ''}, checkpoint {args.checkpoint}")
@@ -304,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "architecture_fingerprint": args.architecture.fingerprint(),
         "checkpoint_epoch": args.state.get("epoch"),
         "data": args.data, "data_root": args.data_root, "split": args.split, "images": len(dataset),
+        "classes": list(classes.names),
         "seed": seed, "input_size": None if size is None else list(size),
         "scales": list(args.scales), "flip": args.flip, "device": str(device),
         "amp": None if dtype is None else str(dtype).split(".")[-1],
@@ -311,10 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "confusion_matrix": confusion.matrix.tolist(),
     }
     if args.save_predictions:
-        report["predictions"] = {"labelIds": os.path.abspath(os.path.join(args.save_predictions, "labelIds")),
+        kind = "labelIds" if classes is data.CITYSCAPES else "masks"
+        report["predictions"] = {kind: os.path.abspath(os.path.join(args.save_predictions, kind)),
                                  "overlay": os.path.abspath(os.path.join(args.save_predictions, "overlay")),
                                  "files": len(saved)}
-        print(f"predictions: {len(saved)} labelId PNGs in {report['predictions']['labelIds']}, "
+        print(f"predictions: {len(saved)} {kind} PNGs in {report['predictions'][kind]}, "
               f"overlays in {report['predictions']['overlay']}")
     if args.official:
         ground_truth = list(dataset.labels) if hasattr(dataset, "labels") else []

@@ -43,7 +43,7 @@ from rspnet.engine.config import check_device
 from rspnet.files import write_json
 from rspnet.models import RSPNet, count_flops, count_params
 from rspnet.ops import _backend
-from rspnet.train.checkpoint import check_architecture, load_model_weights, load_train_checkpoint
+from rspnet.train.checkpoint import load_trained_model
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -303,10 +303,9 @@ def parse_args(argv: Sequence[str] | None = None):
     if args.checkpoint:
         if not os.path.isfile(args.checkpoint):
             parser.error(f"--checkpoint {args.checkpoint}: no such file")
-        try:
-            args.state = load_train_checkpoint(args.checkpoint)
-            check_architecture(args.state, args.architecture, data.NUM_CLASSES,
-                               f"checkpoint {args.checkpoint}", f"--arch {args.arch}")
+        try:   # the checkpoint's classes: 19 for Cityscapes, classes.json's count for a folder data set
+            args.model, args.state = load_trained_model(args.architecture, args.checkpoint,
+                                                        arch_name=f"--arch {args.arch}")
         except CheckpointError as exc:
             parser.error(str(exc))
     if args.resolution is None:
@@ -325,12 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = RSPNet(args.architecture, data.NUM_CLASSES)
-    if args.state is not None:
-        try:
-            load_model_weights(model, args.state, f"checkpoint {args.checkpoint}")
-        except CheckpointError as exc:
-            parser.error(str(exc))
+    # without a checkpoint: random weights and the 19 classes of Cityscapes and the synthetic scenes
+    model = args.model if args.state is not None else RSPNet(args.architecture, data.NUM_CLASSES)
     model.eval()
     resolution = tuple(args.resolution)
     report: dict[str, Any] = {

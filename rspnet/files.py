@@ -9,7 +9,7 @@ import os
 import tempfile
 from typing import Any, BinaryIO, Iterator
 
-__all__ = ["atomic_open", "write_json"]
+__all__ = ["atomic_open", "write_json", "write_png"]
 
 
 def _fsync_dir(directory: str) -> None:
@@ -52,3 +52,17 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 1) -> None:
     text = json.dumps(obj, indent=indent) + "\n"
     with atomic_open(path) as f:
         f.write(text.encode())
+
+
+def write_png(path: str | os.PathLike, image: Any) -> None:
+    """A PIL image or uint8 array as a PNG file, written atomically."""
+    import io
+
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    with atomic_open(path) as f:
+        f.write(buffer.getvalue())

@@ -1,8 +1,12 @@
-"""Data sets for rspnet: the embedded synthetic street scenes and Cityscapes.
+"""Data sets for rspnet: the embedded synthetic street scenes, Cityscapes,
+CamVid, and a folder of the user's own images and masks.
 
-The rest of rspnet goes through ``get_dataset``; every item is
-``(FloatTensor[3,H,W] normalised with MEAN/STD, LongTensor[H,W] trainIds in
-0..18, IGNORE_INDEX = 255 for unlabelled pixels)``.
+The rest of rspnet goes through ``get_dataset`` and ``class_table``; every
+item is ``(FloatTensor[3,H,W] normalised with MEAN/STD, LongTensor[H,W] class
+indices 0..C-1, IGNORE_INDEX = 255 for unlabelled pixels)``, whatever the data
+set's files use for void. The classes (names, colours, C) are the data set's
+``ClassTable``: Cityscapes' 19 for the synthetic scenes and Cityscapes,
+CamVid's 11, a folder data set's from its ``classes.json``.
 """
 from __future__ import annotations
 
@@ -12,21 +16,33 @@ import torch
 
 from .cached import CachedDataset
 from .cityscapes import Cityscapes
+from .classes import CAMVID, CITYSCAPES, CLASSES_FILE, ClassTable, load_classes, parse_classes
+from .folder import (IMAGE_EXTENSIONS, CamVid, FolderDataset, LabelledImages, camvid_dirs, folder_dirs, image_size,
+                     read_image)
 from .labels import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize,
                      labelid_to_trainid, trainid_to_labelid)
+from .layouts import FOLDER_DEMO_CLASSES, write_camvid_layout, write_folder_layout
 from .synthetic import SyntheticScenes, render_scene, write_cityscapes_layout
-from .transforms import MEAN, STD, TrainTransform, ValTransform, denormalize, worker_init_fn
+from .transforms import (MEAN, STD, TrainTransform, ValTransform, denormalize, image_tensor, to_tensors,
+                         worker_init_fn)
 
 __all__ = [
     "NUM_CLASSES", "CLASS_NAMES", "PALETTE", "IGNORE_INDEX", "MEAN", "STD",
     "get_dataset", "denormalize", "colorize", "labelid_to_trainid", "trainid_to_labelid",
-    "SyntheticScenes", "Cityscapes", "render_scene", "write_cityscapes_layout",
+    "SyntheticScenes", "Cityscapes", "CamVid", "FolderDataset", "LabelledImages", "render_scene",
+    "write_cityscapes_layout", "write_folder_layout", "write_camvid_layout",
     "TrainTransform", "ValTransform", "worker_init_fn", "DATASETS", "CachedDataset",
-    "SYNTHETIC_TRAINING_IMAGES", "check_source",
+    "SYNTHETIC_TRAINING_IMAGES", "check_source", "class_table", "ClassTable", "CITYSCAPES", "CAMVID",
+    "load_classes", "parse_classes", "read_image", "image_size", "IMAGE_EXTENSIONS", "to_tensors",
+    "image_tensor", "SPLITS", "FOLDER_DEMO_CLASSES",
 ]
 
-DATASETS = ("synthetic", "cityscapes")
+DATASETS = ("synthetic", "cityscapes", "camvid", "folder")
+SPLITS = ("train", "val", "test")
 _SYNTHETIC_LENGTH = {"train": 64, "val": 16}
+_ROOT_HELP = {"cityscapes": "the directory that holds leftImg8bit/ and gtFine/",
+              "camvid": "the directory that holds train/ trainannot/ val/ valannot/",
+              "folder": "the directory that holds images/ masks/ and classes.json"}
 
 # The synthetic scenes a training run uses by default. The generator is
 # unlimited: with the 64 default scenes a 0.1 M-parameter network overfits
@@ -35,47 +51,86 @@ _SYNTHETIC_LENGTH = {"train": 64, "val": 16}
 SYNTHETIC_TRAINING_IMAGES = {"train": 512, "val": 64}
 
 
-def check_source(name: str, root: str | None) -> None:
-    """``ValueError`` (naming the CLI flags) unless data set ``name`` can be
-    read from ``root``."""
+def _split_dirs(name: str, root: str, split: str) -> tuple[str, str]:
+    if name == "cityscapes":
+        return os.path.join(root, "leftImg8bit", split), os.path.join(root, "gtFine", split)
+    if name == "camvid":
+        return camvid_dirs(root, split)
+    return folder_dirs(root, split)
+
+
+def check_source(name: str, root: str | None, splits: tuple[str, ...] = ()) -> None:
+    """``ValueError`` (naming the CLI flags and the path) unless data set
+    ``name`` can be read from ``root``: the cheap checks only (directories of
+    ``splits``, ``classes.json``); the files themselves are checked when the
+    data set is built."""
     if name not in DATASETS:
         raise ValueError(f"--data {name!r}: unknown data set; choices: {', '.join(DATASETS)}")
-    if name == "cityscapes" and not (root and os.path.isdir(root)):
-        raise ValueError("--data cityscapes needs --data-root, an existing directory")
+    if name == "synthetic":
+        return
+    if not (root and os.path.isdir(root)):
+        raise ValueError(f"--data {name} needs --data-root, an existing directory ({_ROOT_HELP[name]})"
+                         + (f"; {root} is not one" if root else ""))
+    if name == "folder":
+        load_classes(os.path.join(root, CLASSES_FILE))
+    for split in splits:
+        for d in _split_dirs(name, root, split):
+            if not os.path.isdir(d):
+                raise ValueError(f"--data-root {root}: {d} is missing (--data {name}: {_ROOT_HELP[name]})")
+
+
+def class_table(name: str, root: str | None = None) -> ClassTable:
+    """The classes of data set ``name`` (a folder data set's from
+    ``root/classes.json``; ``ValueError`` naming the file if it is bad)."""
+    if name in ("synthetic", "cityscapes"):
+        return CITYSCAPES
+    if name == "camvid":
+        return CAMVID
+    if name == "folder":
+        if root is None:
+            raise ValueError("--data folder needs --data-root")
+        return load_classes(os.path.join(root, CLASSES_FILE))
+    raise ValueError(f"unknown dataset {name!r}; choices: {', '.join(DATASETS)}")
 
 
 def get_dataset(name: str = "synthetic", split: str = "train", root: str | None = None,
                 size: tuple[int, int] | None = (128, 256), length: int | None = None,
                 seed: int = 0, augment: bool = False) -> torch.utils.data.Dataset:
-    """The data set ``name`` ('synthetic' or 'cityscapes'), split 'train' or 'val'.
+    """The data set ``name`` (one of ``DATASETS``), split 'train' or 'val'
+    (CamVid and folder data sets also 'test').
 
     size:    (H, W) of the items.  Synthetic scenes are rendered at this size;
-             Cityscapes images are resized to it (None keeps the native
-             1024x2048, which the official evaluation needs).
-    length:  number of items; synthetic default 64 train / 16 val, Cityscapes
+             the images of the other data sets are resized to it (None keeps
+             each image's own size, which the official evaluation needs).
+    length:  number of items; synthetic default 64 train / 16 val, the others
              default all images (else the first ``length`` in sorted order).
     seed:    synthetic scene stream and augmentation seed.
     augment: train only: random scale 0.5-2x of ``size``, crop to ``size``
              (padding ignored), flip, photometric jitter.  Call the data set's
              ``set_epoch(epoch)`` every epoch so the augmentation changes.
+
+    CamVid and folder data sets check every file pair at construction
+    (``LabelledImages.verify``): a bad file is a ``ValueError`` naming it.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choices: {', '.join(DATASETS)}")
     if augment and split != "train":
         raise ValueError(f"augment=True is for the train split only, got split={split!r}")
     if size is None and (augment or name == "synthetic"):
-        raise ValueError(f"size=None (native resolution) is only for Cityscapes without "
+        raise ValueError(f"size=None (native resolution) is only for real images without "
                          f"augmentation; got name={name!r}, augment={augment}")
-    transform = TrainTransform(crop_size=size, base_size=size, seed=seed) if augment else None
+    transform = TrainTransform(crop_size=size, base_size=size, seed=seed) if augment else ValTransform(size)
 
     if name == "synthetic":
         if length is None:
             length = _SYNTHETIC_LENGTH.get(split, 0)
         return SyntheticScenes(split=split, size=size, length=length, seed=seed,
-                               transform=transform)
+                               transform=transform if augment else None)
 
     if root is None:
-        raise ValueError("get_dataset('cityscapes') needs root=, the directory that holds "
-                         "leftImg8bit/ and gtFine/")
-    return Cityscapes(root, split=split, length=length,
-                      transform=transform if augment else ValTransform(size))
+        raise ValueError(f"get_dataset({name!r}) needs root=, {_ROOT_HELP[name]}")
+    if name == "cityscapes":
+        return Cityscapes(root, split=split, length=length, transform=transform)
+    if name == "camvid":
+        return CamVid(root, split=split, length=length, transform=transform)
+    return FolderDataset(root, split=split, length=length, transform=transform)

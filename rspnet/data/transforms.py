@@ -43,6 +43,12 @@ def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torc
             torch.from_numpy(np.ascontiguousarray(label)).long())
 
 
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 picture -> FloatTensor[3,H,W] normalised as every data
+    set's items (what a trained network expects)."""
+    return _normalize(_image_to_float(image))
+
+
 def denormalize(image: torch.Tensor) -> np.ndarray:
     """Normalised FloatTensor[3,H,W] (any device) -> uint8 HxWx3 picture."""
     rgb = image.detach().float().cpu() * _STD + _MEAN

@@ -19,7 +19,7 @@ import sys
 from typing import Sequence
 
 from rspnet import data
-from rspnet.cli import (add_run_options, architecture_arg, checked, nonnegative_int, parse_size,
+from rspnet.cli import (add_run_options, architecture_arg, checked, data_root_help, nonnegative_int, parse_size,
                         positive_float, positive_int, run_command, run_options)
 from rspnet.nn import MEMORY_MODES
 from rspnet.search import ORDERS, STAGES, SearchConfig, check_config, default_memory, run
@@ -35,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1: search the cell; 2: search the paths around --cell; both: 1 then 2")
     p.add_argument("--cell", help="architecture file whose cell stage 2 uses (needed by --stage 2)")
     p.add_argument("--data", choices=data.DATASETS, default=DEFAULTS.data)
-    p.add_argument("--data-root", help="Cityscapes directory (holding leftImg8bit/ and gtFine/)")
+    p.add_argument("--data-root", help=data_root_help())
     p.add_argument("--images", type=positive_int, default=DEFAULTS.images,
-                   help="training images to use, split in halves A/B (default: synthetic 224, Cityscapes all)")
+                   help="training images to use, split in halves A/B (default: synthetic 224, others all)")
     p.add_argument("--size", type=parse_size, default=DEFAULTS.size, help="HxW, multiples of 32")
     p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="epochs per stage")
     p.add_argument("--warmup", type=nonnegative_int, default=DEFAULTS.warmup,
@@ -96,7 +96,8 @@ def _random(parser: argparse.ArgumentParser, args, config: SearchConfig) -> int:
     out = args.out or os.path.join("runs", time.strftime("random-%Y%m%d-%H%M%S"))
     budget = None if args.param_budget is None else args.param_budget * 1e6
     try:
-        written = write_random_architectures(config, args.random, out, args.seed, budget, data.NUM_CLASSES)
+        written = write_random_architectures(config, args.random, out, args.seed, budget,
+                                            data.class_table(config.data, config.data_root).num_classes)
     except ValueError as exc:
         parser.error(str(exc))
     for path, params in written:

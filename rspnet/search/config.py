@@ -92,7 +92,7 @@ def check_config(c: SearchConfig) -> None:
     from rspnet.engine.config import check_run_settings
     from rspnet.nn import MEMORY_MODES
 
-    check_source(c.data, c.data_root)
+    check_source(c.data, c.data_root, ("train",))
     check_run_settings(c.device, c.batch_size, c.size)
     if c.warmup is not None and not 0 <= c.warmup <= c.epochs:
         raise ValueError(f"--warmup must be in [0, --epochs={c.epochs}], got {c.warmup}")

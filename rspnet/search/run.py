@@ -118,6 +118,7 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
     length = config.images if config.images is not None else (
         SYNTHETIC_SEARCH_IMAGES if config.data == "synthetic" else None)
     try:
+        classes = data.class_table(config.data, config.data_root)
         dataset = data.get_dataset(config.data, "train", root=config.data_root, size=config.size, length=length)
     except (OSError, ValueError) as exc:
         raise RunError(f"--data {config.data}: {exc}") from None
@@ -132,16 +133,16 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
     session.open_output()
 
     world = f", {ctx.world_size} processes ({ctx.backend})" if ctx.distributed else ""
-    log(f"search: {config.data} data, {len(dataset)} training images at "
+    log(f"search: {config.data} data ({classes.num_classes} classes), {len(dataset)} training images at "
         f"{config.size[0]}x{config.size[1]}, device {device}{world}, output {options.out}")
     files = {"architecture": os.path.join(options.out, "architecture.json"),
              "summary": os.path.join(options.out, "summary.json")}
-    summary: dict[str, Any] = {"config": plain(config), "stages": {}}
+    summary: dict[str, Any] = {"config": plain(config), "classes": classes.to_dict(), "stages": {}}
     current: list[StageSearch] = []
 
     def run_stage(stage: int, cell=None) -> StageSearch:
         try:
-            search = StageSearch(stage, config, dataset, data.NUM_CLASSES, options.out, cell=cell, log=log,
+            search = StageSearch(stage, config, dataset, classes.num_classes, options.out, cell=cell, log=log,
                                  progress=session.progress, ctx=ctx, checkpoint_every=options.checkpoint_every,
                                  keep=options.keep, stop=session.stop, ignore_index=data.IGNORE_INDEX)
             current[:] = [search]
@@ -196,7 +197,7 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
             log(f"[stage 2] derived paths: {format_paths(nodes)}")
 
     if ctx.is_main:
-        model = RSPNet(architecture, data.NUM_CLASSES).eval()
+        model = RSPNet(architecture, classes.num_classes).eval()
         cost = {"params": count_params(model), "flops": count_flops(model, config.size)}
         seconds = sum(s["seconds"] for s in summary["stages"].values())
         summary.update({"derived": {**cost, "input": [1, 3, *config.size],

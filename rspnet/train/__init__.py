@@ -13,7 +13,7 @@
 ==================  ===========================================================
 """
 from .checkpoint import TRAIN_FORMAT, check_architecture, checkpoint_series, load_model_weights, \
-    load_train_checkpoint
+    load_train_checkpoint, load_trained_model
 from .config import RESUMABLE_CHANGES, TrainConfig, check_config
 from .losses import ohem_cross_entropy, segmentation_loss
 from .run import run
@@ -22,4 +22,4 @@ from .trainer import Trainer, build_datasets
 
 __all__ = ["TrainConfig", "check_config", "RESUMABLE_CHANGES", "run", "Trainer", "build_datasets",
            "ohem_cross_entropy", "segmentation_loss", "poly_lambda", "TRAIN_FORMAT", "checkpoint_series",
-           "load_train_checkpoint", "check_architecture", "load_model_weights"]
+           "load_train_checkpoint", "check_architecture", "load_model_weights", "load_trained_model"]

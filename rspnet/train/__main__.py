@@ -30,7 +30,7 @@ import sys
 from typing import Sequence
 
 from rspnet import data
-from rspnet.cli import (add_run_options, architecture_arg, checked, nonnegative_int, parse_size,
+from rspnet.cli import (add_run_options, architecture_arg, checked, data_root_help, nonnegative_int, parse_size,
                         positive_float, positive_int, run_command, run_options)
 from rspnet.engine.precision import AMP_MODES, CHANNELS_LAST_MODES
 from rspnet.train import TrainConfig, check_config, run
@@ -45,19 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, help="architecture file (architecture.json of rspnet.search)")
     g = p.add_argument_group("data")
     g.add_argument("--data", choices=data.DATASETS, default=DEFAULTS.data)
-    g.add_argument("--data-root", help="Cityscapes directory (holding leftImg8bit/ and gtFine/)")
+    g.add_argument("--data-root", help=data_root_help())
     g.add_argument("--size", type=parse_size, default=DEFAULTS.size,
                    help=f"HxW of the training crops and validation images, multiples of 32 "
                         f"(default {DEFAULTS.size[0]}x{DEFAULTS.size[1]})")
     g.add_argument("--train-images", type=positive_int,
                    help=f"use the first N training images (default: synthetic {SYNTHETIC['train']}, "
-                        f"Cityscapes all)")
+                        f"other data sets all)")
     g.add_argument("--val-images", type=positive_int,
                    help=f"use the first N validation images (default: synthetic {SYNTHETIC['val']}, "
-                        f"Cityscapes all)")
+                        f"other data sets all)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random scale 0.5-2x, crop, flip, colour jitter (default: on for Cityscapes, "
-                        "off for the short synthetic run)")
+                   help="random scale 0.5-2x, crop, flip, colour jitter (default: on for real images "
+                        "(cityscapes, camvid, folder), off for the short synthetic run)")
     g.add_argument("--workers", type=nonnegative_int, default=DEFAULTS.workers,
                    help="DataLoader workers (default %(default)s)")
     g = p.add_argument_group("optimisation")
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     architecture = architecture_arg(parser, args.arch)
     config = TrainConfig(
         data=args.data, data_root=args.data_root, size=args.size, train_images=args.train_images,
-        val_images=args.val_images, augment=args.data == "cityscapes" if args.augment is None else args.augment,
+        val_images=args.val_images, augment=args.data != "synthetic" if args.augment is None else args.augment,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, nesterov=args.nesterov, poly_power=args.poly_power,
         ohem=args.ohem, ohem_thresh=args.ohem_thresh, ohem_min_kept=args.ohem_min_kept,

@@ -16,9 +16,10 @@ import torch
 
 from rspnet.architecture import Architecture
 from rspnet.engine.checkpoint import CheckpointError, CheckpointSeries, load_checkpoint
+from rspnet.models import RSPNet
 
 __all__ = ["TRAIN_FORMAT", "CHECKPOINT_PREFIX", "checkpoint_series", "load_train_checkpoint",
-           "check_architecture", "load_model_weights"]
+           "check_architecture", "load_model_weights", "load_trained_model"]
 
 TRAIN_FORMAT = "rspnet-train-checkpoint/2"
 CHECKPOINT_PREFIX = "checkpoint-step"   # checkpoint-step00000128.pt: named by the step count
@@ -88,3 +89,19 @@ def load_model_weights(model: torch.nn.Module, state: Mapping[str, Any], checkpo
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         raise CheckpointError(f"{checkpoint_name}: weights do not fit the network: "
                               f"{' '.join(lines[:3])[:400]}") from None
+
+
+def load_trained_model(architecture: Architecture, path: str | os.PathLike, num_classes: int | None = None,
+                       arch_name: str = "--arch") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained network of checkpoint ``path`` (on the CPU, in eval mode)
+    and the checkpoint, after checking that it was trained for
+    ``architecture`` (and ``num_classes`` classes, when given; default: the
+    checkpoint's own count). Every problem is a one-line ``CheckpointError``
+    naming the file: what evaluation, export and prediction share."""
+    name = f"checkpoint {os.fspath(path)}"
+    state = load_train_checkpoint(path)
+    classes = int(state["num_classes"]) if num_classes is None else num_classes
+    check_architecture(state, architecture, classes, name, arch_name)
+    model = RSPNet(architecture, classes)
+    load_model_weights(model, state, name)
+    return model.eval(), state

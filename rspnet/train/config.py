@@ -14,8 +14,8 @@ class TrainConfig:
     data: str = "synthetic"
     data_root: str | None = None
     size: tuple[int, int] = (64, 128)
-    train_images: int | None = None   # None: Cityscapes all, synthetic SYNTHETIC_IMAGES["train"]
-    val_images: int | None = None     # None: Cityscapes all, synthetic SYNTHETIC_IMAGES["val"]
+    train_images: int | None = None   # None: synthetic SYNTHETIC_IMAGES["train"], other data sets all
+    val_images: int | None = None     # None: synthetic SYNTHETIC_IMAGES["val"], other data sets all
     augment: bool = False
     epochs: int = 8
     batch_size: int = 4
@@ -46,7 +46,7 @@ def check_config(config: TrainConfig) -> None:
     from rspnet.data import check_source
     from rspnet.engine.config import check_run_settings
 
-    check_source(config.data, config.data_root)
+    check_source(config.data, config.data_root, ("train", "val"))
     check_run_settings(config.device, config.batch_size, config.size)
     if not 0 < config.ohem_thresh < 1:
         raise ValueError(f"--ohem-thresh must be in (0, 1), got {config.ohem_thresh}")

@@ -28,6 +28,7 @@ from rspnet.files import write_json
 from .checkpoint import check_architecture, checkpoint_series, load_train_checkpoint
 from .config import RESUMABLE_CHANGES, TrainConfig, check_config
 from .plots import plot_curves
+from . import trainer as trainer_module
 from .trainer import Trainer
 
 __all__ = ["run"]
@@ -73,7 +74,8 @@ def _resume_state(config: TrainConfig, architecture: Architecture, arch_name: st
         else:
             path, state = options.resume, load_train_checkpoint(options.resume)   # must be good: no fallback
         name = f"checkpoint {path}"
-        check_architecture(state, architecture, data.NUM_CLASSES, name, arch_name)
+        check_architecture(state, architecture, data.class_table(config.data, config.data_root).num_classes,
+                           name, arch_name)
         if "config" in state:
             changed = changed_settings(state["config"], config, RESUMABLE_CHANGES)
             if changed:
@@ -97,6 +99,11 @@ def _run(session: RunSession, config: TrainConfig, architecture: Architecture, s
         raise RunError(f"--batch-size {config.batch_size} is the global batch: it must be a multiple of "
                        f"the {ctx.world_size} processes")
     arch_name = f"--arch {source}" if source else "--arch"
+    if datasets is None:   # before anything is written: a bad file is an error with nothing to clean up
+        try:
+            datasets = trainer_module.build_datasets(config)   # (looked up late: tests wrap it)
+        except (OSError, ValueError) as exc:
+            raise RunError(f"--data {config.data}: {exc}") from None
     found = session.on_main(lambda: _resume_state(config, architecture, arch_name, options, log))
     session.open_output()
     try:
@@ -114,9 +121,9 @@ def _run(session: RunSession, config: TrainConfig, architecture: Architecture, s
         log(f"--resume auto: no checkpoint in {options.out}; starting afresh")
     params = sum(p.numel() for p in trainer.model.parameters())
     world = f", {ctx.world_size} processes ({ctx.backend})" if ctx.distributed else ""
-    log(f"train: {config.data} data, {len(trainer.train_set)} train / {len(trainer.val_set)} val images "
-        f"at {config.size[0]}x{config.size[1]}, {params / 1e6:.3f} M params, architecture "
-        f"{architecture.fingerprint()}, device {ctx.device}{world}"
+    log(f"train: {config.data} data ({trainer.classes.num_classes} classes), {len(trainer.train_set)} train / "
+        f"{len(trainer.val_set)} val images at {config.size[0]}x{config.size[1]}, {params / 1e6:.3f} M params, "
+        f"architecture {architecture.fingerprint()}, device {ctx.device}{world}"
         f"{'' if trainer.amp_dtype is None else ', amp ' + str(trainer.amp_dtype).split('.')[-1]}, "
         f"{config.epochs} epochs x {trainer.steps_per_epoch} steps, seed {config.seed}, output {options.out}")
 

@@ -98,6 +98,7 @@ class Trainer(ResumableLoop):
             raise ValueError(f"the global batch {config.batch_size} does not divide over {world} processes")
         self.local_batch = config.batch_size // world
         seed_everything(config.seed)
+        self.classes = data.class_table(config.data, config.data_root)
         model = self.build_model()
         self.model = distributed.convert_sync_batchnorm(model, self.device).to(self.device)
         self.amp_dtype = amp_dtype(config.amp, self.device)
@@ -130,7 +131,7 @@ class Trainer(ResumableLoop):
     def build_model(self) -> torch.nn.Module:
         """The network trained: the architecture's ``RSPNet`` (a benchmark may
         train another network through the same recipe by overriding this)."""
-        return RSPNet(self.architecture, data.NUM_CLASSES)
+        return RSPNet(self.architecture, self.classes.num_classes)
 
     # --------------------------------------------------------------- state
     def extra_state(self) -> dict[str, Any]:
@@ -142,13 +143,14 @@ class Trainer(ResumableLoop):
             "architecture": self.architecture.to_dict(),
             "architecture_source": self.architecture_source,
             "architecture_fingerprint": self.architecture.fingerprint(),
-            "num_classes": data.NUM_CLASSES,
+            "num_classes": self.classes.num_classes,
+            "classes": self.classes.to_dict(),   # names and colours, for rspnet.predict
             "config": plain(self.config),
             "best_miou": self.best_miou, "best_epoch": self.best_epoch,
         }
 
     def load_extra_state(self, state: dict[str, Any], name: str) -> None:
-        check_architecture(state, self.architecture, data.NUM_CLASSES, name)
+        check_architecture(state, self.architecture, self.classes.num_classes, name)
         for key in ("optimizer", "scheduler", "epoch", "batch", "step", "rng", "config"):
             if key not in state:
                 raise CheckpointError(f"{name} has no {key!r}: it holds weights only and cannot be "
@@ -220,7 +222,7 @@ class Trainer(ResumableLoop):
         if self.epoch % c.val_every == 0 or self.epoch == c.epochs:
             shard = Subset(self.val_set, range(self.ctx.rank, len(self.val_set), self.ctx.world_size))
             val = validate(self.model, _loader(shard, c, batch_size=self.local_batch), self.device,
-                           data.CLASS_NAMES, data.IGNORE_INDEX, self.amp_dtype, self.channels_last)
+                           self.classes.names, data.IGNORE_INDEX, self.amp_dtype, self.channels_last)
             self.last_val = val
         self.tick()
         record = {"epoch": self.epoch, "step": self.step, "lr": self._epoch_lr, "train_loss": train_loss,
