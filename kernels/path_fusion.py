@@ -72,6 +72,17 @@ BWD_BLOCK_I = 8      # input rows per backward tile
 BWD_BLOCK_W = 128    # input columns per identity/pool tile
 BWD_GATHER = 1024    # elements of a [BLOCK_J, KX] bilinear gather tile
 BWD_WARPS = 8
+# The generic bilinear backward (a ratio other than 2/4/8) needs more
+# registers per thread than 8 warps leave it (ptxas spilled 16 bytes there);
+# with 4 warps it fits.
+BWD_WARPS_GENERIC = 4
+
+
+def backward_warps(modes: dict) -> int:
+    """num_warps of a backward launch: fewer when an input takes the generic
+    bilinear path (``MODE<k>`` 1 with ``SCALE<k>`` 0)."""
+    generic = any(modes.get(f"MODE{i}") == 1 and modes.get(f"SCALE{i}", 0) == 0 for i in range(MAX_PATHS))
+    return BWD_WARPS_GENERIC if generic else BWD_WARPS
 BWD_TILE = tl.constexpr(1024)     # elements of a [BI, BJ, 2S] window tile of the integer-scale bilinear backward
 
 

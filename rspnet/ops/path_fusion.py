@@ -239,7 +239,7 @@ if _backend.TRITON_OK:
                     g, w[start:], partial[start:], *ptrs, *outs, *sizes, H, W, regions, programs,
                     P=len(chunk), **modes, **tiles, INPUT_GRADS=input_grads, LOGIT_GRAD=logit_grad,
                     REGION=_kern.BWD_REGION, BLOCK_I=_kern.BWD_BLOCK_I, BLOCK_W=_kern.BWD_BLOCK_W,
-                    num_warps=_kern.BWD_WARPS)
+                    num_warps=_kern.backward_warps(modes))
         if logit_grad:
             dw = partial.sum(1)
             dlogits = w * (dw - (w * dw).sum()) / temperature
