@@ -11,8 +11,11 @@
 //   backward: one block per (plane, band of kRegion output rows). The block owns,
 //             for every input, the input rows [y0*h/H, y1*h/H) (a partition of
 //             that input's rows) and computes t = resample^T(g) there:
-//               identity / pooling: read g directly;
-//               bilinear: per input row, (1) contract the g rows whose vertical
+//               identity / pooling: read g directly (identity as a 4-wide stream);
+//               bilinear up by 2, 4 or 8 (fp32/16/bf16, W % 4 == 0): the g band
+//               and halo staged in shared memory by vector loads, contracted
+//               vertically then horizontally (bilinear_bwd_staged);
+//               other bilinear: per input row, (1) contract the g rows whose vertical
 //               taps include it into a shared-memory row r[x] (coalesced row
 //               reads), (2) each input column gathers the r[x] whose horizontal
 //               taps include it. Ranges come from a closed-form bound with a
@@ -250,6 +253,105 @@ path_fusion_fwd_kernel(Paths<scalar_t> ps, int P, const acc_t<scalar_t>* __restr
 }
 
 // ----------------------------------------------------------------- backward
+// Bilinear up by an integer S (2, 4, 8) in both dimensions, the PAM case,
+// fp32/fp16/bf16 accumulating in fp32 (kStaged): t = A^T g B on the block's
+// input rows [i_lo, i_hi) = [y0 / S, y1 / S), one tile of kTileOut output
+// columns (kTileOut / S input columns) at a time:
+//   (0) the g rows of the band and its halo, [S i_lo - S/2, S i_hi + S/2),
+//       and the tile's columns plus halo, are staged in shared memory with
+//       4-element vector loads (the one read of g for this path);
+//   (1) vertical: v[i][x] = sum over the 2S rows of i's footprint of
+//       A(y, i) g[y][x];
+//   (2) horizontal: t[i][j] = sum over the 2S columns of j's footprint of
+//       B(x, j) v[i][x].
+// A and B are PyTorch's own taps (tap_weight of taps(), scale 1/S exact), so
+// the borders, where PyTorch clamps the source index, come out right.
+constexpr int kTileOut = 256;                   // output columns per staged tile
+constexpr int kStageRows = 16 + 8;              // kRegion rows + the halo of S = 8
+constexpr int kStageCols = kTileOut + 8 + 8;    // + halo of S = 8 + alignment slack
+template <typename A>
+constexpr bool kStaged = sizeof(A) == 4;
+
+template <typename A>
+__host__ __device__ constexpr int bwd_smem_bytes() {
+  const int generic = (2 * kRowBuffer + kMaxFootprint) * int(sizeof(A)) + kRowBuffer * int(sizeof(int));
+  const int staged = kStaged<A> ? (kStageRows * kStageCols + (kRegion / 2) * kStageCols + 32 + 2 * kTileOut)
+                                      * int(sizeof(A)) : 0;
+  return generic > staged ? generic : staged;
+}
+
+template <typename scalar_t, int S>
+__device__ __forceinline__ void bilinear_bwd_staged(const scalar_t* __restrict__ gp,
+                                                    const scalar_t* __restrict__ xp, scalar_t* __restrict__ dxp,
+                                                    int h, int w, int H, int W, int i_lo, int i_hi,
+                                                    acc_t<scalar_t> wk, bool logit_grad, acc_t<scalar_t>& d,
+                                                    unsigned char* smem) {
+  using A = acc_t<scalar_t>;
+  using V4 = Vec<scalar_t, 4>;
+  constexpr int FP = 2 * S;           // footprint of an input index: 2S output indices
+  constexpr int TJ = kTileOut / S;    // input columns per tile
+  const A scale = A(1) / A(S);
+  A* gs = reinterpret_cast<A*>(smem);              // [kStageRows][kStageCols]
+  A* vs = gs + kStageRows * kStageCols;            // [kRegion / 2][kStageCols]
+  A* aw = vs + (kRegion / 2) * kStageCols;         // [ni][FP], ni * FP = 32
+  A* bw = aw + 32;                                 // [TJ][FP], TJ * FP = 2 kTileOut
+  const int ni = i_hi - i_lo;
+  const int ya = max(0, S * i_lo - S / 2), yb = min(H, S * i_hi + S / 2);
+  const int rows = yb - ya;
+  // Vertical weights of the band's input rows (zero outside the plane).
+  for (int e = threadIdx.x; e < ni * FP; e += kThreads) {
+    const int il = e / FP, m = e % FP, i = i_lo + il, y = S * i - S / 2 + m;
+    aw[e] = (y >= 0 && y < H) ? tap_weight(taps(y, h, scale), i) : A(0);
+  }
+  for (int j0 = 0; j0 < w; j0 += TJ) {
+    const int xa = max(0, S * j0 - S / 2) & ~3;                 // 4-aligned (W % 4 == 0)
+    const int xb = min(W, (S * (j0 + TJ) + S / 2 + 3) & ~3);
+    const int cols = xb - xa, quads = cols / 4;
+    __syncthreads();  // the previous tile (or path) is done with the buffers
+    // (0) stage g, 4 elements per access.
+    for (int e = threadIdx.x; e < rows * quads; e += kThreads) {
+      const int r = e / quads, q = e % quads;
+      const V4 v = *reinterpret_cast<const V4*>(gp + int64_t(ya + r) * W + xa + 4 * q);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) gs[r * kStageCols + 4 * q + c] = static_cast<A>(v.v[c]);
+    }
+    for (int e = threadIdx.x; e < TJ * FP; e += kThreads) {
+      const int jl = e / FP, n = e % FP, j = j0 + jl, x = S * j - S / 2 + n;
+      bw[e] = (j < w && x >= 0 && x < W) ? tap_weight(taps(x, w, scale), j) : A(0);
+    }
+    __syncthreads();
+    // (1) vertical contraction into v[il][c].
+    for (int e = threadIdx.x; e < ni * cols; e += kThreads) {
+      const int il = e / cols, c = e % cols;
+      const int r0 = S * (i_lo + il) - S / 2 - ya;
+      A v = A(0);
+#pragma unroll
+      for (int m = 0; m < FP; ++m) {
+        const int r = r0 + m;
+        if (r >= 0 && r < rows) v += aw[il * FP + m] * gs[r * kStageCols + c];
+      }
+      vs[il * kStageCols + c] = v;
+    }
+    __syncthreads();
+    // (2) horizontal contraction, dx and <x, t>.
+    for (int e = threadIdx.x; e < ni * TJ; e += kThreads) {
+      const int il = e / TJ, jl = e % TJ, j = j0 + jl;
+      if (j >= w) continue;
+      const int c0 = S * j - S / 2 - xa;
+      A t = A(0);
+#pragma unroll
+      for (int n = 0; n < FP; ++n) {
+        const int c = c0 + n;
+        if (c >= 0 && c < cols) t += bw[jl * FP + n] * vs[il * kStageCols + c];
+      }
+      const int64_t o = int64_t(i_lo + il) * w + j;
+      if (dxp) dxp[o] = static_cast<scalar_t>(wk * t);
+      if (logit_grad) d += static_cast<A>(xp[o]) * t;
+    }
+  }
+  __syncthreads();  // the buffers are free for the next path
+}
+
 // fp64 needs more registers than kBwdMinBlocks blocks per SM leave a thread.
 template <typename scalar_t>
 constexpr int bwd_min_blocks() { return sizeof(scalar_t) == 8 ? 2 : kBwdMinBlocks; }
@@ -261,10 +363,14 @@ path_fusion_bwd_kernel(const scalar_t* __restrict__ g, Paths<scalar_t> ps, int P
                        acc_t<scalar_t>* __restrict__ partial, int64_t blocks, bool input_grads, bool logit_grad) {
   using A = acc_t<scalar_t>;
   using V4 = Vec<scalar_t, 4>;
-  __shared__ A row[kRowBuffer];         // r[x] for the current input row
-  __shared__ int col_i0[kRowBuffer];    // column taps of the current column chunk
-  __shared__ A col_l1[kRowBuffer];
-  __shared__ A vweight[kMaxFootprint];  // A(y, i) for a piece of the current row's footprint
+  // One shared buffer, carved either for the generic bilinear code (a row
+  // r[x], the chunk's column taps, a piece of vertical weights) or for the
+  // staged integer-scale code (see bilinear_bwd_staged).
+  alignas(16) __shared__ unsigned char smem[bwd_smem_bytes<A>()];
+  A* row = reinterpret_cast<A*>(smem);                                    // r[x] for the current input row
+  A* col_l1 = row + kRowBuffer;                                           // column taps of the current chunk
+  A* vweight = col_l1 + kRowBuffer;                                       // A(y, i), a piece of a footprint
+  int* col_i0 = reinterpret_cast<int*>(vweight + kMaxFootprint);
   __shared__ A warp_partial[kMaxPaths][kThreads / 32];
   const int64_t plane = blockIdx.x / regions;
   const int y0 = static_cast<int>(blockIdx.x % regions) * kRegion;
@@ -318,6 +424,12 @@ path_fusion_bwd_kernel(const scalar_t* __restrict__ g, Paths<scalar_t> ps, int P
           if (logit_grad) d += static_cast<A>(xp[int64_t(i) * w + j]) * t;
         }
       }
+    } else if (i_lo < i_hi && kStaged<A> && VEC && ps.kind[k] == kKindUp2) {
+      bilinear_bwd_staged<scalar_t, 2>(gp, xp, dxp, h, w, H, W, i_lo, i_hi, wk, logit_grad, d, smem);
+    } else if (i_lo < i_hi && kStaged<A> && VEC && ps.kind[k] == kKindUp4) {
+      bilinear_bwd_staged<scalar_t, 4>(gp, xp, dxp, h, w, H, W, i_lo, i_hi, wk, logit_grad, d, smem);
+    } else if (i_lo < i_hi && kStaged<A> && VEC && ps.kind[k] == kKindUp8) {
+      bilinear_bwd_staged<scalar_t, 8>(gp, xp, dxp, h, w, H, W, i_lo, i_hi, wk, logit_grad, d, smem);
     } else if (i_lo < i_hi) {
       const A sh = ps.scale_h[k], sw = ps.scale_w[k];
       const int chunk = ps.cols_per_chunk[k];

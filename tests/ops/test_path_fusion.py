@@ -680,10 +680,20 @@ def test_cuda_kernels_emulated_fp64(cuda_emulation, case):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_cuda_kernels_emulated_fp32(cuda_emulation):
-    size, sizes = CASES["pam_scales"]
-    logits, xs = _inputs(sizes, dtype=torch.float32)
-    g = torch.randn(2, 3, *size)
+# fp32 runs the staged integer-scale bilinear backward (fp64 takes the generic
+# code): PAM ratios 2/4/8 with W % 4 == 0; "pam_tiles" spans two row bands and
+# several staged column tiles, with a pooled input beside them.
+EMULATED_FP32 = {
+    "pam_scales": (CASES["pam_scales"], (2, 3)),
+    "pam_tiles": (((32, 520), [(32, 520), (16, 260), (8, 130), (4, 65), (64, 1040)]), (1, 1)),
+}
+
+
+@pytest.mark.parametrize("case", list(EMULATED_FP32))
+def test_cuda_kernels_emulated_fp32(cuda_emulation, case):
+    (size, sizes), (n, c) = EMULATED_FP32[case]
+    logits, xs = _inputs(sizes, n=n, c=c, dtype=torch.float32)
+    g = torch.randn(n, c, *size)
     got = _emulated(cuda_emulation, logits, xs, size, 1.0, g)
     ref = run_fwd_bwd(lambda l, xs: path_fusion_ref(l, xs, size), logits, xs, g)
     l64 = logits.detach().double().requires_grad_()
