@@ -126,6 +126,18 @@ def architecture_arg(parser: argparse.ArgumentParser, path: str, flag: str = "--
         parser.error(f"{flag} {path}: {exc}")
 
 
+def trained_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The checks every command that runs a trained network shares: ``--arch``
+    loads (into ``args.architecture``), ``--device`` exists, ``--checkpoint``
+    is a file -- each problem an argparse error."""
+    from rspnet.engine.config import check_device
+
+    args.architecture = architecture_arg(parser, args.arch)
+    checked(parser, check_device, args.device)
+    if not os.path.isfile(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+
+
 def run_command(parser: argparse.ArgumentParser, run: Callable[[], object]) -> int:
     """Run a search or a training run for a CLI: its exit status. A run that
     cannot start is a usage error (rank 0 prints it, every rank exits with 2);

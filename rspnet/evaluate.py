@@ -42,9 +42,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rspnet import data
-from rspnet.cli import architecture_arg, checked, data_root_help, nonnegative_int, parse_size, positive_int
+from rspnet.cli import checked, data_root_help, nonnegative_int, parse_size, positive_int, trained_model_args
 from rspnet.engine.checkpoint import CheckpointError
-from rspnet.engine.config import check_device
 from rspnet.engine import precision
 from rspnet.engine.precision import AMP_MODES, autocast
 from rspnet.engine.session import set_threads
@@ -209,10 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.architecture = architecture_arg(parser, args.arch)
-    checked(parser, check_device, args.device)
-    if not os.path.isfile(args.checkpoint):
-        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+    trained_model_args(parser, args)
     if args.data == "synthetic" and args.split == "test":
         parser.error("--split test: the synthetic scenes have train and val")
     checked(parser, data.check_source, args.data, args.data_root, (args.split,))

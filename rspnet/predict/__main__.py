@@ -27,9 +27,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from rspnet import data
-from rspnet.cli import architecture_arg, checked, nonnegative_int, positive_int
+from rspnet.cli import nonnegative_int, positive_int, trained_model_args
 from rspnet.engine.checkpoint import CheckpointError
-from rspnet.engine.config import check_device
 from rspnet.engine.precision import AMP_MODES, amp_dtype
 from rspnet.engine.session import set_threads
 from rspnet.files import write_png
@@ -101,10 +100,7 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
 def parse_args(argv: Sequence[str] | None = None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.architecture = architecture_arg(parser, args.arch)
-    checked(parser, check_device, args.device)
-    if not os.path.isfile(args.checkpoint):
-        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+    trained_model_args(parser, args)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"--out {args.out}: exists and is not a directory")
     try:
