@@ -80,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param-budget", type=positive_float, default=None,
                    help="parameter budget in millions: only the excess over it is penalised "
                         "(with --random: only architectures within it are drawn)")
+    p.add_argument("--flops-budget", type=positive_float, default=None, metavar="G",
+                   help="GFLOPs of the derived network at --size: the architecture loss adds "
+                        "--cost-weight · max(0, E[FLOPs] - budget) / budget (docs/design.md §6)")
+    p.add_argument("--latency-budget", type=positive_float, default=None, metavar="MS",
+                   help="latency (ms) of the derived network at --latency-size on --device (CPU: one "
+                        "thread), from a per-piece table measured once and cached in --latency-table; "
+                        "penalised like --flops-budget")
+    p.add_argument("--cost-weight", type=float, default=DEFAULTS.cost_weight, metavar="λ",
+                   help="λ of the FLOPs / latency penalties")
+    p.add_argument("--latency-size", type=parse_size, default=DEFAULTS.latency_size,
+                   help="HxW at which the latency table is measured")
+    p.add_argument("--latency-table", default=None, metavar="PATH",
+                   help="JSON file caching measured latencies, keyed by device, torch version and shapes "
+                        "(default: $RSPNET_LATENCY_TABLE or ~/.cache/rspnet/latency.json)")
     p.add_argument("--random", type=positive_int, metavar="N",
                    help="no search: draw N architectures uniformly from the same space (the random "
                         "baseline, seeded by --seed) and write them to --out as random-NNN.json")
@@ -120,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rsp_ratio=args.rsp_ratio,
         rsp_depth=args.rsp_depth, head_channels=args.head_channels, top_k=args.top_k,
         param_penalty=args.param_penalty,
+        flops_budget=None if args.flops_budget is None else args.flops_budget * 1e9,
+        latency_budget=args.latency_budget, cost_weight=args.cost_weight,
+        latency_size=args.latency_size, latency_table=args.latency_table,
         param_budget=None if args.param_budget is None or args.random else args.param_budget * 1e6)
     checked(parser, check_config, config)
     if args.random:

@@ -62,6 +62,12 @@ class SearchConfig:
     top_k: int = 2
     param_penalty: float = 0.0
     param_budget: float | None = None  # parameters
+    # cost-aware search (docs/design.md §6): λ · max(0, E[cost] - budget) / budget
+    flops_budget: float | None = None  # FLOPs of the derived network at `size`
+    latency_budget: float | None = None  # ms of the derived network at `latency_size` on `device` (CPU: 1 thread)
+    cost_weight: float = 1.0           # λ of both cost penalties
+    latency_size: tuple[int, int] = (512, 1024)
+    latency_table: str | None = None   # the latency table's JSON file; None: rspnet.search.cost's default
     w_lr: float = 0.025
     w_lr_min: float = 0.001
     w_momentum: float = 0.9
@@ -83,7 +89,7 @@ class SearchConfig:
 
 # Settings that may change between a run and its resumption without changing
 # what is computed (beyond floating-point rounding).
-RESUMABLE_CHANGES = ("device", "memory")
+RESUMABLE_CHANGES = ("device", "memory", "latency_table")
 
 
 def check_config(c: SearchConfig) -> None:
@@ -110,6 +116,12 @@ def check_config(c: SearchConfig) -> None:
         raise ValueError("--param-penalty must be >= 0 and --param-budget > 0")
     if c.param_budget is not None and not c.param_penalty:
         raise ValueError("--param-budget needs --param-penalty > 0 (the budget only shapes the penalty)")
+    if c.cost_weight < 0 or any(b is not None and not b > 0 for b in (c.flops_budget, c.latency_budget)):
+        raise ValueError("--cost-weight must be >= 0 and --flops-budget / --latency-budget > 0")
+    if (c.flops_budget is not None or c.latency_budget is not None) and not c.cost_weight:
+        raise ValueError("--flops-budget / --latency-budget need --cost-weight > 0")
+    if min(c.latency_size) <= 0 or c.latency_size[0] % 32 or c.latency_size[1] % 32:
+        raise ValueError(f"--latency-size must be HxW, multiples of 32, got {c.latency_size}")
     if c.memory not in MEMORY_MODES or c.order not in ORDERS:
         raise ValueError(f"--memory must be one of {MEMORY_MODES} and --order one of {ORDERS}")
     if not c.arch_lr > 0 or not all(0 <= b < 1 for b in c.arch_betas) or c.arch_weight_decay < 0:

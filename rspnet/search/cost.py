@@ -239,13 +239,13 @@ class CostTable:
             cells = [torch.tensor(self.genotype_cost(s, cell), dtype=dtype, device=device)
                      for s in range(g.scales)]
         else:
-            dtype = cell.dtype
+            dtype, device = cell.dtype, cell.device
             cells = [cell_cost(self.op_costs(s).to(cell.device), cell, g.steps, g.primitives)
                      for s in range(g.scales)]
         kept = {}
         for i, (node, src) in enumerate(zip(self.nodes, self.sources)):
             if betas is None:
-                p = torch.full((len(src),), 1.0 / len(src), dtype=dtype)
+                p = torch.full((len(src),), 1.0 / len(src), dtype=dtype, device=device)
             else:
                 p = torch.softmax(betas[i].to(dtype), 0)
             kept[node] = kept_probabilities(p, g.top_k)
@@ -255,8 +255,9 @@ class CostTable:
         for node, src in zip(self.nodes, self.sources):
             s = node[1]
             node_cost = self.entries[f"block:{s}"] + cells[s]
-            paths = torch.tensor([self.entries[f"path:{source[1]}:{s}"] for source in src], dtype=dtype)
-            total = total + alive[node] * (node_cost + (kept[node] * paths.to(kept[node].device)).sum())
+            paths = torch.tensor([self.entries[f"path:{source[1]}:{s}"] for source in src], dtype=dtype,
+                                 device=kept[node].device)
+            total = total + alive[node] * (node_cost + (kept[node] * paths).sum())
         return total
 
     def _alive(self, kept: Mapping[tuple[int, int], torch.Tensor]) -> dict:

@@ -104,6 +104,48 @@ def test_gradient_with_a_dominant_path():
     assert torch.autograd.gradcheck(lambda *b: 1e-6 * table.expected(cell, list(b)), tuple(betas))
 
 
+@pytest.mark.parametrize("fraction", [0.3, 0.6])
+def test_budget_is_honoured_by_the_derived_network(fraction):
+    """Only the penalty, minimised over α and β by Adam from near-uniform
+    logits: the derived network's counted FLOPs end within the budget, set
+    between the cheapest and the dearest network of the space; and the
+    penalty is zero under the budget."""
+    from rspnet.search import CostPenalty
+    table = flops_table(GEOMETRY)
+    torch.manual_seed(0)
+    alpha = (1e-3 * torch.randn(len(edge_list(GEOMETRY.steps)), 8, dtype=D)).requires_grad_()
+    betas = [(1e-3 * torch.randn(len(src), dtype=D)).requires_grad_() for src in SOURCES]
+    start = table.expected(torch.softmax(alpha, -1), betas).item()
+    cheapest = table.expected(torch.softmax(_hot_alpha_of("skip_connect"), -1), betas).item()
+    budget = cheapest + fraction * (start - cheapest)
+
+    class Model:
+        def expected_cost(self, t):
+            return t.expected(torch.softmax(alpha, -1), betas)
+
+    penalty = CostPenalty(table, 1.0, budget)
+    optimizer = torch.optim.Adam([alpha, *betas], lr=0.1)
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = penalty(Model())
+        if loss.item() == 0:
+            break
+        loss.backward()
+        optimizer.step()
+    assert penalty(Model()).item() == 0
+    arch = Architecture(cell=derive_cell(alpha, GEOMETRY.steps), channels=8, scales=3, head_channels=16,
+                        layers=GEOMETRY.layers, nodes=derive_paths(betas, NODES, SOURCES, 2))
+    measured = count_flops(RSPNet(arch, GEOMETRY.num_classes).eval(), GEOMETRY.size)
+    assert measured <= budget
+
+
+def _hot_alpha_of(name: str) -> torch.Tensor:
+    from rspnet.architecture import PRIMITIVES
+    alpha = torch.full((len(edge_list(GEOMETRY.steps)), 8), -BIG, dtype=D)
+    alpha[:, PRIMITIVES.index(name)] = 0.0
+    return alpha
+
+
 class _Timer:
     """A deterministic stand-in for the clock: a piece's 'latency' is its
     input's element count / 1000, and every call is recorded."""
@@ -145,3 +187,17 @@ def test_latency_table_is_close_to_a_direct_measurement():
     with torch.no_grad():
         direct = time_ms(stem, [torch.randn(1, 3, 64, 128)], repeats=9)
     assert direct / 3 < table["stem"] < direct * 3
+
+
+def test_penalty_is_the_relative_excess_only():
+    from rspnet.search import CostPenalty
+    table = flops_table(GEOMETRY)
+    alpha = torch.zeros(len(edge_list(GEOMETRY.steps)), 8, dtype=D)
+
+    class Model:
+        def expected_cost(self, t):
+            return t.expected(torch.softmax(alpha, -1))
+
+    e = table.expected(torch.softmax(alpha, -1)).item()
+    assert CostPenalty(table, 2.0, e * 1.01)(Model()).item() == 0
+    torch.testing.assert_close(CostPenalty(table, 2.0, e / 2)(Model()).item(), 2.0 * (e - e / 2) / (e / 2))
