@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from rspnet import data
+from rspnet.architecture import CANDIDATE_SETS
 from rspnet.cli import (add_run_options, architecture_arg, checked, data_root_help, nonnegative_int, parse_size,
                         positive_float, positive_int, run_command, run_options)
 from rspnet.nn import MEMORY_MODES
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path-norm", action=argparse.BooleanOptionalAction, default=DEFAULTS.path_norm,
                    help="stage 2: divide every path by its RMS after resampling before the PAM weighs it, "
                         "so that β does not compare resolutions")
+    p.add_argument("--candidates", choices=tuple(CANDIDATE_SETS), default=DEFAULTS.candidates,
+                   help="the cell's candidate ops: darts (DARTS's eight), light (none, skip_connect and "
+                        "inverted residuals: expand 3/6, depthwise 3x3/5x5) or both")
     p.add_argument("--rsp-ratio", type=float, default=DEFAULTS.rsp_ratio,
                    help="fraction of channels that go through the cell")
     p.add_argument("--rsp-depth", type=positive_int, default=DEFAULTS.rsp_depth, help="RSP recursion depth")
@@ -131,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         arch_weight_decay=args.arch_weight_decay,
         device=args.device, edge_partial=args.edge_partial,
         edge_normalization=args.edge_normalization, skip_bn=args.skip_bn, path_norm=args.path_norm,
-        rsp_ratio=args.rsp_ratio,
+        rsp_ratio=args.rsp_ratio, candidates=args.candidates,
         rsp_depth=args.rsp_depth, head_channels=args.head_channels, top_k=args.top_k,
         param_penalty=args.param_penalty,
         flops_budget=None if args.flops_budget is None else args.flops_budget * 1e9,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rspnet.architecture import partial_channels
+from rspnet.architecture import CANDIDATE_SETS, partial_channels
 
 from .architect import ORDERS
 
@@ -56,6 +56,7 @@ class SearchConfig:
     edge_normalization: bool = False
     skip_bn: bool = True               # affine-free BN after the skip_connect candidate (MixedOp)
     path_norm: bool = False            # stage 2: every path at unit RMS after resampling (PathAttention)
+    candidates: str = "darts"          # the cell's candidate set: architecture.CANDIDATE_SETS
     rsp_ratio: float = 0.5
     rsp_depth: int = 1
     head_channels: int | None = None   # None: 4 F
@@ -81,6 +82,10 @@ class SearchConfig:
     @property
     def warmup_epochs(self) -> int:
         return self.epochs // 2 if self.warmup is None else self.warmup
+
+    @property
+    def primitives(self) -> tuple[str, ...]:
+        return CANDIDATE_SETS[self.candidates]
 
     @property
     def head_width(self) -> int:
@@ -122,6 +127,8 @@ def check_config(c: SearchConfig) -> None:
         raise ValueError("--flops-budget / --latency-budget need --cost-weight > 0")
     if min(c.latency_size) <= 0 or c.latency_size[0] % 32 or c.latency_size[1] % 32:
         raise ValueError(f"--latency-size must be HxW, multiples of 32, got {c.latency_size}")
+    if c.candidates not in CANDIDATE_SETS:
+        raise ValueError(f"--candidates must be one of {', '.join(CANDIDATE_SETS)}, got {c.candidates!r}")
     if c.memory not in MEMORY_MODES or c.order not in ORDERS:
         raise ValueError(f"--memory must be one of {MEMORY_MODES} and --order one of {ORDERS}")
     if not c.arch_lr > 0 or not all(0 <= b < 1 for b in c.arch_betas) or c.arch_weight_decay < 0:

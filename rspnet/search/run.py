@@ -35,7 +35,7 @@ __all__ = ["run", "STAGES"]
 STAGES = ("1", "2", "both")
 _PROVENANCE = ("data", "images", "size", "epochs", "warmup", "batch_size", "layers", "memory", "order", "seed",
                "edge_partial", "edge_normalization", "skip_bn", "path_norm", "top_k", "param_penalty", "param_budget",
-               "flops_budget", "latency_budget", "cost_weight", "latency_size",
+               "candidates", "flops_budget", "latency_budget", "cost_weight", "latency_size",
                "arch_lr", "arch_betas", "arch_weight_decay")
 
 
@@ -178,7 +178,8 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
                 files["alpha_plot"] = os.path.join(options.out, "alphas.png")
                 plot_cell(cell, files["cell_picture"])
                 plot_probabilities_history(search.history, "alpha", files["alpha_plot"],
-                                           [f"edge {s}->{t}" for s, t in edge_list(config.steps)])
+                                           [f"edge {s}->{t}" for s, t in edge_list(config.steps)],
+                                           op_names=config.primitives)
             log(f"[stage 1] derived cell: {format_cell(cell)}")
         if 2 in stages:
             search = run_stage(2, cell)
@@ -201,7 +202,7 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
         model = RSPNet(architecture, classes.num_classes).eval()
         cost = {"params": count_params(model), "flops": count_flops(model, config.size)}
         # what the cost term's tables say of the derived network, beside the measured count
-        for metric, penalty in cost_penalties(config, classes.num_classes, None, device).items():
+        for metric, penalty in cost_penalties(config, classes.num_classes, device).items():
             cost[f"table_{metric}"] = penalty.table.architecture(architecture)
             cost[f"{metric}_budget"] = penalty.budget
         seconds = sum(s["seconds"] for s in summary["stages"].values())

@@ -68,26 +68,24 @@ class _LossOf(torch.nn.Module):
         return self.model.loss(images, labels)
 
 
-def cost_geometry(config: SearchConfig, num_classes: int, size: tuple[int, int],
-                  primitives=None) -> CostGeometry:
+def cost_geometry(config: SearchConfig, num_classes: int, size: tuple[int, int]) -> CostGeometry:
     """The geometry of the networks a search with ``config`` derives, measured at ``size``."""
-    from rspnet.architecture import PRIMITIVES
     c = config
     return CostGeometry(c.channels, c.scales, c.layers, c.steps, c.rsp_ratio, c.rsp_depth, c.head_width,
-                        num_classes, tuple(size), c.top_k, tuple(primitives or PRIMITIVES))
+                        num_classes, tuple(size), c.top_k, c.primitives)
 
 
-def cost_penalties(config: SearchConfig, num_classes: int, primitives, device) -> dict[str, CostPenalty]:
+def cost_penalties(config: SearchConfig, num_classes: int, device) -> dict[str, CostPenalty]:
     """The cost penalties a config asks for, by metric (``flops``: FLOPs at
     ``size``; ``latency``: ms at ``latency_size`` on ``device``, the table
     read from / written to ``latency_table``)."""
     c, found = config, {}
     if c.flops_budget is not None:
-        table = flops_table(cost_geometry(c, num_classes, c.size, primitives))
+        table = flops_table(cost_geometry(c, num_classes, c.size))
         found["flops"] = CostPenalty(table, c.cost_weight, c.flops_budget)
     if c.latency_budget is not None:
         from .cost import default_latency_table_path
-        table = latency_table(cost_geometry(c, num_classes, c.latency_size, primitives), device,
+        table = latency_table(cost_geometry(c, num_classes, c.latency_size), device,
                               c.latency_table or default_latency_table_path())
         found["latency"] = CostPenalty(table, c.cost_weight, c.latency_budget)
     return found
@@ -136,8 +134,8 @@ class StageSearch(ResumableLoop):
         if stage == 1:
             model = SinglePathSupernet(num_classes, c.channels, c.scales, c.steps, c.memory,
                                        c.edge_partial, c.edge_normalization, c.rsp_ratio,
-                                       c.rsp_depth, c.head_width, ignore_index=ignore_index,
-                                       skip_bn=c.skip_bn)
+                                       c.rsp_depth, c.head_width, primitives=c.primitives,
+                                       ignore_index=ignore_index, skip_bn=c.skip_bn)
         else:
             model = MacroSupernet(num_classes, cell, c.channels, c.scales, c.layers, c.rsp_ratio,
                                   c.rsp_depth, c.head_width, memory=c.memory, ignore_index=ignore_index,
@@ -158,8 +156,7 @@ class StageSearch(ResumableLoop):
         self.a_optimizer = torch.optim.Adam(self.model.arch_parameters(), lr=c.arch_lr,
                                             betas=tuple(c.arch_betas), weight_decay=c.arch_weight_decay)
         penalties = [ParamPenalty(c.param_penalty, c.param_budget)] if c.param_penalty else []
-        self.cost_penalties = cost_penalties(c, num_classes, self.model.primitives if stage == 1
-                                             else None, self.device)
+        self.cost_penalties = cost_penalties(c, num_classes, self.device)
         penalties += self.cost_penalties.values()
         self.architect = Architect(self.model, self.a_optimizer, c.order, penalties,
                                    reduce=distributed.all_reduce_mean_)

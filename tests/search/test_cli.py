@@ -46,7 +46,7 @@ def test_cost_aware_search_reports_the_tables_cost(tmp_path, capsys):
     epoch, the latency table is written once, and the summary's table FLOPs
     are the derived network's counted FLOPs exactly."""
     out, table = tmp_path / "run", tmp_path / "latency.json"
-    assert main(TINY + ["--out", str(out), "--flops-budget", "0.001", "--latency-budget", "1",
+    assert main(TINY + ["--out", str(out), "--candidates", "both", "--flops-budget", "0.001", "--latency-budget", "1",
                         "--latency-size", "64x64", "--latency-table", str(table)]) == 0
     assert "cost table:" in capsys.readouterr().out
     log = (out / "search.log").read_text()
@@ -127,6 +127,7 @@ def test_stage2_alone_from_a_cell_file(tmp_path):
     (["--latency-budget", "-5"], "expected a positive number"),
     (["--flops-budget", "1", "--cost-weight", "0"], "need --cost-weight > 0"),
     (["--cost-weight", "-1"], "--cost-weight must be >= 0"),
+    (["--candidates", "tiny"], "invalid choice: 'tiny'"),
     (["--latency-size", "100x100"], "multiples of 32"),
 ])
 def test_bad_arguments_give_argparse_errors(argv, message, capsys, tmp_path):

@@ -201,3 +201,28 @@ def test_penalty_is_the_relative_excess_only():
     e = table.expected(torch.softmax(alpha, -1)).item()
     assert CostPenalty(table, 2.0, e * 1.01)(Model()).item() == 0
     torch.testing.assert_close(CostPenalty(table, 2.0, e / 2)(Model()).item(), 2.0 * (e - e / 2) / (e / 2))
+
+
+def test_light_candidates_in_the_table_and_the_derived_network():
+    """The light set's inverted residuals: the table's expectation for hot α
+    is still the derived network's count, and the architecture file
+    round-trips them."""
+    from rspnet.architecture import LIGHT_PRIMITIVES
+    geometry = CostGeometry(**{**GEOMETRY.__dict__, "primitives": LIGHT_PRIMITIVES})
+    table = flops_table(geometry)
+    rng = random.Random(7)
+    alpha = torch.full((len(edge_list(GEOMETRY.steps)), len(LIGHT_PRIMITIVES)), -BIG, dtype=D)
+    e = 0
+    for t in range(1, GEOMETRY.steps + 1):
+        k = rng.randrange(2, len(LIGHT_PRIMITIVES))
+        alpha[e:e + t, k] = 0.0
+        e += t
+    betas = _hot_betas(rng)
+    cell = derive_cell(alpha, GEOMETRY.steps, primitives=LIGHT_PRIMITIVES)
+    assert all(op.startswith("mbconv") for op, _, _ in cell.normal)
+    arch = Architecture(cell=cell, channels=8, scales=3, head_channels=16, layers=GEOMETRY.layers,
+                        nodes=derive_paths(betas, NODES, SOURCES, 2))
+    arch = Architecture.load(arch.to_dict())
+    measured = count_flops(RSPNet(arch, GEOMETRY.num_classes).eval(), GEOMETRY.size)
+    torch.testing.assert_close(table.expected(torch.softmax(alpha, -1), betas).item(), float(measured),
+                               rtol=1e-9, atol=0)
