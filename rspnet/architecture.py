@@ -8,6 +8,11 @@ speak it.
 Vocabulary (kept recognisable for DARTS readers, as its ``genotypes.py``):
 
 * ``PRIMITIVES``: the candidate operations of a cell edge, DARTS's eight.
+* ``LIGHT_PRIMITIVES``: the light candidate set, inverted-residual blocks
+  (MobileNetV2 / ProxylessNAS: expand 3 or 6, depthwise 3×3 or 5×5) beside
+  ``none`` and ``skip_connect``; ``CANDIDATE_SETS`` names the sets a search
+  can use (``darts``, ``light``, ``both``) and ``OP_NAMES`` every op an
+  architecture file may name.
 * ``Genotype``: a derived *cell*; ``normal`` holds ``(op, source, target)`` for
   each kept edge (target in 1..steps, source < target) and ``normal_concat``
   the nodes concatenated into the cell's output. The field names are DARTS's
@@ -56,7 +61,7 @@ from typing import Any, Mapping, Sequence
 
 from rspnet.files import atomic_open
 
-__all__ = ["PRIMITIVES", "Genotype", "KeptNode", "Architecture", "SCHEMA_VERSION", "edge_list",
+__all__ = ["PRIMITIVES", "LIGHT_PRIMITIVES", "CANDIDATE_SETS", "OP_NAMES", "Genotype", "KeptNode", "Architecture", "SCHEMA_VERSION", "edge_list",
            "partial_channels", "reaching_head", "format_cell", "format_paths", "cell_to_dict",
            "cell_from_dict"]
 
@@ -71,6 +76,23 @@ PRIMITIVES = (
     "dil_conv_3x3",
     "dil_conv_5x5",
 )
+
+# Inverted residuals ``mbconv_{k}x{k}_e{expand}``: 1×1 expansion, k×k depthwise,
+# 1×1 projection, residual (a cell's edges keep shape); MobileNetV2's block.
+LIGHT_PRIMITIVES = (
+    "none",
+    "skip_connect",
+    "mbconv_3x3_e3",
+    "mbconv_3x3_e6",
+    "mbconv_5x5_e3",
+    "mbconv_5x5_e6",
+)
+CANDIDATE_SETS = {
+    "darts": PRIMITIVES,
+    "light": LIGHT_PRIMITIVES,
+    "both": PRIMITIVES + tuple(n for n in LIGHT_PRIMITIVES if n not in PRIMITIVES),
+}
+OP_NAMES = CANDIDATE_SETS["both"]
 
 Genotype = namedtuple("Genotype", "normal normal_concat")
 KeptNode = namedtuple("KeptNode", "node paths")
@@ -254,8 +276,8 @@ def _parse_cell(data: Any) -> Genotype:
         where = f"cell.normal[{i}]"
         edge = _object(item, where, ("op", "from", "to"))
         op = edge["op"]
-        if op not in PRIMITIVES:
-            _fail(f"{where}.op", f"{op!r} is not one of PRIMITIVES")
+        if op not in OP_NAMES:
+            _fail(f"{where}.op", f"{op!r} is not one of PRIMITIVES or LIGHT_PRIMITIVES")
         if op == "none":
             _fail(f"{where}.op", "'none' cannot be a kept edge")
         target = _int(edge["to"], f"{where}.to", 1, steps)

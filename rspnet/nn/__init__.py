@@ -12,12 +12,12 @@ from .cell import Cell, DerivedCell, edge_normalization
 from .head import Head
 from .mixed_op import MixedOp
 from .pam import PathAttention
-from .primitives import OPS, ConvBNReLU, DilConv, ReLUConvBN, SepConv, Zero
+from .primitives import OPS, ConvBNReLU, DilConv, InvertedResidual, ReLUConvBN, SepConv, Zero
 from .recompute import MEMORY_MODES, Recomputable, set_memory_mode, upsampled_cross_entropy
 from .rsp import RSPBlock
 
 __all__ = [
-    "PRIMITIVES", "OPS", "Zero", "SepConv", "DilConv", "ConvBNReLU", "ReLUConvBN",
+    "PRIMITIVES", "OPS", "Zero", "SepConv", "DilConv", "InvertedResidual", "ConvBNReLU", "ReLUConvBN",
     "MixedOp", "MEMORY_MODES", "set_memory_mode", "Recomputable", "upsampled_cross_entropy",
     "Cell", "DerivedCell", "Genotype", "edge_list", "edge_normalization",
     "RSPBlock", "partial_channels", "PathAttention", "Head",

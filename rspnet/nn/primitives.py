@@ -1,4 +1,5 @@
-"""The candidate operations of a cell edge (DARTS's eight) and small conv blocks.
+"""The candidate operations of a cell edge (DARTS's eight, and the light set's
+inverted residuals) and small conv blocks.
 
 ``PRIMITIVES`` keeps DARTS's names and order so that genotypes read the same
 as in the DARTS papers and code. ``OPS[name](C, affine)`` builds the stride-1
@@ -46,6 +47,25 @@ class DilConv(nn.Sequential):
         )
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block at stride 1: 1×1 expansion to ``expand·C`` (BN,
+    ReLU), k×k depthwise (BN, ReLU), 1×1 projection back to ``C`` (BN), plus
+    the input (the shapes always match on a cell edge)."""
+
+    def __init__(self, C: int, kernel_size: int, expand: int, affine: bool):
+        super().__init__()
+        hidden = C * expand
+        self.body = nn.Sequential(
+            nn.Conv2d(C, hidden, 1, bias=False), nn.BatchNorm2d(hidden, affine=affine), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden, affine=affine), nn.ReLU(),
+            nn.Conv2d(hidden, C, 1, bias=False), nn.BatchNorm2d(C, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 OPS = {
     "none": lambda C, affine: Zero(),
     "max_pool_3x3": lambda C, affine: nn.MaxPool2d(3, stride=1, padding=1),
@@ -55,6 +75,10 @@ OPS = {
     "sep_conv_5x5": lambda C, affine: SepConv(C, 5, 2, affine),
     "dil_conv_3x3": lambda C, affine: DilConv(C, 3, 2, 2, affine),
     "dil_conv_5x5": lambda C, affine: DilConv(C, 5, 4, 2, affine),
+    "mbconv_3x3_e3": lambda C, affine: InvertedResidual(C, 3, 3, affine),
+    "mbconv_3x3_e6": lambda C, affine: InvertedResidual(C, 3, 6, affine),
+    "mbconv_5x5_e3": lambda C, affine: InvertedResidual(C, 5, 3, affine),
+    "mbconv_5x5_e6": lambda C, affine: InvertedResidual(C, 5, 6, affine),
 }
 
 

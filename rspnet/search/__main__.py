@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from rspnet import data
+from rspnet.architecture import CANDIDATE_SETS
 from rspnet.cli import (add_run_options, architecture_arg, checked, data_root_help, nonnegative_int, parse_size,
                         positive_float, positive_int, run_command, run_options)
 from rspnet.nn import MEMORY_MODES
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path-norm", action=argparse.BooleanOptionalAction, default=DEFAULTS.path_norm,
                    help="stage 2: divide every path by its RMS after resampling before the PAM weighs it, "
                         "so that β does not compare resolutions")
+    p.add_argument("--candidates", choices=tuple(CANDIDATE_SETS), default=DEFAULTS.candidates,
+                   help="the cell's candidate ops: darts (DARTS's eight), light (none, skip_connect and "
+                        "inverted residuals: expand 3/6, depthwise 3x3/5x5) or both")
     p.add_argument("--rsp-ratio", type=float, default=DEFAULTS.rsp_ratio,
                    help="fraction of channels that go through the cell")
     p.add_argument("--rsp-depth", type=positive_int, default=DEFAULTS.rsp_depth, help="RSP recursion depth")
@@ -80,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param-budget", type=positive_float, default=None,
                    help="parameter budget in millions: only the excess over it is penalised "
                         "(with --random: only architectures within it are drawn)")
+    p.add_argument("--flops-budget", type=positive_float, default=None, metavar="G",
+                   help="GFLOPs of the derived network at --size: the architecture loss adds "
+                        "--cost-weight · max(0, E[FLOPs] - budget) / budget (docs/design.md §6)")
+    p.add_argument("--latency-budget", type=positive_float, default=None, metavar="MS",
+                   help="latency (ms) of the derived network at --latency-size on --device (CPU: one "
+                        "thread), from a per-piece table measured once and cached in --latency-table; "
+                        "penalised like --flops-budget")
+    p.add_argument("--cost-weight", type=float, default=DEFAULTS.cost_weight, metavar="λ",
+                   help="λ of the FLOPs / latency penalties")
+    p.add_argument("--latency-size", type=parse_size, default=DEFAULTS.latency_size,
+                   help="HxW at which the latency table is measured")
+    p.add_argument("--latency-table", default=None, metavar="PATH",
+                   help="JSON file caching measured latencies, keyed by device, torch version and shapes "
+                        "(default: $RSPNET_LATENCY_TABLE or ~/.cache/rspnet/latency.json)")
     p.add_argument("--random", type=positive_int, metavar="N",
                    help="no search: draw N architectures uniformly from the same space (the random "
                         "baseline, seeded by --seed) and write them to --out as random-NNN.json")
@@ -117,9 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         arch_weight_decay=args.arch_weight_decay,
         device=args.device, edge_partial=args.edge_partial,
         edge_normalization=args.edge_normalization, skip_bn=args.skip_bn, path_norm=args.path_norm,
-        rsp_ratio=args.rsp_ratio,
+        rsp_ratio=args.rsp_ratio, candidates=args.candidates,
         rsp_depth=args.rsp_depth, head_channels=args.head_channels, top_k=args.top_k,
         param_penalty=args.param_penalty,
+        flops_budget=None if args.flops_budget is None else args.flops_budget * 1e9,
+        latency_budget=args.latency_budget, cost_weight=args.cost_weight,
+        latency_size=args.latency_size, latency_table=args.latency_table,
         param_budget=None if args.param_budget is None or args.random else args.param_budget * 1e6)
     checked(parser, check_config, config)
     if args.random:

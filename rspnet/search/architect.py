@@ -11,8 +11,9 @@ take, and the Hessian-vector product by central finite differences
 The weights are moved in place and put back bit for bit, and BatchNorm
 running statistics are restored, so the step changes only α / β.
 
-An optional parameter penalty (``ParamPenalty``) is added to the architecture
-loss.
+Optional penalties are added to the architecture loss: on the expected
+parameters (``ParamPenalty``) and on the expected FLOPs or latency of the
+derived network beyond a budget (``CostPenalty``, ``rspnet.search.cost``).
 
 Distributed (``reduce``, e.g. ``rspnet.engine.distributed.all_reduce_mean_``): the
 architecture gradient and the loss are averaged over the ranks before the
@@ -52,6 +53,22 @@ class ParamPenalty:
         return self.weight * torch.relu(expected / self.budget - 1)
 
 
+@dataclass(frozen=True)
+class CostPenalty:
+    """``λ · max(0, E[cost] − budget) / budget``: only the excess of the
+    derived network's expected cost (``model.expected_cost(table)``, FLOPs or
+    ms as the ``rspnet.search.cost.CostTable`` measures them) is penalised."""
+    table: object
+    weight: float
+    budget: float
+
+    def expected(self, model: nn.Module) -> torch.Tensor:
+        return model.expected_cost(self.table)
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        return self.weight * torch.relu(self.expected(model) - self.budget) / self.budget
+
+
 class Architect:
     """Updates a supernet's architecture parameters on split-B batches.
 
@@ -60,22 +77,26 @@ class Architect:
             ``weight_parameters()`` (and ``expected_params()`` with a penalty).
         optimizer: the optimiser of ``model.arch_parameters()``.
         order: ``"first"`` or ``"second"``.
-        penalty: optional ``ParamPenalty``.
+        penalty: optional ``ParamPenalty`` / ``CostPenalty``, or a sequence of them (summed).
         reduce: averages a list of tensors over the data-parallel ranks in
             place (``None``: one process).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, order: str = "first",
-                 penalty: ParamPenalty | None = None,
+                 penalty: Callable[[nn.Module], torch.Tensor] | Sequence | None = None,
                  reduce: Callable[[Sequence[torch.Tensor]], object] | None = None):
         if order not in ORDERS:
             raise ValueError(f"Architect: order must be one of {ORDERS}, got {order!r}")
-        self.model, self.optimizer, self.order, self.penalty = model, optimizer, order, penalty
+        self.model, self.optimizer, self.order = model, optimizer, order
+        self.penalties = (list(penalty) if isinstance(penalty, (list, tuple))
+                          else [] if penalty is None else [penalty])
         self.reduce = reduce if reduce is not None else (lambda tensors: tensors)
 
     def arch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = self.model.loss(images, labels)
-        return loss if self.penalty is None else loss + self.penalty(self.model)
+        for penalty in self.penalties:
+            loss = loss + penalty(self.model)
+        return loss
 
     def step(self, train_batch: tuple[torch.Tensor, torch.Tensor],
              valid_batch: tuple[torch.Tensor, torch.Tensor],

@@ -44,7 +44,7 @@ def random_paths(layers: int, scales: int, top_k: int, rng: random.Random) -> tu
 def random_architecture(config, rng: random.Random, search: dict | None = None) -> Architecture:
     """One architecture of ``config``'s space (a ``SearchConfig``: steps,
     channels, scales, layers, top_k, RSP settings, head width)."""
-    cell = random_cell(config.steps, rng)
+    cell = random_cell(config.steps, rng, config.primitives)
     nodes = random_paths(config.layers, config.scales, config.top_k, rng)
     return Architecture(cell=cell, channels=config.channels, scales=config.scales,
                         head_channels=config.head_width, rsp_ratio=config.rsp_ratio,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rspnet.architecture import partial_channels
+from rspnet.architecture import CANDIDATE_SETS, partial_channels
 
 from .architect import ORDERS
 
@@ -56,12 +56,19 @@ class SearchConfig:
     edge_normalization: bool = False
     skip_bn: bool = True               # affine-free BN after the skip_connect candidate (MixedOp)
     path_norm: bool = False            # stage 2: every path at unit RMS after resampling (PathAttention)
+    candidates: str = "darts"          # the cell's candidate set: architecture.CANDIDATE_SETS
     rsp_ratio: float = 0.5
     rsp_depth: int = 1
     head_channels: int | None = None   # None: 4 F
     top_k: int = 2
     param_penalty: float = 0.0
     param_budget: float | None = None  # parameters
+    # cost-aware search (docs/design.md §6): λ · max(0, E[cost] - budget) / budget
+    flops_budget: float | None = None  # FLOPs of the derived network at `size`
+    latency_budget: float | None = None  # ms of the derived network at `latency_size` on `device` (CPU: 1 thread)
+    cost_weight: float = 1.0           # λ of both cost penalties
+    latency_size: tuple[int, int] = (512, 1024)
+    latency_table: str | None = None   # the latency table's JSON file; None: rspnet.search.cost's default
     w_lr: float = 0.025
     w_lr_min: float = 0.001
     w_momentum: float = 0.9
@@ -77,13 +84,17 @@ class SearchConfig:
         return self.epochs // 2 if self.warmup is None else self.warmup
 
     @property
+    def primitives(self) -> tuple[str, ...]:
+        return CANDIDATE_SETS[self.candidates]
+
+    @property
     def head_width(self) -> int:
         return 4 * self.channels if self.head_channels is None else self.head_channels
 
 
 # Settings that may change between a run and its resumption without changing
 # what is computed (beyond floating-point rounding).
-RESUMABLE_CHANGES = ("device", "memory")
+RESUMABLE_CHANGES = ("device", "memory", "latency_table")
 
 
 def check_config(c: SearchConfig) -> None:
@@ -110,6 +121,14 @@ def check_config(c: SearchConfig) -> None:
         raise ValueError("--param-penalty must be >= 0 and --param-budget > 0")
     if c.param_budget is not None and not c.param_penalty:
         raise ValueError("--param-budget needs --param-penalty > 0 (the budget only shapes the penalty)")
+    if c.cost_weight < 0 or any(b is not None and not b > 0 for b in (c.flops_budget, c.latency_budget)):
+        raise ValueError("--cost-weight must be >= 0 and --flops-budget / --latency-budget > 0")
+    if (c.flops_budget is not None or c.latency_budget is not None) and not c.cost_weight:
+        raise ValueError("--flops-budget / --latency-budget need --cost-weight > 0")
+    if min(c.latency_size) <= 0 or c.latency_size[0] % 32 or c.latency_size[1] % 32:
+        raise ValueError(f"--latency-size must be HxW, multiples of 32, got {c.latency_size}")
+    if c.candidates not in CANDIDATE_SETS:
+        raise ValueError(f"--candidates must be one of {', '.join(CANDIDATE_SETS)}, got {c.candidates!r}")
     if c.memory not in MEMORY_MODES or c.order not in ORDERS:
         raise ValueError(f"--memory must be one of {MEMORY_MODES} and --order one of {ORDERS}")
     if not c.arch_lr > 0 or not all(0 <= b < 1 for b in c.arch_betas) or c.arch_weight_decay < 0:

@@ -14,9 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from rspnet.architecture import PRIMITIVES, Architecture, Genotype  # noqa: E402
+from rspnet.architecture import OP_NAMES, PRIMITIVES, Architecture, Genotype  # noqa: E402
 
-_OP_COLOURS = dict(zip(PRIMITIVES, plt.get_cmap("tab10").colors))
+_OP_COLOURS = dict(zip(OP_NAMES, plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors))
 
 
 def plot_cell(genotype: Genotype, path: str | os.PathLike) -> None:
@@ -87,7 +87,8 @@ def plot_network(architecture: Architecture, path: str | os.PathLike) -> None:
 
 
 def plot_probabilities_history(history: Sequence[dict[str, Any]], kind: str, path: str | os.PathLike,
-                         titles: Sequence[str], sources: Sequence[Sequence[str]] | None = None) -> None:
+                         titles: Sequence[str], sources: Sequence[Sequence[str]] | None = None,
+                         op_names: Sequence[str] = PRIMITIVES) -> None:
     """softmax(α) per edge (``kind="alpha"``: one line per op, one legend) or
     softmax(β) per node (``kind="beta"``: one line per incoming path, named
     by ``sources``) over the epochs, one small panel per edge / node."""
@@ -101,7 +102,7 @@ def plot_probabilities_history(history: Sequence[dict[str, Any]], kind: str, pat
     for r in range(rows):
         ax = axes[r // cols][r % cols]
         for k in range(len(series[0][r])):
-            label = PRIMITIVES[k] if kind == "alpha" else sources[r][k]
+            label = op_names[k] if kind == "alpha" else sources[r][k]
             ax.plot(epochs, [s[r][k] for s in series], marker=".", lw=1, label=label,
                     color=_OP_COLOURS[label] if kind == "alpha" else None)
         ax.set_title(titles[r], fontsize=8)

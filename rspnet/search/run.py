@@ -28,13 +28,14 @@ from rspnet.files import write_json
 from rspnet.models import RSPNet, count_flops, count_params
 
 from .config import SYNTHETIC_SEARCH_IMAGES, SearchConfig, check_config
-from .stage import StageSearch, checkpoint_series, load_search_checkpoint
+from .stage import StageSearch, checkpoint_series, cost_penalties, load_search_checkpoint
 
 __all__ = ["run", "STAGES"]
 
 STAGES = ("1", "2", "both")
 _PROVENANCE = ("data", "images", "size", "epochs", "warmup", "batch_size", "layers", "memory", "order", "seed",
                "edge_partial", "edge_normalization", "skip_bn", "path_norm", "top_k", "param_penalty", "param_budget",
+               "candidates", "flops_budget", "latency_budget", "cost_weight", "latency_size",
                "arch_lr", "arch_betas", "arch_weight_decay")
 
 
@@ -177,7 +178,8 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
                 files["alpha_plot"] = os.path.join(options.out, "alphas.png")
                 plot_cell(cell, files["cell_picture"])
                 plot_probabilities_history(search.history, "alpha", files["alpha_plot"],
-                                           [f"edge {s}->{t}" for s, t in edge_list(config.steps)])
+                                           [f"edge {s}->{t}" for s, t in edge_list(config.steps)],
+                                           op_names=config.primitives)
             log(f"[stage 1] derived cell: {format_cell(cell)}")
         if 2 in stages:
             search = run_stage(2, cell)
@@ -199,6 +201,10 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
     if ctx.is_main:
         model = RSPNet(architecture, classes.num_classes).eval()
         cost = {"params": count_params(model), "flops": count_flops(model, config.size)}
+        # what the cost term's tables say of the derived network, beside the measured count
+        for metric, penalty in cost_penalties(config, classes.num_classes, device).items():
+            cost[f"table_{metric}"] = penalty.table.architecture(architecture)
+            cost[f"{metric}_budget"] = penalty.budget
         seconds = sum(s["seconds"] for s in summary["stages"].values())
         summary.update({"derived": {**cost, "input": [1, 3, *config.size],
                                     "topology": "single_path" if architecture.nodes is None else "trellis"},
@@ -208,6 +214,11 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
         peak = summary["peak_memory"]
         print(f"\nderived network ({summary['derived']['topology']}): {cost['params'] / 1e6:.3f} M params, "
               f"{cost['flops'] / 1e9:.3f} GFLOPs at {config.size[0]}x{config.size[1]}")
+        if "table_flops" in cost:
+            print(f"  cost table: {cost['table_flops'] / 1e9:.3f} GFLOPs (budget {cost['flops_budget'] / 1e9:.3f})")
+        if "table_latency" in cost:
+            print(f"  cost table: {cost['table_latency']:.1f} ms at {config.latency_size[0]}x{config.latency_size[1]} "
+                  f"(budget {cost['latency_budget']:.1f} ms)")
         print(f"search time: {seconds:.1f} s; peak memory: {peak['bytes'] / 2**20:.0f} MiB ({peak['kind']})")
         print(f"architecture file: {files['architecture']}")
         print("pictures: " + ", ".join(v for k, v in files.items() if k.endswith(("picture", "plot"))))

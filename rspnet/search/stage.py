@@ -36,7 +36,8 @@ from rspnet.engine.sampler import ShardSampler
 from rspnet.engine.seeding import rank_seed, seed_everything
 from rspnet.metrics import ConfusionMatrix, mean_iou
 
-from .architect import Architect, ParamPenalty
+from .architect import Architect, CostPenalty, ParamPenalty
+from .cost import CostGeometry, flops_table, latency_table
 from .config import RESUMABLE_CHANGES, SearchConfig
 from .supernet import MacroSupernet, SinglePathSupernet
 
@@ -65,6 +66,29 @@ class _LossOf(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.model.loss(images, labels)
+
+
+def cost_geometry(config: SearchConfig, num_classes: int, size: tuple[int, int]) -> CostGeometry:
+    """The geometry of the networks a search with ``config`` derives, measured at ``size``."""
+    c = config
+    return CostGeometry(c.channels, c.scales, c.layers, c.steps, c.rsp_ratio, c.rsp_depth, c.head_width,
+                        num_classes, tuple(size), c.top_k, c.primitives)
+
+
+def cost_penalties(config: SearchConfig, num_classes: int, device) -> dict[str, CostPenalty]:
+    """The cost penalties a config asks for, by metric (``flops``: FLOPs at
+    ``size``; ``latency``: ms at ``latency_size`` on ``device``, the table
+    read from / written to ``latency_table``)."""
+    c, found = config, {}
+    if c.flops_budget is not None:
+        table = flops_table(cost_geometry(c, num_classes, c.size))
+        found["flops"] = CostPenalty(table, c.cost_weight, c.flops_budget)
+    if c.latency_budget is not None:
+        from .cost import default_latency_table_path
+        table = latency_table(cost_geometry(c, num_classes, c.latency_size), device,
+                              c.latency_table or default_latency_table_path())
+        found["latency"] = CostPenalty(table, c.cost_weight, c.latency_budget)
+    return found
 
 
 class StageSearch(ResumableLoop):
@@ -110,8 +134,8 @@ class StageSearch(ResumableLoop):
         if stage == 1:
             model = SinglePathSupernet(num_classes, c.channels, c.scales, c.steps, c.memory,
                                        c.edge_partial, c.edge_normalization, c.rsp_ratio,
-                                       c.rsp_depth, c.head_width, ignore_index=ignore_index,
-                                       skip_bn=c.skip_bn)
+                                       c.rsp_depth, c.head_width, primitives=c.primitives,
+                                       ignore_index=ignore_index, skip_bn=c.skip_bn)
         else:
             model = MacroSupernet(num_classes, cell, c.channels, c.scales, c.layers, c.rsp_ratio,
                                   c.rsp_depth, c.head_width, memory=c.memory, ignore_index=ignore_index,
@@ -131,8 +155,10 @@ class StageSearch(ResumableLoop):
             self.w_optimizer, T_max=c.epochs, eta_min=c.w_lr_min)
         self.a_optimizer = torch.optim.Adam(self.model.arch_parameters(), lr=c.arch_lr,
                                             betas=tuple(c.arch_betas), weight_decay=c.arch_weight_decay)
-        penalty = ParamPenalty(c.param_penalty, c.param_budget) if c.param_penalty else None
-        self.architect = Architect(self.model, self.a_optimizer, c.order, penalty,
+        penalties = [ParamPenalty(c.param_penalty, c.param_budget)] if c.param_penalty else []
+        self.cost_penalties = cost_penalties(c, num_classes, self.device)
+        penalties += self.cost_penalties.values()
+        self.architect = Architect(self.model, self.a_optimizer, c.order, penalties,
                                    reduce=distributed.all_reduce_mean_)
         self._arch_losses: list[float] = []   # this epoch's architecture losses so far
         self._b_iter = None
@@ -278,11 +304,18 @@ class StageSearch(ResumableLoop):
         arch_loss = sum(self._arch_losses) / len(self._arch_losses) if self._arch_losses else None
         self._arch_losses = []
         entropy = self.model.entropy()
+        with torch.no_grad():
+            expected = {k: p.expected(self.model).item() for k, p in self.cost_penalties.items()}
         self.history.append({"epoch": self.epoch, "train_loss": train_loss, "arch_loss": arch_loss,
                              "val_miou": miou, "entropy": entropy,
-                             "probabilities": self.model.arch_probabilities()})
+                             "probabilities": self.model.arch_probabilities(),
+                             **({"expected_cost": expected} if expected else {})})
         arch = "warm-up" if arch_loss is None else f"{arch_loss:.4f}"
         ent = "  ".join(f"H({k}) {v:.4f}" for k, v in entropy.items())
+        if "flops" in expected:
+            ent += f"  E[GFLOPs] {expected['flops'] / 1e9:.4f}"
+        if "latency" in expected:
+            ent += f"  E[latency] {expected['latency']:.1f} ms"
         self.log(f"[stage {self.stage}] epoch {self.epoch}/{self.config.epochs}  "
                  f"train loss {train_loss:.4f}  arch loss {arch}  supernet mIoU on arch split B {100 * miou:.2f}%  "
                  f"{ent}  genotype {self.describe()}")

@@ -116,6 +116,12 @@ class SinglePathSupernet(_Supernet):
         cells = [m for m in self.modules() if isinstance(m, Cell)]
         return sum(cell.expected_params(weights) for cell in cells)
 
+    def expected_cost(self, table) -> torch.Tensor:
+        """The expected cost (``rspnet.search.cost.CostTable``) of the network
+        the search derives, under softmax(α) and uniform β (stage 2 has not
+        chosen paths yet)."""
+        return table.expected(torch.softmax(self.alphas, dim=-1))
+
     def arch_probabilities(self) -> dict[str, list[list[float]]]:
         """softmax(α) per edge, for the history plots."""
         return {"alpha": torch.softmax(self.alphas.detach(), -1).tolist()}
@@ -146,6 +152,7 @@ class MacroSupernet(_Supernet):
                  path_norm: bool = False):
         super().__init__()
         self.ignore_index = ignore_index
+        self.cell = genotype
         self.nodes = trellis_nodes(layers, scales)
         self.sources = [layer_nodes(self.nodes, layer - 1) for layer, _ in self.nodes]
 
@@ -183,6 +190,11 @@ class MacroSupernet(_Supernet):
                                    for proj in pam.projections], dtype=beta.dtype, device=beta.device)
             total = total + (torch.softmax(beta, 0) * counts).sum()
         return total
+
+    def expected_cost(self, table) -> torch.Tensor:
+        """The expected cost (``rspnet.search.cost.CostTable``) of the derived
+        trellis around the fixed cell, under softmax(β)."""
+        return table.expected(self.cell, list(self.betas))
 
     def arch_probabilities(self) -> dict[str, list[list[float]]]:
         """softmax(β) per node, for the history plots."""

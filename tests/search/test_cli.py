@@ -41,6 +41,22 @@ def test_two_stage_search_end_to_end(tmp_path, capsys):
     assert state["epoch"] == 2 and state["step"] == 2 and "a_optimizer" in state
 
 
+def test_cost_aware_search_reports_the_tables_cost(tmp_path, capsys):
+    """--flops-budget / --latency-budget: the expectation is logged each
+    epoch, the latency table is written once, and the summary's table FLOPs
+    are the derived network's counted FLOPs exactly."""
+    out, table = tmp_path / "run", tmp_path / "latency.json"
+    assert main(TINY + ["--out", str(out), "--candidates", "both", "--flops-budget", "0.001", "--latency-budget", "1",
+                        "--latency-size", "64x64", "--latency-table", str(table)]) == 0
+    assert "cost table:" in capsys.readouterr().out
+    log = (out / "search.log").read_text()
+    assert "E[GFLOPs]" in log and "E[latency]" in log
+    derived = json.loads((out / "summary.json").read_text())["derived"]
+    assert derived["table_flops"] == derived["flops"] and derived["flops_budget"] == 1e6
+    assert derived["table_latency"] > 0 and table.is_file()
+    assert json.loads((out / "architecture.json").read_text())["search"]["flops_budget"] == 1e6
+
+
 class Interrupt(Exception):
     pass
 
@@ -107,6 +123,12 @@ def test_stage2_alone_from_a_cell_file(tmp_path):
     (["--memory", "cheap"], "invalid choice: 'cheap'"),
     (["--param-budget", "1"], "--param-budget needs --param-penalty"),
     (["--edge-partial", "3"], "--edge-partial 3 must divide"),
+    (["--flops-budget", "0"], "expected a positive number"),
+    (["--latency-budget", "-5"], "expected a positive number"),
+    (["--flops-budget", "1", "--cost-weight", "0"], "need --cost-weight > 0"),
+    (["--cost-weight", "-1"], "--cost-weight must be >= 0"),
+    (["--candidates", "tiny"], "invalid choice: 'tiny'"),
+    (["--latency-size", "100x100"], "multiples of 32"),
 ])
 def test_bad_arguments_give_argparse_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as info:

@@ -1,0 +1,407 @@
+"""The expected cost of the network a search derives: FLOPs or latency as a
+differentiable function of α and β (docs/design.md §6, "Cost-aware search").
+
+A derived network is a sum of pieces whose cost does not depend on the
+architecture logits: the stem, the head, at every node an RSP block whose
+cell has kept edges (each one op of the candidate set) plus a fixed part
+(the cell's 1×1 projection, the split and the merge), and at every node the
+path projections it keeps (ReLU, 1×1 conv, BN at the source's resolution,
+then the fusion). ``CostTable`` measures each piece once per geometry, at its
+input shape, with a ``measure(fn, inputs)`` callable: ``count_flops_of``
+(FLOPs, counted as ``rspnet.models.count_flops`` counts them) or
+``LatencyMeter`` (milliseconds on the target device, cached on disk).
+
+The expectation follows the derivation (``derive.py``):
+
+* cell node ``t`` keeps ``min(2, t)`` incoming edges, each its arg-max
+  non-``none`` op: its expected cost is ``min(2, t)`` times the mean over its
+  incoming edges of ``Σ_k p̃_k c_k``, ``p̃`` = softmax(α) renormalised over the
+  non-``none`` ops. Exact for one-hot α whose edges into a node agree;
+* trellis node ``n`` keeps its ``top_k`` paths by softmax(β): path ``i`` is
+  kept with probability ``q_i = min(1, λ p_i)``, ``λ`` such that ``Σ q = top_k``
+  (``kept_probabilities``; all paths when there are at most ``top_k``), exact
+  for a β whose ``top_k`` kept paths share the probability;
+* a node survives if the head can reach it: last-layer nodes always, an
+  earlier node with probability ``1 - Π_m (1 - a_m q_{m←n})`` over the next
+  layer's nodes ``m`` that read it (the pruning of ``reaching_head``, with
+  independent choices).
+
+Stage 1 has no β yet: its expected cost is the trellis's under uniform β (the
+network stage 2 starts from), so one budget means the same thing in both
+stages.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from rspnet.architecture import PRIMITIVES, Architecture, Genotype, partial_channels
+from rspnet.files import atomic_open
+from rspnet.models.cost import count_flops_of
+from rspnet.nn import (OPS, DerivedCell, Head, ReLUConvBN, RSPBlock, Stem, layer_nodes, trellis_nodes)
+from rspnet.nn.primitives import ConvBNReLU
+from rspnet.ops import path_fusion
+
+__all__ = ["CostGeometry", "CostTable", "LatencyMeter", "kept_probabilities", "cell_cost",
+           "METRICS", "default_latency_table_path"]
+
+METRICS = ("flops", "latency")
+Measure = Callable[[Callable[..., Any], Sequence[torch.Tensor]], float]
+
+
+@dataclass(frozen=True)
+class CostGeometry:
+    """Everything the pieces' costs depend on. ``size``: the input (H, W) the
+    costs are measured at."""
+    channels: int
+    scales: int
+    layers: int
+    steps: int
+    rsp_ratio: float
+    rsp_depth: int
+    head_channels: int
+    num_classes: int
+    size: tuple[int, int]
+    top_k: int = 2
+    primitives: tuple[str, ...] = PRIMITIVES
+
+    def width(self, scale: int) -> int:
+        return self.channels * 2 ** scale
+
+    def inner(self, scale: int) -> int:
+        """Channels the cell sees at ``scale`` (after the RSP splits)."""
+        c = self.width(scale)
+        for _ in range(self.rsp_depth):
+            c = partial_channels(c, self.rsp_ratio)
+        return c
+
+    def resolution(self, scale: int) -> tuple[int, int]:
+        return self.size[0] >> (scale + 2), self.size[1] >> (scale + 2)
+
+    def describe(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+
+# ------------------------------------------------------------------ pieces
+def _all_skip_cell(steps: int) -> Genotype:
+    """A cell whose kept edges are identities: the RSP block's fixed part
+    (projection, split, merge, the node sums) without any op cost."""
+    normal = [("skip_connect", s, t) for t in range(1, steps + 1) for s in range(max(0, t - 2), t)]
+    return Genotype(normal=tuple(normal), normal_concat=tuple(range(1, steps + 1)))
+
+
+class _Path(nn.Module):
+    """One kept path into a node: projection at the source's resolution, then
+    the fusion to the node's size."""
+
+    def __init__(self, c_in: int, c_out: int, size: tuple[int, int]):
+        super().__init__()
+        self.project, self.size = ReLUConvBN(c_in, c_out), size
+        self.register_buffer("logits", torch.zeros(1))
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return path_fusion(self.logits, [self.project(x)], self.size)
+
+
+class _HeadAt(nn.Module):
+    def __init__(self, head: Head, image_size: tuple[int, int]):
+        super().__init__()
+        self.head, self.image_size = head, image_size
+
+    def extra_repr(self) -> str:
+        return f"image_size={self.image_size}"
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        return self.head(list(features), self.image_size)
+
+
+def _pieces(g: CostGeometry, head_scales: Sequence[tuple[int, ...]]):
+    """``(key, module, input shapes)`` of every piece a derived network of
+    ``g`` can hold."""
+    H, W = g.size
+    pieces = [("stem", Stem(g.channels), [(1, 3, H, W)])]
+    for scales in head_scales:
+        head = Head([g.width(s) for s in scales], g.num_classes, g.head_channels)
+        pieces.append((f"head:{','.join(map(str, scales))}", _HeadAt(head, g.size),
+                       [(1, g.width(s), *g.resolution(s)) for s in scales]))
+    skip = _all_skip_cell(g.steps)
+    for s in range(g.scales):
+        c, (h, w) = g.width(s), g.resolution(s)
+        block = RSPBlock(c, lambda ci: DerivedCell(ci, skip), g.rsp_ratio, g.rsp_depth)
+        pieces.append((f"block:{s}", block, [(1, c, h, w)]))
+        ci = g.inner(s)
+        for name in g.primitives:
+            if name != "none":
+                pieces.append((f"op:{s}:{name}", OPS[name](ci, True), [(1, ci, h, w)]))
+        if s + 1 < g.scales:
+            pieces.append((f"down:{s}", ConvBNReLU(c, g.width(s + 1), 3, stride=2), [(1, c, h, w)]))
+        for d in range(g.scales):   # a node reads every node of the layer before, any scale
+            pieces.append((f"path:{s}:{d}", _Path(c, g.width(d), g.resolution(d)), [(1, c, h, w)]))
+    return pieces
+
+
+def count_flops_as_measure(fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> float:
+    return float(count_flops_of(fn, *inputs))
+
+
+# -------------------------------------------------------------- the table
+def kept_probabilities(p: torch.Tensor, k: int) -> torch.Tensor:
+    """``q_i = min(1, λ p_i)`` with ``λ`` such that ``Σ q = min(k, len(p))``:
+    how likely the top-``k`` derivation keeps each path, differentiable in
+    ``p`` (piecewise: water-filling, paths at 1 are fixed in turn)."""
+    n = p.numel()
+    if n <= k:
+        return torch.ones_like(p)
+    clamped = torch.zeros(n, dtype=torch.bool, device=p.device)
+    q = k * p
+    for _ in range(k):
+        over = (q.detach() > 1) & ~clamped
+        if not over.any():
+            break
+        clamped = clamped | over
+        free = ~clamped
+        q = torch.where(clamped, torch.ones_like(p), (k - clamped.sum()) * p / (p * free).sum())
+    return q
+
+
+def cell_cost(op_costs: torch.Tensor, probabilities: torch.Tensor, steps: int,
+              primitives: Sequence[str]) -> torch.Tensor:
+    """Expected cost of the kept edges of a cell: ``op_costs`` [ops] (the
+    candidates at this scale), ``probabilities`` [edges, ops] softmax(α)."""
+    keep = torch.tensor([name != "none" for name in primitives], device=probabilities.device)
+    p = probabilities * keep
+    p = p / p.sum(-1, keepdim=True)
+    per_edge = p @ op_costs.to(p.dtype)
+    total, e = 0, 0
+    for t in range(1, steps + 1):
+        total = total + min(2, t) * per_edge[e:e + t].mean()
+        e += t
+    return total
+
+
+class CostTable:
+    """The measured cost of every piece of the derived networks of one
+    geometry (``entries``: piece key → cost) and the expected / exact cost of
+    a network from them."""
+
+    def __init__(self, geometry: CostGeometry, entries: Mapping[str, float], unit: str):
+        self.geometry, self.entries, self.unit = geometry, dict(entries), unit
+        self.nodes = trellis_nodes(geometry.layers, geometry.scales)
+        self.sources = [layer_nodes(self.nodes, layer - 1) for layer, _ in self.nodes]
+
+    @classmethod
+    def build(cls, geometry: CostGeometry, measure: Measure = count_flops_as_measure,
+              unit: str = "flops", device: str | torch.device = "cpu") -> CostTable:
+        """Measure every piece on ``device`` (modules in eval mode, no grad)."""
+        g = geometry
+        last = tuple(range(min(g.layers, g.scales - 1) + 1))
+        head_scales = sorted({last, tuple(range(g.scales))})
+        entries = {}
+        with torch.no_grad():
+            for key, module, shapes in _pieces(g, head_scales):
+                module = module.to(device).eval()
+                inputs = [torch.randn(shape, device=device) for shape in shapes]
+                entries[key] = measure(module, inputs)
+        return cls(geometry, entries, unit)
+
+    def __getitem__(self, key: str) -> float:
+        return self.entries[key]
+
+    def op_costs(self, scale: int) -> torch.Tensor:
+        return torch.tensor([0.0 if n == "none" else self.entries[f"op:{scale}:{n}"]
+                             for n in self.geometry.primitives], dtype=torch.float64)
+
+    def genotype_cost(self, scale: int, genotype: Genotype) -> float:
+        """The kept edges' cost of a derived cell at ``scale``."""
+        return sum(self.entries[f"op:{scale}:{op}"] for op, _, _ in genotype.normal)
+
+    # ------------------------------------------------------ expectations
+    def expected(self, cell: torch.Tensor | Genotype, betas: Sequence[torch.Tensor] | None = None
+                 ) -> torch.Tensor:
+        """Expected cost of the derived trellis: ``cell`` is softmax(α)
+        ([edges, ops]) or a fixed ``Genotype``; ``betas`` the logits of every
+        node (``None``: uniform, as stage 1 assumes)."""
+        g = self.geometry
+        if isinstance(cell, Genotype):
+            dtype = betas[0].dtype if betas else torch.float64
+            device = betas[0].device if betas else None
+            cells = [torch.tensor(self.genotype_cost(s, cell), dtype=dtype, device=device)
+                     for s in range(g.scales)]
+        else:
+            dtype, device = cell.dtype, cell.device
+            cells = [cell_cost(self.op_costs(s).to(cell.device), cell, g.steps, g.primitives)
+                     for s in range(g.scales)]
+        kept = {}
+        for i, (node, src) in enumerate(zip(self.nodes, self.sources)):
+            if betas is None:
+                p = torch.full((len(src),), 1.0 / len(src), dtype=dtype, device=device)
+            else:
+                p = torch.softmax(betas[i].to(dtype), 0)
+            kept[node] = kept_probabilities(p, g.top_k)
+        alive = self._alive(kept)
+        head = ",".join(map(str, range(min(g.layers, g.scales - 1) + 1)))
+        total = self.entries["stem"] + self.entries[f"head:{head}"]
+        for node, src in zip(self.nodes, self.sources):
+            s = node[1]
+            node_cost = self.entries[f"block:{s}"] + cells[s]
+            paths = torch.tensor([self.entries[f"path:{source[1]}:{s}"] for source in src], dtype=dtype,
+                                 device=kept[node].device)
+            total = total + alive[node] * (node_cost + (kept[node] * paths).sum())
+        return total
+
+    def _alive(self, kept: Mapping[tuple[int, int], torch.Tensor]) -> dict:
+        """Probability that each node reaches the head."""
+        alive: dict = {}
+        for node, src in reversed(list(zip(self.nodes, self.sources))):
+            if node[0] == self.geometry.layers:
+                alive[node] = 1.0
+        for layer in range(self.geometry.layers - 1, 0, -1):
+            readers = [(m, src) for m, src in zip(self.nodes, self.sources) if m[0] == layer + 1]
+            for node in [n for n in self.nodes if n[0] == layer]:
+                missed = 1.0
+                for m, src in readers:
+                    if node in src:
+                        missed = missed * (1 - alive[m] * kept[m][src.index(node)])
+                alive[node] = 1 - missed
+        return alive
+
+    # --------------------------------------------------------- exact
+    def architecture(self, arch: Architecture) -> float:
+        """The cost of a derived network, summed from the table."""
+        cells = [self.genotype_cost(s, arch.cell) + self.entries[f"block:{s}"] for s in range(arch.scales)]
+        if arch.nodes is None:
+            total = self.entries["stem"] + self.entries[f"head:{','.join(map(str, range(arch.scales)))}"]
+            total += sum(cells) + sum(self.entries[f"down:{s}"] for s in range(arch.scales - 1))
+            return total
+        last = sorted(n.node[1] for n in arch.nodes if n.node[0] == arch.layers)
+        total = self.entries["stem"] + self.entries[f"head:{','.join(map(str, last))}"]
+        for n in arch.nodes:
+            s = n.node[1]
+            total += cells[s] + sum(self.entries[f"path:{src[1]}:{s}"] for src, _ in n.paths)
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"geometry": asdict(self.geometry), "unit": self.unit, "entries": self.entries}
+
+
+# -------------------------------------------------------------- latency
+def device_name(device: torch.device) -> str:
+    """What the latency table is keyed by: the GPU's name, or the CPU model
+    and the thread count."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu:{model}:threads={torch.get_num_threads()}"
+
+
+def default_latency_table_path() -> str:
+    """``$RSPNET_LATENCY_TABLE``, else ``~/.cache/rspnet/latency.json``."""
+    return os.environ.get("RSPNET_LATENCY_TABLE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "rspnet", "latency.json")
+
+
+def time_ms(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall time of ``fn(*inputs)`` in ms (CUDA: events, synchronised)."""
+    cuda = inputs[0].is_cuda
+    times = []
+    for i in range(warmup + repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*inputs)
+            end.record()
+            torch.cuda.synchronize()
+            elapsed = start.elapsed_time(end)
+        else:
+            t0 = time.perf_counter()
+            fn(*inputs)
+            elapsed = (time.perf_counter() - t0) * 1e3
+        if i >= warmup:
+            times.append(elapsed)
+    return statistics.median(times)
+
+
+class LatencyMeter:
+    """A ``measure`` for ``CostTable.build`` that times each piece once and
+    keeps it in a JSON file keyed by device, torch version, piece and input
+    shapes, so that a table is measured once per device and reused.
+
+    ``timer(fn, inputs) -> ms`` defaults to ``time_ms``; tests inject one.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, device: torch.device,
+                 timer: Callable[[Callable[..., Any], Sequence[torch.Tensor]], float] = time_ms):
+        self.path, self.device, self.timer = path, torch.device(device), timer
+        self.entries: dict[str, float] = {}
+        self.measured = 0
+        if path is not None and os.path.exists(path):
+            with open(path) as f:
+                self.entries = dict(json.load(f).get("entries", {}))
+
+    def key(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> str:
+        shapes = ";".join("x".join(map(str, x.shape)) for x in inputs)
+        return f"{device_name(self.device)}|torch {torch.__version__}|{module!r}|{shapes}".replace("\n", " ")
+
+    def __call__(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+        key = self.key(module, inputs)
+        if key not in self.entries:
+            self.entries[key] = float(self.timer(module, inputs))
+            self.measured += 1
+        return self.entries[key]
+
+    def save(self) -> None:
+        if self.path is None or not self.measured:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        text = json.dumps({"entries": self.entries}, indent=1, sort_keys=True) + "\n"
+        with atomic_open(self.path) as f:
+            f.write(text.encode())
+
+
+_FLOPS_TABLES: dict[CostGeometry, CostTable] = {}
+
+
+def flops_table(geometry: CostGeometry) -> CostTable:
+    """The FLOPs table of ``geometry``, built once per process."""
+    if geometry not in _FLOPS_TABLES:
+        _FLOPS_TABLES[geometry] = CostTable.build(geometry)
+    return _FLOPS_TABLES[geometry]
+
+
+def latency_table(geometry: CostGeometry, device: str | torch.device = "cpu",
+                  path: str | os.PathLike | None = None, threads: int | None = 1,
+                  timer=time_ms) -> CostTable:
+    """The latency table (ms) of ``geometry`` on ``device``: the pieces not
+    yet in the file at ``path`` are timed (on CPU with ``threads`` threads,
+    one by default: the latency rspnet reports) and written back."""
+    device = torch.device(device)
+    previous = torch.get_num_threads()
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    try:
+        meter = LatencyMeter(path, device, timer)
+        table = CostTable.build(geometry, meter, unit="ms", device=device)
+        meter.save()
+    finally:
+        torch.set_num_threads(previous)
+    return table
+
