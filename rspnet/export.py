@@ -265,12 +265,13 @@ def device_name(device: torch.device) -> str:
 
 @torch.no_grad()
 def folding_difference(model: torch.nn.Module, folded: torch.nn.Module, resolution: Sequence[int],
-                       seed: int = 0) -> float:
+                       seed: int = 0) -> tuple[float, float]:
     """Max |folded(x) - model(x)| (both in eval mode, fp32) on one random
-    image of ``resolution``."""
+    image of ``resolution``, and max |model(x)| for its scale."""
     device = next(model.parameters()).device
     x = torch.randn(1, 3, *resolution, generator=torch.Generator().manual_seed(seed)).to(device)
-    return float((folded.eval()(x) - model.eval()(x)).abs().max())
+    expected = model.eval()(x)
+    return float((folded.eval()(x) - expected).abs().max()), float(expected.abs().max())
 
 
 def network_costs(model: torch.nn.Module, resolution: Sequence[int], device: torch.device, dtype: torch.dtype,
@@ -280,10 +281,11 @@ def network_costs(model: torch.nn.Module, resolution: Sequence[int], device: tor
     latency on ``device`` (the models are measured last: the latency casts them)."""
     model.eval()   # before anything runs it: a forward in training mode would update BN statistics
     folded = fold_batchnorm(model)
+    diff, scale = folding_difference(model, folded, resolution)
     rows = {"unfolded": {"params": count_params(model), "flops": count_flops(model, resolution)},
             "folded": {"params": count_params(folded), "flops": count_flops(folded, resolution),
                        "bn_folded": folded.bn_folding.folded, "bn_left": folded.bn_folding.left,
-                       "max_abs_diff_vs_unfolded": folding_difference(model, folded, resolution)}}
+                       "max_abs_diff_vs_unfolded": diff, "max_abs_output": scale}}
     for key, net in (("unfolded", model), ("folded", folded)):
         rows[key]["latency"] = measure_latency(net, resolution, device, dtype, compile, warmup, iters,
                                                memory_format)
@@ -317,11 +319,12 @@ def format_report(report: dict[str, Any]) -> str:
     folded = report.get("folded")
     if folded:
         text = f"rspnet {folded['bn_folded']} BatchNorm folded, {folded['bn_left']} left " \
-               f"(max |folded - unfolded| {folded['max_abs_diff_vs_unfolded']:.1e})"
+               f"(max |folded - unfolded| {folded['max_abs_diff_vs_unfolded']:.1e} " \
+               f"of max |output| {folded['max_abs_output']:.3g})"
         ref = report.get("reference")
         if ref:
             text += f"; {ref['name']} {ref['folded']['bn_folded']} folded, {ref['folded']['bn_left']} left " \
-                    f"(max {ref['folded']['max_abs_diff_vs_unfolded']:.1e})"
+                    f"({ref['folded']['max_abs_diff_vs_unfolded']:.1e} of {ref['folded']['max_abs_output']:.3g})"
         rows.append(("BN folding", text))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
