@@ -91,18 +91,11 @@ def train_lraspp(out: str, seed: int, train_args: list[str], arch: str) -> int:
 
 def lraspp_model():
     """torchvision's LRASPP-MobileNetV3-Large for 19 classes, no pretrained
-    weights, returning the class scores as a tensor."""
-    import torch
-    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+    weights, returning the class scores as a tensor (the reference of
+    ``python -m rspnet.export --report`` too)."""
+    from rspnet.models.reference import lraspp_mobilenet_v3
 
-    class LRASPP(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=19)
-
-        def forward(self, images):
-            return self.net(images)["out"]
-    return LRASPP()
+    return lraspp_mobilenet_v3(19)
 
 
 # ---------------------------------------------------------------- costs

@@ -11,8 +11,15 @@ an error, and the file is only put in place once it passes.
 
 ``--report [PATH]`` prints and writes (JSON) the parameter count, the forward
 FLOPs (``torch.utils.flop_counter.FlopCounterMode``, a multiply-add counting
-2), and the latency and FPS at ``--resolution H W``, batch 1, on ``--device``
-(optionally ``--compile`` with ``torch.compile`` and ``--dtype bf16|fp16``).
+2), and the latency and FPS at ``--resolution H W`` (default 512 1024),
+batch 1, on ``--device`` with ``--threads`` CPU threads (default 1)
+(optionally ``--compile`` with ``torch.compile`` and ``--dtype bf16|fp16``),
+of the network as trained and BatchNorm-folded (``rspnet.models.fold``), and
+beside them torchvision's LRASPP-MobileNetV3-Large (random weights, the same
+classes) measured the same way in the same run, with the ratios
+rspnet / LRASPP; without torchvision a line says how to install it
+(``pip install -e .[bench]``). Each network is timed in the memory layout
+(NCHW or channels-last) its warm-up runs found faster (``--memory-format``).
 
 Example::
 
@@ -41,13 +48,15 @@ from rspnet.cli import architecture_arg, checked, nonnegative_int, positive_int
 from rspnet.engine.checkpoint import CheckpointError
 from rspnet.engine.config import check_device
 from rspnet.files import write_json
-from rspnet.models import RSPNet, count_flops, count_params
+from rspnet.models import RSPNet, count_flops, count_params, fold_batchnorm
+from rspnet.models.reference import REFERENCE_NAME, lraspp_mobilenet_v3, reference_unavailable
 from rspnet.ops import _backend
 from rspnet.train.checkpoint import load_trained_model
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
 DYNAMIC_MODES = ("auto", "all", "batch", "none")
+REPORT_RESOLUTION = (512, 1024)   # the report's default: Cityscapes at half size, as in the papers
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -182,67 +191,183 @@ def onnx_latency(path: str, resolution: Sequence[int], warmup: int, iters: int) 
 
 
 # -------------------------------------------------------------------- report
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def _timed(run, x, n: int, cuda: bool) -> list[float]:
+    times = []
+    for _ in range(n):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            start = time.perf_counter()
+            run(x)
+            times.append(1000 * (time.perf_counter() - start))
+    return times
+
+
 def measure_latency(model: torch.nn.Module, resolution: Sequence[int], device: torch.device,
                     dtype: torch.dtype = torch.float32, compile: bool = False, warmup: int = 5,
-                    iters: int = 20) -> dict[str, float]:
+                    iters: int = 20, memory_format: str = "auto") -> dict[str, Any]:
     """Batch-1 forward latency in ms (median, p20, p80) on ``device``; the
-    model is cast to ``dtype`` (channels-last on GPU) and optionally
-    compiled. GPU timings use CUDA events."""
+    model is cast to ``dtype`` (in place) and optionally compiled. GPU timings
+    use CUDA events.
+
+    ``memory_format``: ``contiguous`` (NCHW), ``channels_last`` (NHWC), or
+    ``auto``: the ``warmup`` runs are made in each layout and the one whose
+    warm-up runs (the first left out) were faster is timed. With ``compile``,
+    ``auto`` does not compile twice: it takes channels-last on GPU and
+    contiguous on CPU. The layout timed is in the result."""
     model = model.to(device=device, dtype=dtype).eval()
+    cuda = device.type == "cuda"
     x = torch.zeros(1, 3, *resolution, device=device, dtype=dtype)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    run = torch.compile(model) if compile else model
-    times = []
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format: one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
+    trials: dict[str, float] = {}
+    chosen = memory_format
     with torch.inference_mode():
-        for _ in range(warmup):
-            run(x)
-        for _ in range(iters):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                run(x)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                start = time.perf_counter()
-                run(x)
-                times.append(1000 * (time.perf_counter() - start))
-    times.sort()
+        if memory_format == "auto" and compile:
+            chosen = "channels_last" if cuda else "contiguous"
+        elif memory_format == "auto":
+            for name, fmt in _FORMATS.items():
+                model.to(memory_format=fmt)
+                times = _timed(model, x.contiguous(memory_format=fmt), max(warmup, 2), cuda)
+                trials[name] = statistics.median(times[1:])
+            chosen = min(trials, key=trials.get)
+        fmt = _FORMATS[chosen]
+        model = model.to(memory_format=fmt)
+        x = x.contiguous(memory_format=fmt)
+        run = torch.compile(model) if compile else model
+        # after a layout trial: one more run so that the timed layout is warm again
+        _timed(run, x, 1 if trials else warmup, cuda)
+        times = sorted(_timed(run, x, iters, cuda))
     q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
     median = statistics.median(times)
-    return {"median_ms": median, "p20_ms": q(0.2), "p80_ms": q(0.8), "fps": 1000.0 / median}
+    result = {"median_ms": median, "p20_ms": q(0.2), "p80_ms": q(0.8), "fps": 1000.0 / median,
+              "memory_format": chosen}
+    if trials:
+        result["warmup_median_ms"] = trials
+    return result
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()} CPU, {threads} thread{'s' if threads != 1 else ''}"
+
+
+@torch.no_grad()
+def folding_difference(model: torch.nn.Module, folded: torch.nn.Module, resolution: Sequence[int],
+                       seed: int = 0) -> tuple[float, float]:
+    """Max |folded(x) - model(x)| (both in eval mode, fp32) on one random
+    image of ``resolution``, and max |model(x)| for its scale."""
+    device = next(model.parameters()).device
+    x = torch.randn(1, 3, *resolution, generator=torch.Generator().manual_seed(seed)).to(device)
+    expected = model.eval()(x)
+    return float((folded.eval()(x) - expected).abs().max()), float(expected.abs().max())
+
+
+def network_costs(model: torch.nn.Module, resolution: Sequence[int], device: torch.device, dtype: torch.dtype,
+                  compile: bool, warmup: int, iters: int, memory_format: str) -> dict[str, Any]:
+    """A report row for ``model`` (fp32 on CPU): the network as it is and
+    BatchNorm-folded, each with its parameters, FLOPs at ``resolution`` and
+    latency on ``device`` (the models are measured last: the latency casts them)."""
+    model.eval()   # before anything runs it: a forward in training mode would update BN statistics
+    folded = fold_batchnorm(model)
+    diff, scale = folding_difference(model, folded, resolution)
+    rows = {"unfolded": {"params": count_params(model), "flops": count_flops(model, resolution)},
+            "folded": {"params": count_params(folded), "flops": count_flops(folded, resolution),
+                       "bn_folded": folded.bn_folding.folded, "bn_left": folded.bn_folding.left,
+                       "max_abs_diff_vs_unfolded": diff, "max_abs_output": scale}}
+    for key, net in (("unfolded", model), ("folded", folded)):
+        rows[key]["latency"] = measure_latency(net, resolution, device, dtype, compile, warmup, iters,
+                                               memory_format)
+    return rows
+
+
+def model_classes(model: torch.nn.Module) -> int:
+    return model.head.classifier.out_channels
+
+
+def _torchvision_version() -> str:
+    import torchvision
+
+    return torchvision.__version__
+
+
+def _ratios(ours: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+    return {"params": ours["params"] / reference["params"], "flops": ours["flops"] / reference["flops"],
+            "latency": ours["latency"]["median_ms"] / reference["latency"]["median_ms"]}
 
 
 def format_report(report: dict[str, Any]) -> str:
-    rows = [("parameters", f"{report['params']:,} ({report['params'] / 1e6:.3f} M)"),
-            ("FLOPs", f"{report['flops'] / 1e9:.3f} G at {report['resolution'][0]}x{report['resolution'][1]} "
-                      f"(multiply-add = 2)")]
+    h, w = report["resolution"]
+    rows = [("resolution", f"{h}x{w}, batch 1; FLOPs by torch.utils.flop_counter (multiply-add = 2)")]
     lat = report.get("latency")
     if lat:
         rows += [("device", report["device_name"]),
-                 ("settings", f"batch 1, {report['dtype']}, {'torch.compile' if report['compile'] else 'eager'}, "
-                              f"{report['iters']} runs after {report['warmup']} warm-up"),
-                 ("latency", f"{lat['median_ms']:.2f} ms median (p20 {lat['p20_ms']:.2f}, p80 {lat['p80_ms']:.2f})"),
-                 ("FPS", f"{lat['fps']:.1f}")]
+                 ("settings", f"{report['dtype']}, {'torch.compile' if report['compile'] else 'eager'}, "
+                              f"median of {report['iters']} runs after {report['warmup']} warm-up, "
+                              f"layout {report.get('memory_format', 'auto')}")]
+    folded = report.get("folded")
+    if folded:
+        text = f"rspnet {folded['bn_folded']} BatchNorm folded, {folded['bn_left']} left " \
+               f"(max |folded - unfolded| {folded['max_abs_diff_vs_unfolded']:.1e} " \
+               f"of max |output| {folded['max_abs_output']:.3g})"
+        ref = report.get("reference")
+        if ref:
+            text += f"; {ref['name']} {ref['folded']['bn_folded']} folded, {ref['folded']['bn_left']} left " \
+                    f"({ref['folded']['max_abs_diff_vs_unfolded']:.1e} of {ref['folded']['max_abs_output']:.3g})"
+        rows.append(("BN folding", text))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+
+    table = [("network", "parameters", "GFLOPs", "latency ms (p20-p80)", "FPS", "layout")]
+
+    def row(name, r):
+        la = r.get("latency")
+        timing = (f"{la['median_ms']:.2f} ({la['p20_ms']:.2f}-{la['p80_ms']:.2f})", f"{la['fps']:.2f}",
+                  la.get("memory_format", "")) if la else ("-", "-", "")
+        table.append((name, f"{r['params']:,}", f"{r['flops'] / 1e9:.3f}", *timing))
+
+    row("rspnet", {"params": report["params"], "flops": report["flops"], "latency": lat})
+    if folded:
+        row("rspnet, BN folded", folded)
+    ref = report.get("reference")
+    if ref:
+        row(ref["name"], ref["unfolded"])
+        row(f"{ref['name']}, BN folded", ref["folded"])
+        for key, name in (("unfolded", "rspnet / LRASPP"), ("folded", "rspnet / LRASPP, both folded")):
+            r = report["ratios"][key]
+            table.append((name, f"{r['params']:.3f}x", f"{r['flops']:.3f}x", f"{r['latency']:.3f}x",
+                          f"{1 / r['latency']:.3f}x", ""))
+    widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
+    lines.append("")
+    for t in table:
+        lines.append("  ".join(f"{c:<{wd}}" if i in (0, 5) else f"{c:>{wd}}"
+                               for i, (c, wd) in enumerate(zip(t, widths))).rstrip())
+    if report.get("reference_note"):
+        lines.append(report["reference_note"])
+
     onnx = report.get("onnx")
     if onnx:
-        rows += [("ONNX file", f"{onnx['path']} ({onnx['bytes'] / 2**20:.2f} MiB, opset {onnx['opset']}, "
-                               f"dynamic {onnx['dynamic']})"),
-                 ("ONNX parity", f"max |onnxruntime - torch| = {onnx['max_abs_diff']:.2e} "
-                                 f"(tolerance {onnx['tolerance']:.0e})")]
+        rows = [("ONNX file", f"{onnx['path']} ({onnx['bytes'] / 2**20:.2f} MiB, opset {onnx['opset']}, "
+                              f"dynamic {onnx['dynamic']})"),
+                ("ONNX parity", f"max |onnxruntime - torch| = {onnx['max_abs_diff']:.2e} "
+                                f"(tolerance {onnx['tolerance']:.0e})")]
         if onnx.get("onnxruntime_latency_ms") is not None:
-            rows.append(("ONNX latency", f"{onnx['onnxruntime_latency_ms']:.2f} ms median (onnxruntime CPU)"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+            rows.append(("ONNX latency", f"{onnx['onnxruntime_latency_ms']:.2f} ms median (onnxruntime CPU, "
+                                         f"{onnx['resolution'][0]}x{onnx['resolution'][1]})"))
+        width = max(len(k) for k, _ in rows)
+        lines += [""] + [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------- CLI
@@ -263,14 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print params/FLOPs/latency and write them as JSON (default path: beside the "
                         "ONNX file, else export-report.json)")
     p.add_argument("--resolution", type=positive_int, nargs=2, metavar=("H", "W"),
-                   help="input size for export, FLOPs and latency, multiples of 32 "
-                        "(default: the checkpoint's training size, else 512 1024)")
+                   help="input size for export, FLOPs and latency, multiples of 32 (default: the "
+                        "report's FLOPs and latency at 512 1024, Cityscapes' half size; the ONNX export "
+                        "at the checkpoint's training size, else 512 1024)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device for the latency measurement")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="latency dtype")
     p.add_argument("--compile", action="store_true", help="time the torch.compile'd network")
-    p.add_argument("--threads", type=nonnegative_int, default=0,
-                   help="PyTorch CPU threads for the latency measurement (0: PyTorch's default)")
+    p.add_argument("--threads", type=nonnegative_int, default=1,
+                   help="PyTorch CPU threads for the latency measurement (default 1: comparable between "
+                        "machines and runs; 0: PyTorch's default, one per core)")
+    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                   help="tensor layout timed: contiguous (NCHW), channels_last (NHWC), or auto: each "
+                        "network in the layout its warm-up runs found faster (default)")
+    p.add_argument("--no-reference", action="store_true",
+                   help=f"leave out the {REFERENCE_NAME} reference (torchvision) from the report")
     p.add_argument("--warmup", type=positive_int, default=5)
     p.add_argument("--iters", type=positive_int, default=20)
     return p
@@ -308,12 +440,13 @@ def parse_args(argv: Sequence[str] | None = None):
                                                         arch_name=f"--arch {args.arch}")
         except CheckpointError as exc:
             parser.error(str(exc))
-    if args.resolution is None:
-        size = (args.state or {}).get("config", {}).get("size")
-        args.resolution = list(size) if size else [512, 1024]
-    if args.resolution[0] % 32 or args.resolution[1] % 32:
+    if args.resolution is not None and (args.resolution[0] % 32 or args.resolution[1] % 32):
         parser.error(f"--resolution {args.resolution[0]} {args.resolution[1]}: height and width must be "
                      f"multiples of 32")
+    args.report_resolution = list(args.resolution or REPORT_RESOLUTION)
+    if args.resolution is None:
+        size = (args.state or {}).get("config", {}).get("size")
+        args.resolution = list(size) if size else list(REPORT_RESOLUTION)
     if args.report == "":
         args.report = (os.path.splitext(args.onnx)[0] + "-report.json") if args.onnx else "export-report.json"
     return parser, args
@@ -374,16 +507,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.report is not None:
         device = torch.device(args.device)
-        report["flops"] = count_flops(model, resolution)
         report.update({"device": str(device), "device_name": device_name(device),
                        "cpu_threads": torch.get_num_threads(), "dtype": args.dtype,
                        "compile": args.compile, "warmup": args.warmup, "iters": args.iters,
-                       "backend_override": _backend.override()})
+                       "memory_format": args.memory_format, "backend_override": _backend.override()})
+        resolution = tuple(args.report_resolution)
+        report["resolution"] = list(resolution)
         if args.onnx:
-            report["onnx"]["onnxruntime_latency_ms"] = onnx_latency(args.onnx, resolution, args.warmup,
-                                                                    args.iters)
-        report["latency"] = measure_latency(model, resolution, device, DTYPES[args.dtype], args.compile,
-                                            args.warmup, args.iters)
+            report["onnx"]["resolution"] = list(args.resolution)
+            report["onnx"]["onnxruntime_latency_ms"] = onnx_latency(args.onnx, tuple(args.resolution),
+                                                                    args.warmup, args.iters)
+        settings = (device, DTYPES[args.dtype], args.compile, args.warmup, args.iters, args.memory_format)
+        ours = network_costs(model, resolution, *settings)
+        report.update({"flops": ours["unfolded"]["flops"], "latency": ours["unfolded"]["latency"],
+                       "folded": ours["folded"]})
+        note = None if args.no_reference else reference_unavailable()
+        report["reference"] = report["ratios"] = None
+        if note:
+            report["reference_note"] = note
+        elif not args.no_reference:
+            # from scratch, seeded: the same network in every report
+            torch.manual_seed(0)
+            reference = network_costs(lraspp_mobilenet_v3(model_classes(model)), resolution, *settings)
+            report["reference"] = {"name": REFERENCE_NAME, "source": "torchvision, random weights",
+                                   "torchvision": _torchvision_version(), **reference}
+            report["ratios"] = {key: _ratios(ours[key], reference[key]) for key in ("unfolded", "folded")}
         print(format_report(report))
         write_json(args.report, report)
         print(f"report: {args.report}")

@@ -104,6 +104,85 @@ def test_report_without_checkpoint(run, tmp_path, capsys):
     assert report["dtype"] == "fp32" and report["compile"] is False
 
 
+def test_report_sets_folded_network_and_lraspp_side_by_side(run, tmp_path, capsys):
+    """One run: the network as trained and BN-folded, torchvision's LRASPP
+    likewise, and the ratios, printed and in the JSON."""
+    tv = pytest.importorskip("torchvision.models.segmentation")
+    path = tmp_path / "r.json"
+    assert main(["--arch", run["arch"], "--checkpoint", run["checkpoint"], "--report", str(path),
+                 "--resolution", "64", "128", "--warmup", "1", "--iters", "1"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for name in ("rspnet", "rspnet, BN folded", "LRASPP-MobileNetV3-Large",
+                 "LRASPP-MobileNetV3-Large, BN folded", "rspnet / LRASPP", "rspnet / LRASPP, both folded"):
+        assert any(line.startswith(name + "  ") for line in lines), name
+    assert "1 thread" in out and "BN folding" in out
+    report = json.loads(path.read_text())
+    assert report["resolution"] == [64, 128] and report["cpu_threads"] == 1
+
+    # the independent counts: the trained network, and torchvision's LRASPP built here
+    from rspnet.engine.checkpoint import load_checkpoint
+    from rspnet.models import RSPNet, count_flops
+
+    model = RSPNet(run["arch"], 19)
+    model.load_state_dict(load_checkpoint(run["checkpoint"])["model"])
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    params = sum(p.numel() for p in model.parameters())
+    assert report["params"] == params
+    # folding drops gamma and beta of each (affine) BN and gives its conv a bias
+    assert report["folded"]["params"] == params - sum(bn.num_features for bn in bns)
+    assert (report["folded"]["bn_folded"], report["folded"]["bn_left"]) == (len(bns), 0)
+    assert report["folded"]["max_abs_diff_vs_unfolded"] <= 1e-4
+    assert report["folded"]["flops"] == report["flops"] == count_flops(model.eval(), (64, 128))
+
+    lraspp = tv.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=19)
+    ref = report["reference"]
+    assert ref["name"] == "LRASPP-MobileNetV3-Large"
+    assert ref["unfolded"]["params"] == sum(p.numel() for p in lraspp.parameters())
+    assert ref["folded"]["flops"] == ref["unfolded"]["flops"] > 0
+    assert ref["folded"]["bn_left"] == 0 and ref["folded"]["bn_folded"] > 0
+    assert ref["folded"]["max_abs_diff_vs_unfolded"] <= 1e-4
+    for key in ("unfolded", "folded"):
+        mine, theirs, ratio = (report if key == "unfolded" else report["folded"]), ref[key], report["ratios"][key]
+        assert ratio["params"] == pytest.approx(mine["params"] / theirs["params"])
+        assert ratio["flops"] == pytest.approx(mine["flops"] / theirs["flops"])
+        assert ratio["latency"] == pytest.approx(mine["latency"]["median_ms"] / theirs["latency"]["median_ms"])
+        for row in (mine, theirs):
+            assert row["latency"]["median_ms"] > 0
+            assert row["latency"]["memory_format"] in ("contiguous", "channels_last")
+    assert f"{report['ratios']['folded']['params']:.3f}x" in out
+
+
+def test_report_without_torchvision_says_how_to_install_it(run, tmp_path, capsys, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")] + ["torchvision"]:
+        monkeypatch.setitem(sys.modules, name, None)     # `import torchvision` fails
+    path = tmp_path / "r.json"
+    assert main(["--arch", run["arch"], "--report", str(path), "--resolution", "32", "64",
+                 "--warmup", "1", "--iters", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "LRASPP-MobileNetV3-Large reference skipped: torchvision is not installed; pip install -e .[bench]" in out
+    assert "rspnet, BN folded" in out and "rspnet / LRASPP" not in out
+    report = json.loads(path.read_text())
+    assert report["reference"] is None and report["ratios"] is None
+    assert report["folded"]["latency"]["fps"] > 0
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "auto"])
+def test_latency_in_the_layout_asked_or_the_faster_one(layout):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+    result = export.measure_latency(model, (32, 32), torch.device("cpu"), warmup=2, iters=2,
+                                    memory_format=layout)
+    if layout == "auto":
+        trials = result["warmup_median_ms"]
+        assert set(trials) == {"contiguous", "channels_last"}
+        assert result["memory_format"] == min(trials, key=trials.get)
+    else:
+        assert result["memory_format"] == layout and "warmup_median_ms" not in result
+    assert result["median_ms"] > 0
+
+
 @pytest.mark.parametrize("argv, message", [
     ([], "nothing to do"),
     (["--onnx", "m.onnx", "--opset", "16"], "at least 17"),
@@ -111,6 +190,8 @@ def test_report_without_checkpoint(run, tmp_path, capsys):
     (["--report", "--resolution", "64"], "expected 2 arguments"),
     (["--onnx", "/nonexistent/dir/m.onnx"], "does not exist"),
     (["--report", "--checkpoint", "/nonexistent.pt"], "no such file"),
+    (["--report", "--memory-format", "nhwc"], "invalid choice"),
+    (["--report", "--threads", "-1"], "expected an integer >= 0"),
 ])
 def test_bad_cli_input_is_an_argparse_error(run, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:

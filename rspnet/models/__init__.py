@@ -1,5 +1,8 @@
-"""Networks built from a searched architecture, and what they cost."""
+"""Networks built from a searched architecture, what they cost, their
+BatchNorm-folded inference form, and the hand-designed reference they are
+compared with."""
 from .cost import count_flops, count_flops_of, count_params
+from .fold import FoldCount, fold_batchnorm
 from .rspnet import RSPNet
 
-__all__ = ["RSPNet", "count_params", "count_flops", "count_flops_of"]
+__all__ = ["RSPNet", "count_params", "count_flops", "count_flops_of", "fold_batchnorm", "FoldCount"]

@@ -88,6 +88,8 @@ class Head(Recomputable, nn.Module):
     def _recomputed_scores(self, size: tuple[int, int], *features: torch.Tensor) -> torch.Tensor:
         conv, bn, relu = self.fuse
         y = _UpsampleConcatConv.apply(conv, size, conv.weight, *features)
+        if conv.bias is not None:   # a BatchNorm folded into the conv (rspnet.models.fold)
+            y = y + conv.bias.view(1, -1, 1, 1)
         return self.classifier(relu(bn(y)))
 
     def scores(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,97 @@
+"""BatchNorm folding: an inference copy of a network in which every BatchNorm
+that directly follows a convolution is merged into that convolution.
+
+In eval mode a ``BatchNorm2d`` is a per-channel affine map with its running
+statistics, ``y = (x - mean) * gamma / sqrt(var + eps) + beta`` (``gamma = 1``
+and ``beta = 0`` when it has no affine parameters, as in the DARTS
+operations). Applied to the output of a convolution ``x = w * input + b`` it
+gives a convolution again, with
+
+    w' = w * gamma / sqrt(var + eps)                 (per output channel)
+    b' = (b - mean) * gamma / sqrt(var + eps) + beta
+
+so the BatchNorm is replaced by ``nn.Identity`` and costs nothing at run time.
+Only a ``Conv2d`` immediately followed by a ``BatchNorm2d`` in the same
+``nn.Sequential`` is folded: there the convolution's output reaches nothing
+but the BatchNorm. A BatchNorm after a ReLU, a pooling, a sum or a
+concatenation (the search cell's ``skip_connect`` BN, for one) is left as it
+is: no convolution's weights can absorb it exactly (folding it into the
+*next* convolution would be wrong at zero-padded borders). A BatchNorm without
+running statistics (``track_running_stats=False``) normalises with the batch's
+statistics even in eval mode and is left too.
+
+The folded copy is for inference only (eval mode; training it would train a
+different network).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+__all__ = ["fold_batchnorm", "FoldCount"]
+
+
+@dataclass(frozen=True)
+class FoldCount:
+    """How many ``BatchNorm2d`` modules were folded into a convolution and
+    how many were left in the network."""
+    folded: int
+    left: int
+
+    def __str__(self) -> str:
+        return f"{self.folded} BatchNorm folded, {self.left} left"
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+            and bn.running_mean is not None and bn.running_var is not None
+            and conv.out_channels == bn.num_features)
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Merge eval-mode ``bn`` into ``conv``'s weight and bias (computed in
+    float64, stored in the convolution's dtype)."""
+    w = conv.weight
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    bias = (bias - bn.running_mean.double()) * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias.double()
+    # Conv2d weights are [out, in / groups, kh, kw] whatever the groups: the
+    # output channel is always the first dimension
+    conv.weight = nn.Parameter((w.double() * scale.view(-1, 1, 1, 1)).to(w.dtype),
+                               requires_grad=w.requires_grad)
+    conv.bias = nn.Parameter(bias.to(w.dtype), requires_grad=w.requires_grad)
+
+
+def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """An eval-mode copy of ``model`` (``model`` itself with ``inplace``)
+    with every ``BatchNorm2d`` that directly follows a ``Conv2d`` in an
+    ``nn.Sequential`` folded into it and replaced by ``nn.Identity``.
+
+    Its outputs equal the eval-mode original's up to fp32 rounding. The
+    counts are on the returned model as ``bn_folding`` (a ``FoldCount``:
+    BatchNorms folded here, and those left because no convolution directly
+    precedes them or they have no running statistics)."""
+    folded = model if inplace else copy.deepcopy(model)
+    folded.eval()
+    count = 0
+    for module in list(folded.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for previous, name in zip(names, names[1:]):
+            conv, bn = module._modules[previous], module._modules[name]
+            if _foldable(conv, bn):
+                _fold_into(conv, bn)
+                module._modules[name] = nn.Identity()
+                count += 1
+    left = sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    folded.bn_folding = FoldCount(folded=count, left=left)
+    return folded
