@@ -15,6 +15,16 @@ if not HAS_CUDA:
 from rspnet.ops import _backend  # noqa: E402  (after TRITON_INTERPRET)
 
 
+@pytest.fixture
+def one_thread():
+    """One PyTorch CPU thread for the test (results and timings do not depend
+    on the machine's core count), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def cpu_backends(op: str) -> list[str]:
     """Every backend that can run ``op`` on CPU tensors here. The C++ kernels
     are expected whenever the extension is built: their absence fails the

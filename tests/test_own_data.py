@@ -32,12 +32,7 @@ SIZE = (64, 96)          # multiples of 32: evaluate feeds them to the network a
 FOLDER_IGNORE = 250      # not 255, so that the mapping to rspnet's internal void is exercised
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_tree(kind, root):

@@ -22,11 +22,10 @@ import os
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .classes import CAMVID, CLASSES_FILE, ClassTable, load_classes
-from .transforms import ValTransform
+from .transforms import TransformedSamples, ValTransform
 
 __all__ = ["LabelledImages", "FolderDataset", "CamVid", "IMAGE_EXTENSIONS", "read_image", "image_size", "folder_pairs",
            "camvid_pairs"]
@@ -76,7 +75,7 @@ def read_mask(path: str) -> np.ndarray:
     return mask
 
 
-class LabelledImages(torch.utils.data.Dataset):
+class LabelledImages(TransformedSamples):
     """Items ``(FloatTensor[3,H,W] normalised, LongTensor[H,W] class indices,
     255 void)`` of the pairs ``images[i]``, ``labels[i]``; ``transform(image,
     label, index)`` on the uint8 arrays (default: plain normalisation).
@@ -101,15 +100,6 @@ class LabelledImages(torch.utils.data.Dataset):
             raise ValueError(f"{label_path}: mask size {label.shape[1]}x{label.shape[0]} "
                              f"differs from image size {image.shape[1]}x{image.shape[0]} ({self.images[index]})")
         return image, self.classes.decode(label, label_path)
-
-    def __getitem__(self, index: int):
-        image, label = self.sample(index)
-        return self.transform(image, label, index)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Forwarded to the transform so augmentations differ per epoch."""
-        if hasattr(self.transform, "set_epoch"):
-            self.transform.set_epoch(epoch)
 
     def sizes(self) -> list[tuple[int, int]]:
         """(H, W) of every image, from the file headers."""

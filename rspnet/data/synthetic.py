@@ -27,12 +27,11 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from .labels import IGNORE_INDEX, trainid_to_labelid
-from .transforms import ValTransform
+from .transforms import TransformedSamples, ValTransform
 
 # trainIds, named for readability of the drawing code.
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, \
@@ -601,7 +600,7 @@ def scene_seed(seed: int, split: str, index: int) -> int:
     return 2 * (seed * 2**32 + index) + _SPLITS.index(split)
 
 
-class SyntheticScenes(torch.utils.data.Dataset):
+class SyntheticScenes(TransformedSamples):
     """``length`` synthetic scenes of ``size`` (H, W), rendered on access.
 
     Items are ``(FloatTensor[3,H,W] normalised with ImageNet mean/std,
@@ -623,15 +622,6 @@ class SyntheticScenes(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} scenes")
         return render_scene(scene_seed(self.seed, self.split, index), *self.size)
-
-    def __getitem__(self, index: int):
-        image, label = self.sample(index)
-        return self.transform(image, label, index)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Forwarded to the transform so augmentations differ per epoch."""
-        if hasattr(self.transform, "set_epoch"):
-            self.transform.set_epoch(epoch)
 
 
 def write_cityscapes_layout(root: str | os.PathLike, splits: dict[str, int] | None = None,

@@ -174,6 +174,26 @@ class ValTransform:
         return img, lbl
 
 
+class TransformedSamples(torch.utils.data.Dataset):
+    """A data set of raw samples (``sample(index)`` -> uint8 image, label)
+    served through ``self.transform(image, label, index)``; ``set_epoch`` is
+    forwarded to the transform so augmentations differ per epoch."""
+
+    transform = None
+
+    def sample(self, index: int):
+        raise NotImplementedError
+
+    def __getitem__(self, index: int):
+        image, label = self.sample(index)
+        return self.transform(image, label, index)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forwarded to the transform so augmentations differ per epoch."""
+        if hasattr(self.transform, "set_epoch"):
+            self.transform.set_epoch(epoch)
+
+
 def worker_init_fn(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed Python's and NumPy's global RNGs from
     the per-worker torch seed.  rspnet's own transforms do not use global RNGs
