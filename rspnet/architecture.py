@@ -45,6 +45,8 @@ stage-1 single-path topology with the derived cell at every scale. Trellis
 nodes are ``[layer, scale]``, the stem being ``[0, 0]``; a node reads nodes of
 the previous layer only, and the head reads every node of the last layer.
 ``search`` is free-form provenance (settings, seed) and is not interpreted.
+``widths.head`` (optional, default ``"concat"``) names the head design, one of
+``HEAD_KINDS`` (``rspnet.nn.head``).
 
 There is one way to read an architecture: ``Architecture.load(source)``, where
 ``source`` is a file path, its parsed JSON object, or an ``Architecture``.
@@ -61,7 +63,7 @@ from typing import Any, Mapping, Sequence
 
 from rspnet.files import atomic_open
 
-__all__ = ["PRIMITIVES", "LIGHT_PRIMITIVES", "CANDIDATE_SETS", "OP_NAMES", "Genotype", "KeptNode", "Architecture", "SCHEMA_VERSION", "edge_list",
+__all__ = ["PRIMITIVES", "LIGHT_PRIMITIVES", "CANDIDATE_SETS", "OP_NAMES", "Genotype", "KeptNode", "Architecture", "SCHEMA_VERSION", "HEAD_KINDS", "edge_list",
            "partial_channels", "reaching_head", "format_cell", "format_paths", "cell_to_dict",
            "cell_from_dict"]
 
@@ -98,6 +100,8 @@ Genotype = namedtuple("Genotype", "normal normal_concat")
 KeptNode = namedtuple("KeptNode", "node paths")
 
 SCHEMA_VERSION = 1
+# the segmentation heads an architecture can name (rspnet.nn.head.HEADS)
+HEAD_KINDS = ("concat", "light")
 _WEIGHT_SUM_TOLERANCE = 1e-6  # for hand-edited files; files we write sum to 1 within 1e-15
 
 
@@ -168,6 +172,7 @@ class Architecture:
     scales: int
     head_channels: int
     rsp_ratio: float = 0.5
+    head: str = "concat"        # rspnet.nn.head.HEADS
     rsp_depth: int = 1
     layers: int | None = None
     nodes: tuple[KeptNode, ...] | None = None
@@ -188,7 +193,10 @@ class Architecture:
             "schema_version": SCHEMA_VERSION,
             "cell": cell_to_dict(self.cell),
             "widths": {"channels": self.channels, "scales": self.scales,
-                       "head_channels": self.head_channels},
+                       "head_channels": self.head_channels,
+                       # written only when it is not the default, so that the
+                       # files (and structures) of earlier versions stay as they were
+                       **({} if self.head == "concat" else {"head": self.head})},
             "rsp": {"ratio": self.rsp_ratio, "depth": self.rsp_depth},
             "macro": macro,
             "search": self.search,
@@ -350,10 +358,13 @@ def _parse(data: Any) -> Architecture:
     if version != SCHEMA_VERSION or isinstance(version, bool):
         _fail("schema_version", f"{version!r} is not supported (this rspnet reads {SCHEMA_VERSION})")
     cell = _parse_cell(root["cell"])
-    widths = _object(root["widths"], "widths", ("channels", "scales", "head_channels"))
+    widths = _object(root["widths"], "widths", ("channels", "scales", "head_channels"), optional=("head",))
     channels = _int(widths["channels"], "widths.channels", 2)
     scales = _int(widths["scales"], "widths.scales", 1)
     head_channels = _int(widths["head_channels"], "widths.head_channels", 1)
+    head = widths.get("head", "concat")
+    if head not in HEAD_KINDS:
+        _fail("widths.head", f"expected one of {', '.join(map(repr, HEAD_KINDS))}, got {head!r}")
     rsp = _object(root["rsp"], "rsp", ("ratio", "depth"))
     ratio = rsp["ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
@@ -371,5 +382,5 @@ def _parse(data: Any) -> Architecture:
     if not isinstance(search, Mapping):
         _fail("search", f"expected an object, got {type(search).__name__}")
     return Architecture(cell=cell, channels=channels, scales=scales, head_channels=head_channels,
-                        rsp_ratio=float(ratio), rsp_depth=depth, layers=layers, nodes=nodes,
+                        head=head, rsp_ratio=float(ratio), rsp_depth=depth, layers=layers, nodes=nodes,
                         search=dict(search))

@@ -38,6 +38,17 @@ def test_round_trip_through_a_file(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "architecture.json"]  # no temp file left
 
 
+def test_head_kind_round_trips_and_defaults_to_concat():
+    light = _arch(head="light")
+    data = json.loads(json.dumps(light.to_dict()))
+    assert data["widths"]["head"] == "light"
+    assert Architecture.load(data) == light
+    # the default is not written: files of earlier versions read and write unchanged
+    plain = _arch().to_dict()
+    assert "head" not in plain["widths"]
+    assert Architecture.load(plain).head == "concat"
+
+
 def test_round_trip_single_path():
     arch = _arch(layers=None, nodes=None)
     data = json.loads(json.dumps(arch.to_dict()))
@@ -76,6 +87,7 @@ MALFORMED = [
     (_set(["extra"], 1), "(top level): unknown field 'extra'"),
     (_set(["widths", "channels"], "8"), "widths.channels: expected an integer, got '8'"),
     (_set(["widths", "scales"], True), "widths.scales: expected an integer"),
+    (_set(["widths", "head"], "aspp"), "widths.head: expected one of 'concat', 'light', got 'aspp'"),
     (_set(["rsp", "ratio"], 1.5), "rsp.ratio: expected a number in (0, 1)"),
     (_set(["rsp", "depth"], 4), "rsp: at scale 0 (8 channels)"),
     (_set(["macro", "layers"], 0), "macro.layers: 0 is out of range"),

@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from rspnet.nn import DerivedCell, Head, RSPBlock, SinglePathBackbone, Stem, TrellisBackbone
+from rspnet.nn import DerivedCell, RSPBlock, SinglePathBackbone, Stem, TrellisBackbone, make_head
 from rspnet.architecture import Architecture
 
 
@@ -42,7 +42,8 @@ class RSPNet(nn.Module):
             for i, n in enumerate(arch.nodes):
                 self.register_buffer(f"path_logits_{i}",
                                      torch.tensor([math.log(w) for _, w in n.paths]), persistent=False)
-        self.head = Head([arch.channels * 2 ** s for s in head_scales], num_classes, arch.head_channels)
+        self.head = make_head(arch.head, [arch.channels * 2 ** s for s in head_scales], num_classes,
+                              arch.head_channels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         stem = self.stem(images)

@@ -1,4 +1,20 @@
-"""Segmentation head: last-layer maps → class scores at input size."""
+"""Segmentation heads: last-layer maps → class scores at input size.
+
+Two designs, named in the architecture file's ``widths.head``:
+
+* ``concat`` (``Head``): every map upsampled to 1/4 of the input,
+  concatenated, a 3×3 conv over all of their channels. Its cost grows with the
+  sum of the maps' channels at 1/4 resolution: at F = 16..20 it is the largest
+  single piece of a derived network (half its FLOPs, more of its CPU latency).
+* ``light`` (``LightHead``): every map brought to the head's width by a 1×1
+  conv at its *own* resolution (the 1×1 conv commutes with the linear
+  resampling, as in the Path-Attention Module), averaged at 1/4 by
+  ``rspnet.ops.path_fusion`` without materialising the resampled maps, one
+  3×3 conv at the head's width, and a global-context gate (a sigmoid of a 1×1
+  conv of the coarsest map's global average, as in LR-ASPP): a channel
+  attention that sees the whole image, which per-pixel features of a small
+  network cannot.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,7 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .primitives import ConvBNReLU
+from rspnet.architecture import HEAD_KINDS
+from rspnet.ops import path_fusion
+
+from .primitives import ConvBNReLU, ReLUConvBN
 from .recompute import Recomputable, check_memory_mode, checkpoint, upsampled_cross_entropy
 
 
@@ -68,8 +87,28 @@ class _UpsampleConcatConv(torch.autograd.Function):
         return (None, None, dw, *df)
 
 
-class Head(Recomputable, nn.Module):
-    """Upsample every map to 1/4 of the input, concatenate, 3×3 conv + BN +
+class _HeadBase(Recomputable, nn.Module):
+    """What every head shares: ``forward`` (class scores at the image size) and
+    ``loss`` on top of the subclass's ``scores`` (at 1/4 of the image)."""
+
+    def scores(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        scores = self.scores(features, image_size)
+        return F.interpolate(scores, size=tuple(image_size), mode="bilinear", align_corners=False)
+
+    def loss(self, features: Sequence[torch.Tensor], labels: torch.Tensor,
+             ignore_index: int = -100) -> torch.Tensor:
+        """Mean cross-entropy of ``self(features, labels' size)`` against ``labels``."""
+        image_size = tuple(labels.shape[-2:])
+        if self.memory == "recompute":
+            return upsampled_cross_entropy(self.scores(features, image_size), labels, ignore_index)
+        return F.cross_entropy(self(features, image_size), labels, ignore_index=ignore_index)
+
+
+class Head(_HeadBase):
+    """The ``concat`` head. Upsample every map to 1/4 of the input, concatenate, 3×3 conv + BN +
     ReLU, 1×1 classifier, bilinear upsampling to the input size.
 
     ``memory="recompute"`` (search supernets) keeps only the input maps for
@@ -99,14 +138,57 @@ class Head(Recomputable, nn.Module):
             return checkpoint(self._recomputed_scores, size, *features, modules=(self,))
         return self.classifier(self.fuse(torch.cat(_upsampled(features, size), 1)))
 
-    def forward(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
-        scores = self.scores(features, image_size)
-        return F.interpolate(scores, size=tuple(image_size), mode="bilinear", align_corners=False)
 
-    def loss(self, features: Sequence[torch.Tensor], labels: torch.Tensor,
-             ignore_index: int = -100) -> torch.Tensor:
-        """Mean cross-entropy of ``self(features, labels' size)`` against ``labels``."""
-        image_size = tuple(labels.shape[-2:])
+class LightHead(_HeadBase):
+    """The ``light`` head: per map ReLU, 1×1 conv and BN to ``channels`` at the
+    map's own resolution; their mean at 1/4 of the input (``path_fusion``);
+    ReLU, 3×3 conv + BN + ReLU; multiplied per channel by
+    ``sigmoid(conv1x1(mean(relu(coarsest map))))``; 1×1 classifier; bilinear
+    upsampling to the input size.
+
+    ``memory="recompute"`` keeps only the input maps for backward (the
+    1/4-resolution part runs again), and :meth:`loss` fuses the final
+    upsampling with the cross-entropy, as for ``Head``.
+    """
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, channels: int,
+                 memory: str = "store"):
+        super().__init__()
+        if not in_channels:
+            raise ValueError("LightHead: needs at least one input map")
+        self.memory = check_memory_mode(memory, "LightHead")
+        self.projections = nn.ModuleList(ReLUConvBN(c, channels) for c in in_channels)
+        self.refine = ConvBNReLU(channels, channels, 3)
+        self.context = nn.Conv2d(in_channels[-1], channels, 1)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        # path_fusion weighs by softmax(logits): zeros give the mean
+        self.register_buffer("fusion_logits", torch.zeros(len(in_channels)), persistent=False)
+
+    def _scores(self, size: tuple[int, int], *features: torch.Tensor) -> torch.Tensor:
+        if len(features) != len(self.projections):
+            raise ValueError(f"LightHead: built for {len(self.projections)} maps, got {len(features)}")
+        paths = [p(f) for p, f in zip(self.projections, features)]
+        fused = path_fusion(self.fusion_logits.to(paths[0].dtype), paths, size)
+        y = self.refine(F.relu(fused))
+        coarsest = F.relu(features[-1]).mean((2, 3), keepdim=True)
+        gate = torch.sigmoid(self.context(coarsest.to(y.dtype)))
+        return self.classifier(y * gate)
+
+    def scores(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        """Class scores (pre-softmax) at 1/4 of ``image_size``."""
+        size = (image_size[0] // 4, image_size[1] // 4)
         if self.memory == "recompute":
-            return upsampled_cross_entropy(self.scores(features, image_size), labels, ignore_index)
-        return F.cross_entropy(self(features, image_size), labels, ignore_index=ignore_index)
+            return checkpoint(self._scores, size, *features, modules=(self,))
+        return self._scores(size, *features)
+
+
+HEADS = {"concat": Head, "light": LightHead}
+assert tuple(HEADS) == HEAD_KINDS
+
+
+def make_head(kind: str, in_channels: Sequence[int], num_classes: int, channels: int,
+              memory: str = "store") -> _HeadBase:
+    """The head named ``kind`` (a key of ``HEADS``)."""
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}: expected one of {', '.join(HEADS)}")
+    return HEADS[kind](in_channels, num_classes, channels, memory=memory)

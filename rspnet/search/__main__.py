@@ -19,7 +19,7 @@ import sys
 from typing import Sequence
 
 from rspnet import data
-from rspnet.architecture import CANDIDATE_SETS
+from rspnet.architecture import CANDIDATE_SETS, HEAD_KINDS
 from rspnet.cli import (add_run_options, architecture_arg, checked, data_root_help, nonnegative_int, parse_size,
                         positive_float, positive_int, run_command, run_options)
 from rspnet.nn import MEMORY_MODES
@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rsp-depth", type=positive_int, default=DEFAULTS.rsp_depth, help="RSP recursion depth")
     p.add_argument("--head-channels", type=positive_int, default=DEFAULTS.head_channels,
                    help="width of the head's 3x3 conv (default: 4 F)")
+    p.add_argument("--max-skip", type=nonnegative_int, default=DEFAULTS.max_skip,
+                   help="at most this many skip_connect edges in the derived cell (P-DARTS): the "
+                        "weakest extra skips take their next-best op (default: no limit)")
+    p.add_argument("--head", choices=HEAD_KINDS, default=DEFAULTS.head,
+                   help="the head: concat (every last-layer map upsampled to 1/4, concatenated, 3x3 conv) "
+                        "or light (1x1 conv per map at its own scale, averaged at 1/4, 3x3 conv at the "
+                        "head's width, global-context gate: a fraction of concat's cost)")
     p.add_argument("--arch-lr", type=positive_float, default=DEFAULTS.arch_lr,
                    help="Adam learning rate of the architecture parameters (α in stage 1, β in stage 2)")
     p.add_argument("--arch-betas", type=float, nargs=2, default=DEFAULTS.arch_betas, metavar=("B1", "B2"),
@@ -136,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device, edge_partial=args.edge_partial,
         edge_normalization=args.edge_normalization, skip_bn=args.skip_bn, path_norm=args.path_norm,
         rsp_ratio=args.rsp_ratio, candidates=args.candidates,
-        rsp_depth=args.rsp_depth, head_channels=args.head_channels, top_k=args.top_k,
+        rsp_depth=args.rsp_depth, head_channels=args.head_channels, head=args.head, max_skip=args.max_skip, top_k=args.top_k,
         param_penalty=args.param_penalty,
         flops_budget=None if args.flops_budget is None else args.flops_budget * 1e9,
         latency_budget=args.latency_budget, cost_weight=args.cost_weight,

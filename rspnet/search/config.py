@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rspnet.architecture import CANDIDATE_SETS, partial_channels
+from rspnet.architecture import CANDIDATE_SETS, HEAD_KINDS, partial_channels
 
 from .architect import ORDERS
 
@@ -60,7 +60,9 @@ class SearchConfig:
     rsp_ratio: float = 0.5
     rsp_depth: int = 1
     head_channels: int | None = None   # None: 4 F
+    head: str = "concat"                # rspnet.nn.HEADS
     top_k: int = 2
+    max_skip: int | None = None        # P-DARTS: skip_connect edges kept in the derived cell; None: any
     param_penalty: float = 0.0
     param_budget: float | None = None  # parameters
     # cost-aware search (docs/design.md §6): λ · max(0, E[cost] - budget) / budget
@@ -127,6 +129,10 @@ def check_config(c: SearchConfig) -> None:
         raise ValueError("--flops-budget / --latency-budget need --cost-weight > 0")
     if min(c.latency_size) <= 0 or c.latency_size[0] % 32 or c.latency_size[1] % 32:
         raise ValueError(f"--latency-size must be HxW, multiples of 32, got {c.latency_size}")
+    if c.max_skip is not None and c.max_skip < 0:
+        raise ValueError(f"--max-skip must be >= 0, got {c.max_skip}")
+    if c.head not in HEAD_KINDS:
+        raise ValueError(f"--head must be one of {', '.join(HEAD_KINDS)}, got {c.head!r}")
     if c.candidates not in CANDIDATE_SETS:
         raise ValueError(f"--candidates must be one of {', '.join(CANDIDATE_SETS)}, got {c.candidates!r}")
     if c.memory not in MEMORY_MODES or c.order not in ORDERS:

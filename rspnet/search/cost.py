@@ -46,7 +46,7 @@ import torch.nn as nn
 from rspnet.architecture import PRIMITIVES, Architecture, Genotype, partial_channels
 from rspnet.files import atomic_open
 from rspnet.models.cost import count_flops_of
-from rspnet.nn import (OPS, DerivedCell, Head, ReLUConvBN, RSPBlock, Stem, layer_nodes, trellis_nodes)
+from rspnet.nn import OPS, DerivedCell, ReLUConvBN, RSPBlock, Stem, layer_nodes, make_head, trellis_nodes
 from rspnet.nn.primitives import ConvBNReLU
 from rspnet.ops import path_fusion
 
@@ -72,6 +72,7 @@ class CostGeometry:
     size: tuple[int, int]
     top_k: int = 2
     primitives: tuple[str, ...] = PRIMITIVES
+    head: str = "concat"
 
     def width(self, scale: int) -> int:
         return self.channels * 2 ** scale
@@ -115,7 +116,7 @@ class _Path(nn.Module):
 
 
 class _HeadAt(nn.Module):
-    def __init__(self, head: Head, image_size: tuple[int, int]):
+    def __init__(self, head: nn.Module, image_size: tuple[int, int]):
         super().__init__()
         self.head, self.image_size = head, image_size
 
@@ -132,7 +133,7 @@ def _pieces(g: CostGeometry, head_scales: Sequence[tuple[int, ...]]):
     H, W = g.size
     pieces = [("stem", Stem(g.channels), [(1, 3, H, W)])]
     for scales in head_scales:
-        head = Head([g.width(s) for s in scales], g.num_classes, g.head_channels)
+        head = make_head(g.head, [g.width(s) for s in scales], g.num_classes, g.head_channels)
         pieces.append((f"head:{','.join(map(str, scales))}", _HeadAt(head, g.size),
                        [(1, g.width(s), *g.resolution(s)) for s in scales]))
     skip = _all_skip_cell(g.steps)

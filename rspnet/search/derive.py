@@ -4,6 +4,14 @@ Cell (DARTS's rule): intermediate node ``t`` keeps its ``min(2, t)`` strongest
 incoming edges, an edge's strength being its largest non-``none`` weight; each
 kept edge takes its arg-max non-``none`` op.
 
+``max_skip`` (P-DARTS's limit on skip connections, off by default): while
+the cell has more ``skip_connect`` edges than that, the kept skip edge with
+the smallest skip weight loses its skip weight (set to 0) and the cell is
+derived again, so that edge takes its next-best op, or another edge of the
+node wins. DARTS's parameter-free ops win early in a search, while the
+convolutions are still untrained, and a cell of skip connections is cheap
+and shallow: the limit keeps some of the convolutions the search ranked next.
+
 Paths: each trellis node keeps its ``top_k`` incoming paths by ``softmax(β)``;
 nodes that cannot reach the head (which reads every last-layer node) are
 pruned; the kept paths' weights are their softmax renormalised to sum to 1.
@@ -29,14 +37,31 @@ def _strongest(scores: Sequence[float], k: int) -> list[int]:
 
 
 def derive_cell(alphas: torch.Tensor, steps: int = 4, edge_logits: torch.Tensor | None = None,
-                primitives: Sequence[str] = PRIMITIVES) -> Genotype:
+                primitives: Sequence[str] = PRIMITIVES, max_skip: int | None = None) -> Genotype:
     """The DARTS cell of ``alphas`` ([edges, ops]); with PC-DARTS edge
     normalisation (``edge_logits``), an edge's op weights are scaled by its
-    edge weight before ranking, as PC-DARTS derives."""
+    edge weight before ranking, as PC-DARTS derives. ``max_skip``: at most
+    that many ``skip_connect`` edges (module doc)."""
     weights = torch.softmax(alphas.detach().double(), dim=-1)
     if edge_logits is not None:
         weights = weights * edge_normalization(edge_logits.detach().double(), steps)[:, None]
     weights = weights.tolist()
+    if max_skip is None or "skip_connect" not in primitives:
+        return _derive(weights, steps, primitives)
+    if max_skip < 0:
+        raise ValueError(f"max_skip must be >= 0, got {max_skip}")
+    skip = primitives.index("skip_connect")
+    edges = edge_list(steps)
+    while True:
+        cell = _derive(weights, steps, primitives)
+        kept = [edges.index((s, t)) for op, s, t in cell.normal if op == "skip_connect"]
+        if len(kept) <= max_skip:
+            return cell
+        weakest = min(kept, key=lambda e: (weights[e][skip], e))
+        weights[weakest][skip] = 0.0
+
+
+def _derive(weights: list[list[float]], steps: int, primitives: Sequence[str]) -> Genotype:
     candidates = [k for k, name in enumerate(primitives) if name != "none"]
     edges = edge_list(steps)
     normal = []

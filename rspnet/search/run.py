@@ -35,7 +35,7 @@ __all__ = ["run", "STAGES"]
 STAGES = ("1", "2", "both")
 _PROVENANCE = ("data", "images", "size", "epochs", "warmup", "batch_size", "layers", "memory", "order", "seed",
                "edge_partial", "edge_normalization", "skip_bn", "path_norm", "top_k", "param_penalty", "param_budget",
-               "candidates", "flops_budget", "latency_budget", "cost_weight", "latency_size",
+               "candidates", "max_skip", "flops_budget", "latency_budget", "cost_weight", "latency_size",
                "arch_lr", "arch_betas", "arch_weight_decay")
 
 
@@ -66,7 +66,7 @@ def run(config: SearchConfig, options: RunOptions | None = None, stage: str = "b
 def _architecture(config: SearchConfig, cell: Genotype, nodes=None) -> Architecture:
     provenance = {k: v for k, v in plain(config).items() if k in _PROVENANCE}
     return Architecture(cell=cell, channels=config.channels, scales=config.scales,
-                        head_channels=config.head_width, rsp_ratio=config.rsp_ratio,
+                        head_channels=config.head_width, head=config.head, rsp_ratio=config.rsp_ratio,
                         rsp_depth=config.rsp_depth, layers=config.layers if nodes else None,
                         nodes=nodes, search=provenance)
 

@@ -72,7 +72,7 @@ def cost_geometry(config: SearchConfig, num_classes: int, size: tuple[int, int])
     """The geometry of the networks a search with ``config`` derives, measured at ``size``."""
     c = config
     return CostGeometry(c.channels, c.scales, c.layers, c.steps, c.rsp_ratio, c.rsp_depth, c.head_width,
-                        num_classes, tuple(size), c.top_k, c.primitives)
+                        num_classes, tuple(size), c.top_k, c.primitives, c.head)
 
 
 def cost_penalties(config: SearchConfig, num_classes: int, device) -> dict[str, CostPenalty]:
@@ -135,11 +135,12 @@ class StageSearch(ResumableLoop):
             model = SinglePathSupernet(num_classes, c.channels, c.scales, c.steps, c.memory,
                                        c.edge_partial, c.edge_normalization, c.rsp_ratio,
                                        c.rsp_depth, c.head_width, primitives=c.primitives,
-                                       ignore_index=ignore_index, skip_bn=c.skip_bn)
+                                       ignore_index=ignore_index, skip_bn=c.skip_bn, head=c.head,
+                                       max_skip=c.max_skip)
         else:
             model = MacroSupernet(num_classes, cell, c.channels, c.scales, c.layers, c.rsp_ratio,
                                   c.rsp_depth, c.head_width, memory=c.memory, ignore_index=ignore_index,
-                                  path_norm=c.path_norm)
+                                  path_norm=c.path_norm, head=c.head)
         self.model = distributed.convert_sync_batchnorm(model, self.device).to(self.device)
         # identical initialisation everywhere (DDP also broadcasts the weights, not α / β)
         distributed.broadcast_tensors_(list(self.model.parameters()) + list(self.model.buffers()))

@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 
 from rspnet.architecture import PRIMITIVES, Genotype, KeptNode, edge_list
-from rspnet.nn import (Cell, DerivedCell, Head, RSPBlock, SinglePathBackbone, Stem, TrellisBackbone,
-                       edge_normalization, layer_nodes, trellis_nodes)
+from rspnet.nn import (Cell, DerivedCell, RSPBlock, SinglePathBackbone, Stem, TrellisBackbone,
+                       edge_normalization, layer_nodes, make_head, trellis_nodes)
 
 from .derive import derive_cell, derive_paths
 
@@ -67,6 +67,9 @@ class SinglePathSupernet(_Supernet):
         edge_normalization: PC-DARTS edge normalisation (an extra logit per edge).
         rsp_ratio, rsp_depth: the RSP split around each cell.
         head_channels: width of the head's 3×3 conv.
+        head: the head design (``rspnet.nn.HEADS``: ``concat`` or ``light``).
+        max_skip: at most this many ``skip_connect`` edges in the derived cell
+            (``derive_cell``); None: no limit.
         ignore_index: the label the loss ignores.
         skip_bn: an affine-free BatchNorm after every ``skip_connect`` candidate
             (``MixedOp``), so that it cannot win as a mere scale.
@@ -75,9 +78,10 @@ class SinglePathSupernet(_Supernet):
     def __init__(self, num_classes: int, channels: int = 16, scales: int = 4, steps: int = 4,
                  memory: str = "recompute", edge_partial: int = 1, edge_normalization: bool = False,
                  rsp_ratio: float = 0.5, rsp_depth: int = 1, head_channels: int = 64,
-                 primitives: Sequence[str] = PRIMITIVES, ignore_index: int = 255, skip_bn: bool = True):
+                 primitives: Sequence[str] = PRIMITIVES, ignore_index: int = 255, skip_bn: bool = True,
+                 head: str = "concat", max_skip: int | None = None):
         super().__init__()
-        self.steps, self.ignore_index = steps, ignore_index
+        self.steps, self.ignore_index, self.max_skip = steps, ignore_index, max_skip
         self.primitives = tuple(primitives)
 
         def make_cell(c: int) -> Cell:
@@ -86,8 +90,8 @@ class SinglePathSupernet(_Supernet):
         self.stem = Stem(channels, memory=memory)
         self.backbone = SinglePathBackbone(
             channels, scales, lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth))
-        self.head = Head([channels * 2 ** s for s in range(scales)], num_classes, head_channels,
-                         memory=memory)
+        self.head = make_head(head, [channels * 2 ** s for s in range(scales)], num_classes,
+                              head_channels, memory=memory)
         num_edges = len(edge_list(steps))
         # DARTS's initialisation: near-uniform mixtures, broken by small noise
         self.alphas = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
@@ -108,7 +112,7 @@ class SinglePathSupernet(_Supernet):
 
     def genotype(self) -> Genotype:
         """The derived cell (DARTS's rule, ``derive_cell``)."""
-        return derive_cell(self.alphas, self.steps, self.edge_logits, self.primitives)
+        return derive_cell(self.alphas, self.steps, self.edge_logits, self.primitives, self.max_skip)
 
     def expected_params(self) -> torch.Tensor:
         """Parameters of the searched edges of every cell, in expectation under α."""
@@ -137,7 +141,7 @@ class MacroSupernet(_Supernet):
         genotype: the fixed cell (stage-1 result).
         channels, scales: as ``SinglePathSupernet``.
         layers: trellis depth L.
-        rsp_ratio, rsp_depth, head_channels: as ``SinglePathSupernet``.
+        rsp_ratio, rsp_depth, head_channels, head: as ``SinglePathSupernet``.
         memory: ``"store"`` (default: the plain network) or ``"recompute"``: the
             stem, every trellis node and the head keep only their inputs for
             backward, and the loss fuses the final upsampling (``rspnet.nn.recompute``).
@@ -149,7 +153,7 @@ class MacroSupernet(_Supernet):
     def __init__(self, num_classes: int, genotype: Genotype, channels: int = 16, scales: int = 4,
                  layers: int = 8, rsp_ratio: float = 0.5, rsp_depth: int = 1,
                  head_channels: int = 64, memory: str = "store", ignore_index: int = 255,
-                 path_norm: bool = False):
+                 path_norm: bool = False, head: str = "concat"):
         super().__init__()
         self.ignore_index = ignore_index
         self.cell = genotype
@@ -165,8 +169,8 @@ class MacroSupernet(_Supernet):
             lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth), affine=False, memory=memory,
             path_norm=path_norm)
         last = layer_nodes(self.nodes, layers)
-        self.head = Head([channels * 2 ** s for _, s in last], num_classes, head_channels,
-                         memory=memory)
+        self.head = make_head(head, [channels * 2 ** s for _, s in last], num_classes,
+                              head_channels, memory=memory)
         self.betas = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(len(src)))
                                       for src in self.sources)
 

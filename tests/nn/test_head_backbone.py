@@ -2,7 +2,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rspnet.nn import Head, SinglePathBackbone, Stem, TrellisBackbone, layer_nodes, trellis_nodes
+from rspnet.nn import Head, LightHead, SinglePathBackbone, Stem, TrellisBackbone, layer_nodes, trellis_nodes
 
 
 def test_head_matches_its_definition():
@@ -13,6 +13,37 @@ def test_head_matches_its_definition():
     logits = head.classifier(head.fuse(torch.cat([f[0], up], 1)))
     expected = F.interpolate(logits, size=(32, 64), mode="bilinear", align_corners=False)
     torch.testing.assert_close(head(f, (32, 64)), expected, rtol=0, atol=0)
+
+
+def test_light_head_matches_its_definition():
+    """Plain PyTorch, written out: per-map ReLU → 1×1 conv → BN (eval) at the
+    map's own resolution, bilinear to 1/4 and averaged, ReLU, 3×3 conv → BN →
+    ReLU, times sigmoid(1×1 conv of the coarsest map's mean), classifier."""
+    torch.manual_seed(0)
+    head = LightHead([4, 8, 16], num_classes=5, channels=6).double()
+    for bn in (m for m in head.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
+    head.eval()
+    f = [torch.randn(2, c, 8 >> s, 16 >> s, dtype=torch.float64) for s, c in enumerate([4, 8, 16])]
+
+    def bn(x, m):
+        return (x - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps) \
+            * m.weight[:, None, None] + m.bias[:, None, None]
+
+    paths = []
+    for x, proj in zip(f, head.projections):
+        _, conv, norm = proj
+        y = bn(F.conv2d(torch.relu(x), conv.weight), norm)
+        paths.append(F.interpolate(y, size=(8, 16), mode="bilinear", align_corners=False))
+    fused = torch.stack(paths).mean(0)
+    conv, norm, _ = head.refine
+    y = torch.relu(bn(F.conv2d(torch.relu(fused), conv.weight, padding=1), norm))
+    gate = torch.sigmoid(F.conv2d(torch.relu(f[2]).mean((2, 3), keepdim=True), head.context.weight,
+                                  head.context.bias))
+    logits = F.conv2d(y * gate, head.classifier.weight, head.classifier.bias)
+    expected = F.interpolate(logits, size=(32, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(head(f, (32, 64)), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_trellis_nodes_follow_auto_deeplab_reachability():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rspnet.nn import (Cell, DerivedCell, Genotype, Head, MixedOp, RSPBlock, Stem, TrellisBackbone,
+from rspnet.nn import (Cell, DerivedCell, Genotype, Head, LightHead, MixedOp, RSPBlock, Stem, TrellisBackbone,
                        layer_nodes, set_memory_mode, trellis_nodes, upsampled_cross_entropy)
 from rspnet.nn.recompute import Recomputable
 
@@ -89,9 +89,9 @@ def _compare(store, recompute, run, inputs_fn, dtype=torch.float64):
     assert _bn_counts(store) == _bn_counts(recompute) == {1}  # the recompute counted no batch
 
 
-def _head_pair(dtype=torch.float64):
+def _head_pair(dtype=torch.float64, kind=Head):
     torch.manual_seed(0)
-    store = Head([4, 8, 16], num_classes=5, channels=6).to(dtype)
+    store = kind([4, 8, 16], num_classes=5, channels=6).to(dtype)
     return store, set_memory_mode(copy.deepcopy(store), "recompute")
 
 
@@ -101,16 +101,18 @@ def _head_inputs(dtype=torch.float64):
             for s, c in enumerate([4, 8, 16])]
 
 
+@pytest.mark.parametrize("kind", [Head, LightHead])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_head_loss_store_and_recompute_agree(dtype):
-    store, recompute = _head_pair(dtype)
+def test_head_loss_store_and_recompute_agree(dtype, kind):
+    store, recompute = _head_pair(dtype, kind)
     labels = _labels(2, 32, 64, classes=5)
     _compare(store, recompute, lambda m, *f: m.loss(list(f), labels, ignore_index=255),
              lambda: _head_inputs(dtype), dtype)
 
 
-def test_head_forward_store_and_recompute_agree():
-    store, recompute = _head_pair()
+@pytest.mark.parametrize("kind", [Head, LightHead])
+def test_head_forward_store_and_recompute_agree(kind):
+    store, recompute = _head_pair(kind=kind)
     grad = torch.randn(2, 5, 32, 64, dtype=torch.float64)
     _compare(store, recompute, lambda m, *f: (m(list(f), (32, 64)) * grad).sum(), _head_inputs)
     store.eval(), recompute.eval()

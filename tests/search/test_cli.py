@@ -57,6 +57,23 @@ def test_cost_aware_search_reports_the_tables_cost(tmp_path, capsys):
     assert json.loads((out / "architecture.json").read_text())["search"]["flops_budget"] == 1e6
 
 
+def test_light_head_and_skip_limit_reach_the_architecture(tmp_path):
+    """--head light --max-skip 1: the file names the head, the derived cell
+    has at most one skip connection, the summary's FLOPs are the network's."""
+    out = tmp_path / "run"
+    assert main(TINY + ["--out", str(out), "--head", "light", "--max-skip", "1", "--head-channels", "8",
+                        "--flops-budget", "0.001"]) == 0
+    data = json.loads((out / "architecture.json").read_text())
+    assert data["widths"]["head"] == "light" and data["search"]["max_skip"] == 1
+    arch = Architecture.load(data)
+    assert [op for op, _, _ in arch.cell.normal].count("skip_connect") <= 1
+    model = RSPNet(arch, 19)
+    assert type(model.head).__name__ == "LightHead"
+    derived = json.loads((out / "summary.json").read_text())["derived"]
+    assert derived["params"] == sum(p.numel() for p in model.parameters())
+    assert derived["table_flops"] == derived["flops"]
+
+
 class Interrupt(Exception):
     pass
 
@@ -129,6 +146,8 @@ def test_stage2_alone_from_a_cell_file(tmp_path):
     (["--cost-weight", "-1"], "--cost-weight must be >= 0"),
     (["--candidates", "tiny"], "invalid choice: 'tiny'"),
     (["--latency-size", "100x100"], "multiples of 32"),
+    (["--head", "aspp"], "invalid choice: 'aspp'"),
+    (["--max-skip", "-1"], "--max-skip"),
 ])
 def test_bad_arguments_give_argparse_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as info:

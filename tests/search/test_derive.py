@@ -49,6 +49,41 @@ def test_edge_normalization_reranks_edges():
     assert ("max_pool_3x3", 1, 3) in g.normal and ("dil_conv_5x5", 2, 3) not in g.normal
 
 
+def _skip_heavy():
+    """Skip wins every edge; the runner-up of each edge is set by hand."""
+    a = torch.zeros(10, 8)
+    a[:, 3] = torch.tensor([3.0, 2.0, 2.5, 1.0, 3.0, 2.0, 1.5, 2.2, 2.0, 2.6])
+    a[:, 4] = 0.5                                       # sep_conv_3x3 runner-up everywhere...
+    a[1, 6] = a[6, 7] = 1.2                             # ...but dil_conv_3x3 on (0,2), dil_conv_5x5 on (0,4)
+    return a
+
+
+def test_max_skip_replaces_the_weakest_skips_in_turn():
+    cell = derive_cell(_skip_heavy())
+    assert format_cell(cell) == ("1=skip_connect(0) 2=skip_connect(0)+skip_connect(1) "
+                                 "3=skip_connect(1)+skip_connect(2) 4=skip_connect(1)+skip_connect(3)")
+    # 7 skips; max_skip=5 removes two, re-deriving after each:
+    # 1. the weakest kept skips are (0,2) and (2,3), logit 2.0: the earlier edge, (0,2), loses its
+    #    skip weight and takes its runner-up dil_conv_3x3 (node 2 has only two edges, both kept);
+    # 2. (2,3) loses its skip: its best op is now sep_conv_3x3 (logit 0.5 in a row whose softmax
+    #    is spread by skip's 2.0), weaker than (0,3)'s skip (logit 1.0), so node 3 keeps (0,3)
+    #    with skip -- still 6 skips;
+    # 3. (0,3)'s skip (1.0) is now the weakest: it goes, and (0,3) keeps its place with
+    #    sep_conv_3x3, whose probability in row (0,3) beats the one in row (2,3).
+    limited = derive_cell(_skip_heavy(), max_skip=5)
+    assert format_cell(limited) == ("1=skip_connect(0) 2=dil_conv_3x3(0)+skip_connect(1) "
+                                    "3=sep_conv_3x3(0)+skip_connect(1) 4=skip_connect(1)+skip_connect(3)")
+    for m in range(8):
+        ops = [op for op, _, _ in derive_cell(_skip_heavy(), max_skip=m).normal]
+        assert ops.count("skip_connect") == min(m, 7)
+        assert "none" not in ops
+    assert derive_cell(_skip_heavy(), max_skip=7) == cell
+    # ops without a skip_connect candidate: the limit has nothing to do
+    light = ("none", "sep_conv_3x3", "sep_conv_5x5")
+    assert derive_cell(_skip_heavy()[:, [0, 4, 5]], primitives=light, max_skip=0) == \
+        derive_cell(_skip_heavy()[:, [0, 4, 5]], primitives=light)
+
+
 NODES = trellis_nodes(3, 4)
 SOURCES = [layer_nodes(NODES, layer - 1) for layer, _ in NODES]
 
