@@ -14,10 +14,11 @@ FLOPs (``torch.utils.flop_counter.FlopCounterMode``, a multiply-add counting
 2), and the latency and FPS at ``--resolution H W`` (default 512 1024),
 batch 1, on ``--device`` with ``--threads`` CPU threads (default 1)
 (optionally ``--compile`` with ``torch.compile`` and ``--dtype bf16|fp16``),
-of the network as trained and BatchNorm-folded (``rspnet.models.fold``), and
-beside them torchvision's LRASPP-MobileNetV3-Large (random weights, the same
-classes) measured the same way in the same run, with the ratios
-rspnet / LRASPP; without torchvision a line says how to install it
+of the network as trained and in its folded inference form (BatchNorms
+merged into the convolutions, linear cell states into the cells'
+projections: ``rspnet.models.fold``), and beside them torchvision's
+LRASPP-MobileNetV3-Large (random weights, the same classes) measured the
+same way in the same run, with the ratios rspnet / LRASPP; without torchvision a line says how to install it
 (``pip install -e .[bench]``). Each network is timed in the memory layout
 (NCHW or channels-last) its warm-up runs found faster (``--memory-format``).
 
@@ -277,14 +278,16 @@ def folding_difference(model: torch.nn.Module, folded: torch.nn.Module, resoluti
 def network_costs(model: torch.nn.Module, resolution: Sequence[int], device: torch.device, dtype: torch.dtype,
                   compile: bool, warmup: int, iters: int, memory_format: str) -> dict[str, Any]:
     """A report row for ``model`` (fp32 on CPU): the network as it is and
-    BatchNorm-folded, each with its parameters, FLOPs at ``resolution`` and
-    latency on ``device`` (the models are measured last: the latency casts them)."""
+    folded (``fold_batchnorm``: BatchNorms, and linear cell states), each
+    with its parameters, FLOPs at ``resolution`` and latency on ``device``
+    (the models are measured last: the latency casts them)."""
     model.eval()   # before anything runs it: a forward in training mode would update BN statistics
     folded = fold_batchnorm(model)
     diff, scale = folding_difference(model, folded, resolution)
     rows = {"unfolded": {"params": count_params(model), "flops": count_flops(model, resolution)},
             "folded": {"params": count_params(folded), "flops": count_flops(folded, resolution),
                        "bn_folded": folded.bn_folding.folded, "bn_left": folded.bn_folding.left,
+                       "cells_folded": folded.bn_folding.cells,
                        "max_abs_diff_vs_unfolded": diff, "max_abs_output": scale}}
     for key, net in (("unfolded", model), ("folded", folded)):
         rows[key]["latency"] = measure_latency(net, resolution, device, dtype, compile, warmup, iters,
@@ -318,8 +321,10 @@ def format_report(report: dict[str, Any]) -> str:
                               f"layout {report.get('memory_format', 'auto')}")]
     folded = report.get("folded")
     if folded:
-        text = f"rspnet {folded['bn_folded']} BatchNorm folded, {folded['bn_left']} left " \
-               f"(max |folded - unfolded| {folded['max_abs_diff_vs_unfolded']:.1e} " \
+        cells = folded.get("cells_folded", 0)
+        text = f"rspnet {folded['bn_folded']} BatchNorm folded, {folded['bn_left']} left" \
+               + (f", linear states of {cells} cell{'s' if cells != 1 else ''} merged" if cells else "") \
+               + f" (max |folded - unfolded| {folded['max_abs_diff_vs_unfolded']:.1e} " \
                f"of max |output| {folded['max_abs_output']:.3g})"
         ref = report.get("reference")
         if ref:

@@ -99,6 +99,27 @@ def test_report_without_checkpoint(run, tmp_path, capsys):
     assert report["dtype"] == "fp32" and report["compile"] is False
 
 
+def test_report_counts_the_cells_whose_linear_states_are_merged():
+    """A cell with skip_connect chains: the folded row says how many cells
+    were simplified, costs fewer FLOPs and still gives the same outputs."""
+    from rspnet.architecture import Architecture, Genotype
+    from rspnet.models import RSPNet
+    from rspnet.nn import DerivedCell
+
+    cell = Genotype(normal=(("skip_connect", 0, 1), ("skip_connect", 0, 2), ("skip_connect", 1, 2),
+                            ("dil_conv_3x3", 1, 3), ("skip_connect", 2, 3)), normal_concat=(1, 2, 3))
+    torch.manual_seed(0)
+    model = RSPNet(Architecture(cell=cell, channels=4, scales=2, head_channels=8), num_classes=3)
+    cells = sum(isinstance(m, DerivedCell) for m in model.modules())
+    rows = export.network_costs(model, (32, 64), torch.device("cpu"), torch.float32, False, 1, 1, "contiguous")
+    folded = rows["folded"]
+    assert folded["cells_folded"] == cells > 1 and folded["flops"] < rows["unfolded"]["flops"]
+    assert folded["max_abs_diff_vs_unfolded"] <= 1e-5 * max(1.0, folded["max_abs_output"])
+    text = export.format_report({"resolution": [32, 64], "params": rows["unfolded"]["params"],
+                                 "flops": rows["unfolded"]["flops"], "folded": folded})
+    assert f"0 left, linear states of {cells} cells merged (max |folded - unfolded|" in text
+
+
 def test_report_sets_folded_network_and_lraspp_side_by_side(run, tmp_path, capsys):
     """One run: the network as trained and BN-folded, torchvision's LRASPP
     likewise, and the ratios, printed and in the JSON."""

@@ -20,6 +20,12 @@ is: no convolution's weights can absorb it exactly (folding it into the
 running statistics (``track_running_stats=False``) normalises with the batch's
 statistics even in eval mode and is left too.
 
+After the BatchNorms, every ``DerivedCell`` is replaced by its
+``FoldedCell`` (``rspnet.models.simplify``): the cell states that are scalar
+multiples of the cell's input (``skip_connect`` chains) are merged into the
+projection's weights, so their concatenation and sums are never computed.
+``cells=False`` leaves the cells as they are (BatchNorm folding alone).
+
 The folded copy is for inference only (eval mode; training it would train a
 different network).
 """
@@ -31,18 +37,25 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .simplify import fold_cells
+
 __all__ = ["fold_batchnorm", "FoldCount"]
 
 
 @dataclass(frozen=True)
 class FoldCount:
     """How many ``BatchNorm2d`` modules were folded into a convolution and
-    how many were left in the network."""
+    how many were left in the network; ``cells``: how many derived cells had
+    linear states merged into their projection."""
     folded: int
     left: int
+    cells: int = 0
 
     def __str__(self) -> str:
-        return f"{self.folded} BatchNorm folded, {self.left} left"
+        text = f"{self.folded} BatchNorm folded, {self.left} left"
+        if self.cells:
+            text += f", linear states of {self.cells} cell{'s' if self.cells != 1 else ''} merged"
+        return text
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
@@ -70,15 +83,18 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(bias.to(w.dtype), requires_grad=w.requires_grad)
 
 
-def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
+def fold_batchnorm(model: nn.Module, inplace: bool = False, cells: bool = True) -> nn.Module:
     """An eval-mode copy of ``model`` (``model`` itself with ``inplace``)
     with every ``BatchNorm2d`` that directly follows a ``Conv2d`` in an
-    ``nn.Sequential`` folded into it and replaced by ``nn.Identity``.
+    ``nn.Sequential`` folded into it and replaced by ``nn.Identity``, then,
+    with ``cells``, every ``DerivedCell`` replaced by its ``FoldedCell``
+    (a ``DerivedCell`` given as ``model`` is returned as a ``FoldedCell``).
 
     Its outputs equal the eval-mode original's up to fp32 rounding. The
     counts are on the returned model as ``bn_folding`` (a ``FoldCount``:
-    BatchNorms folded here, and those left because no convolution directly
-    precedes them or they have no running statistics)."""
+    BatchNorms folded here, those left because no convolution directly
+    precedes them or they have no running statistics, and the cells whose
+    linear states were merged)."""
     folded = model if inplace else copy.deepcopy(model)
     folded.eval()
     count = 0
@@ -93,5 +109,8 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
                 module._modules[name] = nn.Identity()
                 count += 1
     left = sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    folded.bn_folding = FoldCount(folded=count, left=left)
+    simplified = 0
+    if cells:
+        folded, simplified = fold_cells(folded, inplace=True)
+    folded.bn_folding = FoldCount(folded=count, left=left, cells=simplified)
     return folded

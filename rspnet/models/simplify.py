@@ -1,0 +1,144 @@
+"""Linear cell states folded into the cell's projection: the inference form
+of a ``DerivedCell`` whose edges are partly or wholly ``skip_connect``.
+
+A node whose incoming edges are all ``skip_connect`` from nodes that are
+themselves linear in the cell input ``x`` (node 0) is a scalar multiple
+``c·x``: ``c`` is the sum of its sources' coefficients (node1 = x, node2 =
+x + node1 = 2x, ...). The cell's output is a convolution ``W`` over the
+concatenated states, and ``W`` is linear in its input, so with ``W_i`` the
+block of input channels that reads concatenated state ``i``
+
+    W · cat(states) = (Σ_{i linear} c_i W_i) · x + Σ_{i other} W_i · state_i
+
+(zero padding keeps this exact for any kernel; the bias is added once).
+``FoldedCell`` therefore runs only the operations of the nodes that are not
+linear and that the output needs, and one convolution over ``cat([x] +
+those states)`` whose first block is the merged weight. A cell whose
+concatenated states are all linear becomes a single C→C convolution on
+``x``. Everything else — the ops, a ``skip_connect`` out of a non-linear node,
+whatever follows the projection's convolution (its BatchNorm, or the
+identity that replaced it after ``fold_batchnorm``) — is kept as it is, so
+the outputs equal the ``DerivedCell``'s up to fp32 rounding. The merged
+weight is computed in float64 and stored in the convolution's dtype.
+
+Inference only: the folded cell shares no parameters with the original.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from rspnet.nn import DerivedCell
+
+__all__ = ["FoldedCell", "fold_cells"]
+
+
+class FoldedCell(nn.Module):
+    """The inference form of ``cell`` (a ``DerivedCell``), see the module
+    docstring. ``dropped_edges`` says how many of the cell's edges no longer
+    run (0 for a cell without a linear state)."""
+
+    def __init__(self, cell: DerivedCell):
+        super().__init__()
+        conv = cell.project[0]
+        C = conv.out_channels
+        if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.in_channels != len(cell.concat) * C:
+            raise ValueError(f"FoldedCell: the projection must be an ungrouped Conv2d over "
+                             f"{len(cell.concat)}×{C} channels, got {conv}")
+        incoming: dict[int, list[int]] = {t: [] for t in range(1, cell.steps + 1)}
+        for index, (_, target) in enumerate(cell.edges_spec):
+            incoming[target].append(index)
+
+        def is_skip(index: int) -> bool:
+            return isinstance(cell.ops[index], nn.Identity)
+
+        # coefficient of x for the linear states (node 0 is x)
+        coef: dict[int, float] = {0: 1.0}
+        for target in range(1, cell.steps + 1):
+            sources = [cell.edges_spec[i][0] for i in incoming[target]]
+            if all(is_skip(i) for i in incoming[target]) and all(s in coef for s in sources):
+                coef[target] = float(sum(coef[s] for s in sources))
+
+        # the non-linear states the output reads, and those they read in turn
+        needed: set[int] = set()
+        stack = [s for s in cell.concat if s not in coef]
+        while stack:
+            node = stack.pop()
+            if node not in needed:
+                needed.add(node)
+                stack += [cell.edges_spec[i][0] for i in incoming[node] if cell.edges_spec[i][0] not in coef]
+
+        ops, plan = nn.ModuleList(), []
+        for target in sorted(needed):
+            edges = []
+            for i in incoming[target]:
+                source = cell.edges_spec[i][0]
+                # (index in ops, or -1 for a skip edge; source; the source's
+                # coefficient of x, None for a non-linear source)
+                op = -1
+                if not is_skip(i):
+                    op = len(ops)
+                    ops.append(cell.ops[i])
+                edges.append((op, source, coef.get(source)))
+            plan.append((target, tuple(edges)))
+        self.ops = ops
+        self.plan = tuple(plan)
+        self.dropped_edges = len(cell.edges_spec) - sum(len(edges) for _, edges in plan)
+
+        # the merged projection: x's block first (when a concatenated state is
+        # linear), then one block per distinct non-linear concatenated state
+        with torch.no_grad():
+            w = conv.weight.double()
+            blocks: dict[int, torch.Tensor] = {}
+            for position, state in enumerate(cell.concat):
+                part = w[:, position * C:(position + 1) * C]
+                key, part = (0, part * coef[state]) if state in coef else (state, part)
+                blocks[key] = blocks[key] + part if key in blocks else part
+            self.inputs = tuple(sorted(blocks))   # x (node 0) first
+            merged = nn.Conv2d(len(blocks) * C, C, conv.kernel_size, conv.stride, conv.padding,
+                               conv.dilation, 1, conv.bias is not None, conv.padding_mode,
+                               device=conv.weight.device, dtype=conv.weight.dtype)
+            merged.weight.copy_(torch.cat([blocks[k] for k in self.inputs], 1))
+            if conv.bias is not None:
+                merged.bias.copy_(conv.bias)
+        self.project = nn.Sequential(merged, *list(cell.project)[1:])
+        self.train(cell.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        states = {0: x}
+        scaled = {1.0: x}   # c·x for the linear states non-linear nodes read, each made once
+        for target, edges in self.plan:
+            node = None
+            for op, source, c in edges:
+                if c is None:
+                    h = states[source]
+                else:
+                    if c not in scaled:
+                        scaled[c] = x * c
+                    h = scaled[c]
+                y = h if op < 0 else self.ops[op](h)
+                node = y if node is None else node + y
+            states[target] = node
+        parts = [states[k] for k in self.inputs]
+        return self.project(parts[0] if len(parts) == 1 else torch.cat(parts, 1))
+
+
+def fold_cells(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, int]:
+    """``model`` (a copy unless ``inplace``) with every ``DerivedCell``
+    replaced by its ``FoldedCell``, and how many of those dropped edges (the
+    cells that had a linear state to fold). ``model`` itself being a
+    ``DerivedCell``, the ``FoldedCell`` is what is returned."""
+    model = model if inplace else copy.deepcopy(model)
+    if isinstance(model, DerivedCell):
+        folded = FoldedCell(model)
+        return folded, int(folded.dropped_edges > 0)
+    simplified = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, DerivedCell):
+                folded = FoldedCell(child)
+                parent._modules[name] = folded
+                simplified += folded.dropped_edges > 0
+    return model, simplified

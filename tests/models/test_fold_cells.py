@@ -1,0 +1,142 @@
+"""rspnet.models.simplify: a derived cell with its linear (skip_connect)
+states merged into the projection gives the eval-mode cell's outputs (fp32
+rounding), runs only the edges the output needs, and an all-skip cell is one
+C→C convolution; the unfolded eval-mode cell or network is the reference."""
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+
+from rspnet.architecture import Architecture, Genotype
+from rspnet.models import FoldedCell, RSPNet, count_flops, fold_batchnorm, fold_cells
+from rspnet.nn import DerivedCell
+
+from .test_fold import _randomise_bn
+from .test_rspnet import NODES
+
+ALL = (1, 2, 3, 4)
+# name: (edges, concat, edges still run after folding)
+CELLS = {
+    # the cell of a searched network (every edge a skip): 1 = x, 2 = 2x, 3 = 3x, 4 = 3x
+    "all-skip": ((("skip_connect", 0, 1), ("skip_connect", 0, 2), ("skip_connect", 1, 2),
+                  ("skip_connect", 1, 3), ("skip_connect", 2, 3), ("skip_connect", 1, 4),
+                  ("skip_connect", 2, 4)), ALL, 0),
+    # nodes 1-3 linear (x, 2x, 3x), node 4 reads two of them through convolutions
+    "partly-skip": ((("skip_connect", 0, 1), ("skip_connect", 0, 2), ("skip_connect", 1, 2),
+                     ("skip_connect", 1, 3), ("skip_connect", 2, 3), ("dil_conv_3x3", 1, 4),
+                     ("dil_conv_3x3", 3, 4)), ALL, 2),
+    # a skip edge out of a non-linear node (2 = 1), mixed with a linear one (3 = x + 2)
+    "skip-of-non-linear": ((("sep_conv_3x3", 0, 1), ("skip_connect", 1, 2), ("skip_connect", 0, 3),
+                            ("skip_connect", 2, 3), ("max_pool_3x3", 2, 4), ("skip_connect", 3, 4)),
+                           ALL, 6),
+    # an op reading a linear state whose coefficient is not 1 (3 = conv(2x))
+    "op-on-scaled-state": ((("skip_connect", 0, 1), ("skip_connect", 0, 2), ("skip_connect", 1, 2),
+                            ("mbconv_3x3_e3", 2, 3), ("skip_connect", 2, 4), ("avg_pool_3x3", 3, 4)),
+                           ALL, 3),
+    # only 3 and 4 concatenated: the non-linear node 1 feeds nothing and is not run
+    "dead-node": ((("sep_conv_5x5", 0, 1), ("skip_connect", 0, 2), ("skip_connect", 0, 3),
+                   ("skip_connect", 2, 3), ("skip_connect", 2, 4), ("avg_pool_3x3", 3, 4)), (3, 4), 2),
+    "no-skip": ((("sep_conv_3x3", 0, 1), ("max_pool_3x3", 0, 2), ("dil_conv_5x5", 1, 2),
+                 ("avg_pool_3x3", 1, 3), ("sep_conv_3x3", 2, 3), ("dil_conv_3x3", 0, 4),
+                 ("max_pool_3x3", 3, 4)), ALL, 7),
+}
+OPS = ("max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "dil_conv_3x3", "mbconv_3x3_e3")
+
+
+def _random_genotype(rng: random.Random) -> Genotype:
+    """Two edges into each node (one into node 1), 70 % of them skip_connect
+    (as searched cells tend to be), the others one of ``OPS``."""
+    normal = [("skip_connect" if rng.random() < 0.7 else rng.choice(OPS), s, t)
+              for t in range(1, 5) for s in sorted(rng.sample(range(t), min(2, t)))]
+    return Genotype(normal=tuple(normal), normal_concat=ALL)
+
+
+def _genotypes():
+    for name, (normal, concat, _) in CELLS.items():
+        yield name, Genotype(normal=normal, normal_concat=concat)
+    rng = random.Random(0)
+    for i in range(8):
+        yield f"random-{i}", _random_genotype(rng)
+
+
+def _eval_cell(genotype: Genotype, affine: bool = True, C: int = 6) -> DerivedCell:
+    torch.manual_seed(0)
+    return _randomise_bn(DerivedCell(C, genotype, affine=affine)).eval()
+
+
+def _assert_same(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal to ~1e-5 of the output's scale (fp32 rounding)."""
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("name, genotype", list(_genotypes()), ids=[n for n, _ in _genotypes()])
+def test_folded_cell_gives_the_eval_outputs(name, genotype, affine):
+    cell = _eval_cell(genotype, affine)
+    folded = fold_batchnorm(cell)
+    assert isinstance(folded, FoldedCell) and isinstance(cell, DerivedCell)   # a copy
+    x = torch.randn(2, 6, 11, 13)
+    with torch.no_grad():
+        _assert_same(folded(x), cell(x))
+    # which edges still run: the non-skip ops of the nodes the output needs
+    kept = sum(len(edges) for _, edges in folded.plan)
+    assert kept + folded.dropped_edges == len(genotype.normal)
+    assert folded.bn_folding.cells == int(folded.dropped_edges > 0)
+    if name in CELLS:
+        assert kept == CELLS[name][2]
+    skips = sum(op == "skip_connect" for op, _, _ in genotype.normal)
+    assert len(folded.ops) <= len(genotype.normal) - skips
+
+
+@pytest.mark.parametrize("name", ["partly-skip", "dead-node"])
+def test_cells_fold_without_batchnorm_folding(name):
+    """The merge reads only the projection's convolution: with its BatchNorm
+    still behind it the outputs are the same, and the original is untouched."""
+    normal, concat, _ = CELLS[name]
+    cell = _eval_cell(Genotype(normal=normal, normal_concat=concat))
+    weight = cell.project[0].weight.clone()
+    folded, simplified = fold_cells(cell)
+    assert simplified == 1 and isinstance(folded.project[1], nn.BatchNorm2d)
+    x = torch.randn(2, 6, 9, 7)
+    with torch.no_grad():
+        _assert_same(folded(x), cell(x))
+    assert isinstance(cell, DerivedCell) and torch.equal(cell.project[0].weight, weight)
+
+
+def test_all_skip_cell_is_one_conv_of_the_merged_weight():
+    normal, concat, _ = CELLS["all-skip"]
+    C = 6
+    cell = _eval_cell(Genotype(normal=normal, normal_concat=concat), C=C)
+    folded = fold_batchnorm(cell)
+    convs = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].weight.shape == (C, C, 1, 1) and len(folded.ops) == 0
+    assert folded.plan == () and folded.dropped_edges == len(normal)
+    # x's weight: the BN-folded projection's blocks times 1, 2, 3, 3 (nodes x, 2x, 3x, 3x)
+    projection = fold_batchnorm(cell, cells=False).project[0]
+    blocks = projection.weight.double().split(C, dim=1)
+    expected = sum(c * w for c, w in zip((1, 2, 3, 3), blocks))
+    torch.testing.assert_close(convs[0].weight.double(), expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(convs[0].bias, projection.bias)
+
+
+def _architecture(cell: str) -> Architecture:
+    normal, concat, _ = CELLS[cell]
+    return Architecture(cell=Genotype(normal=normal, normal_concat=concat), channels=4, scales=4,
+                        head_channels=8, layers=2, nodes=NODES)
+
+
+@pytest.mark.parametrize("cell", ["all-skip", "partly-skip"])
+def test_folded_network_with_linear_cells_gives_the_eval_outputs(cell):
+    torch.manual_seed(0)
+    model = _randomise_bn(RSPNet(_architecture(cell), num_classes=5)).eval()
+    cells = sum(isinstance(m, DerivedCell) for m in model.modules())
+    folded = fold_batchnorm(model)
+    assert folded.bn_folding.cells == cells > 0
+    assert not any(isinstance(m, DerivedCell) for m in folded.modules())
+    assert sum(isinstance(m, FoldedCell) for m in folded.modules()) == cells
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        _assert_same(folded(x), model(x))
+    assert count_flops(folded, (64, 128)) < count_flops(model, (64, 128))
