@@ -46,7 +46,12 @@ nodes are ``[layer, scale]``, the stem being ``[0, 0]``; a node reads nodes of
 the previous layer only, and the head reads every node of the last layer.
 ``search`` is free-form provenance (settings, seed) and is not interpreted.
 ``widths.head`` (optional, default ``"concat"``) names the head design, one of
-``HEAD_KINDS`` (``rspnet.nn.head``).
+``HEAD_KINDS`` (``rspnet.nn.head``); ``macro.pool_first`` (optional, default false): trellis paths into a coarser node
+are average-pooled before their 1×1 projection instead of after it (same
+result in eval mode, a fraction of the FLOPs; ``rspnet.nn.pam``);
+``widths.scale_channels`` (optional) lists
+the channels of every scale, finest first, the first being ``channels``
+(default: ``channels * 2**s``, doubling with each halving of the resolution).
 
 There is one way to read an architecture: ``Architecture.load(source)``, where
 ``source`` is a file path, its parsed JSON object, or an ``Architecture``.
@@ -63,7 +68,7 @@ from typing import Any, Mapping, Sequence
 
 from rspnet.files import atomic_open
 
-__all__ = ["PRIMITIVES", "LIGHT_PRIMITIVES", "CANDIDATE_SETS", "OP_NAMES", "Genotype", "KeptNode", "Architecture", "SCHEMA_VERSION", "HEAD_KINDS", "edge_list",
+__all__ = ["PRIMITIVES", "LIGHT_PRIMITIVES", "CANDIDATE_SETS", "OP_NAMES", "Genotype", "KeptNode", "Architecture", "SCHEMA_VERSION", "HEAD_KINDS", "scale_widths", "edge_list",
            "partial_channels", "reaching_head", "format_cell", "format_paths", "cell_to_dict",
            "cell_from_dict"]
 
@@ -158,6 +163,23 @@ def cell_to_dict(cell: Genotype) -> dict[str, Any]:
             "normal_concat": list(cell.normal_concat)}
 
 
+def scale_widths(channels: int, scales: int, scale_channels: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Channels of every scale, finest first: ``scale_channels`` when given
+    (``ValueError`` unless it has one even entry per scale, the first being
+    ``channels``, the stem's width), else ``channels * 2**s``."""
+    if scale_channels is None:
+        return tuple(channels * 2 ** s for s in range(scales))
+    widths = tuple(scale_channels)
+    if len(widths) != scales:
+        raise ValueError(f"needs one width per scale ({scales}), got {list(widths)}")
+    if widths[0] != channels:
+        raise ValueError(f"the first width is the channels of scale 0 ({channels}), got {widths[0]}")
+    if any(c < 2 or c % 2 for c in widths):
+        raise ValueError(f"every width must be even and >= 2 (the RSP merge shuffles two groups), "
+                         f"got {list(widths)}")
+    return widths
+
+
 def cell_from_dict(data: Any) -> Genotype:
     """The cell of ``cell_to_dict``'s encoding, validated (``ValueError``
     naming the field)."""
@@ -173,10 +195,19 @@ class Architecture:
     head_channels: int
     rsp_ratio: float = 0.5
     head: str = "concat"        # rspnet.nn.head.HEADS
+    # channels of each scale; None: channels * 2**s (the doubling of Auto-DeepLab)
+    scale_channels: tuple[int, ...] | None = None
+    # trellis paths to a coarser node pooled before their projection (PathAttention)
+    pool_first: bool = False
     rsp_depth: int = 1
     layers: int | None = None
     nodes: tuple[KeptNode, ...] | None = None
     search: dict = field(default_factory=dict)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channels of every scale, finest first."""
+        return scale_widths(self.channels, self.scales, self.scale_channels)
 
     @property
     def steps(self) -> int:
@@ -188,7 +219,8 @@ class Architecture:
             macro = {"layers": self.layers,
                      "nodes": [{"node": list(n.node),
                                 "paths": [{"from": list(src), "weight": w} for src, w in n.paths]}
-                               for n in self.nodes]}
+                               for n in self.nodes],
+                     **({"pool_first": True} if self.pool_first else {})}
         return {
             "schema_version": SCHEMA_VERSION,
             "cell": cell_to_dict(self.cell),
@@ -196,7 +228,9 @@ class Architecture:
                        "head_channels": self.head_channels,
                        # written only when it is not the default, so that the
                        # files (and structures) of earlier versions stay as they were
-                       **({} if self.head == "concat" else {"head": self.head})},
+                       **({} if self.head == "concat" else {"head": self.head}),
+                       **({} if self.scale_channels is None
+                          else {"scale_channels": list(self.scale_channels)})},
             "rsp": {"ratio": self.rsp_ratio, "depth": self.rsp_depth},
             "macro": macro,
             "search": self.search,
@@ -306,8 +340,11 @@ def _parse_cell(data: Any) -> Genotype:
     return Genotype(normal=tuple(normal), normal_concat=tuple(sorted(concat)))
 
 
-def _parse_macro(data: Any, scales: int) -> tuple[int, tuple[KeptNode, ...]]:
-    macro = _object(data, "macro", ("layers", "nodes"))
+def _parse_macro(data: Any, scales: int) -> tuple[int, tuple[KeptNode, ...], bool]:
+    macro = _object(data, "macro", ("layers", "nodes"), optional=("pool_first",))
+    pool_first = macro.get("pool_first", False)
+    if not isinstance(pool_first, bool):
+        _fail("macro.pool_first", f"expected true or false, got {pool_first!r}")
     layers = _int(macro["layers"], "macro.layers", 1)
     raw = _list(macro["nodes"], "macro.nodes")
     declared = {}
@@ -348,7 +385,7 @@ def _parse_macro(data: Any, scales: int) -> tuple[int, tuple[KeptNode, ...]]:
     for node, (i, _) in sorted(declared.items()):
         if node not in alive:
             _fail(f"macro.nodes[{i}]", f"node {list(node)} does not reach the head")
-    return layers, tuple(nodes)
+    return layers, tuple(nodes), pool_first
 
 
 def _parse(data: Any) -> Architecture:
@@ -358,29 +395,40 @@ def _parse(data: Any) -> Architecture:
     if version != SCHEMA_VERSION or isinstance(version, bool):
         _fail("schema_version", f"{version!r} is not supported (this rspnet reads {SCHEMA_VERSION})")
     cell = _parse_cell(root["cell"])
-    widths = _object(root["widths"], "widths", ("channels", "scales", "head_channels"), optional=("head",))
+    widths = _object(root["widths"], "widths", ("channels", "scales", "head_channels"),
+                     optional=("head", "scale_channels"))
     channels = _int(widths["channels"], "widths.channels", 2)
     scales = _int(widths["scales"], "widths.scales", 1)
     head_channels = _int(widths["head_channels"], "widths.head_channels", 1)
     head = widths.get("head", "concat")
     if head not in HEAD_KINDS:
         _fail("widths.head", f"expected one of {', '.join(map(repr, HEAD_KINDS))}, got {head!r}")
+    scale_channels = widths.get("scale_channels")
+    if scale_channels is not None:
+        if not isinstance(scale_channels, list):
+            _fail("widths.scale_channels", f"expected a list, got {scale_channels!r}")
+        scale_channels = tuple(_int(c, f"widths.scale_channels[{i}]", 2) for i, c in enumerate(scale_channels))
+        try:
+            scale_widths(channels, scales, scale_channels)
+        except ValueError as exc:
+            _fail("widths.scale_channels", str(exc))
     rsp = _object(root["rsp"], "rsp", ("ratio", "depth"))
     ratio = rsp["ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
         _fail("rsp.ratio", f"expected a number in (0, 1), got {ratio!r}")
     depth = _int(rsp["depth"], "rsp.depth", 1)
-    for scale in range(scales):
-        c = channels * 2 ** scale
+    for scale, width in enumerate(scale_widths(channels, scales, scale_channels)):
+        c = width
         try:
             for _ in range(depth):
                 c = partial_channels(c, ratio)
         except ValueError as exc:
-            _fail("rsp", f"at scale {scale} ({channels * 2 ** scale} channels): {exc}")
-    layers, nodes = (None, None) if root["macro"] is None else _parse_macro(root["macro"], scales)
+            _fail("rsp", f"at scale {scale} ({width} channels): {exc}")
+    layers, nodes, pool_first = ((None, None, False) if root["macro"] is None
+                                 else _parse_macro(root["macro"], scales))
     search = root.get("search", {})
     if not isinstance(search, Mapping):
         _fail("search", f"expected an object, got {type(search).__name__}")
     return Architecture(cell=cell, channels=channels, scales=scales, head_channels=head_channels,
-                        head=head, rsp_ratio=float(ratio), rsp_depth=depth, layers=layers, nodes=nodes,
-                        search=dict(search))
+                        head=head, scale_channels=scale_channels, rsp_ratio=float(ratio), rsp_depth=depth,
+                        layers=layers, nodes=nodes, pool_first=pool_first, search=dict(search))

@@ -49,6 +49,29 @@ def test_head_kind_round_trips_and_defaults_to_concat():
     assert Architecture.load(plain).head == "concat"
 
 
+def test_scale_channels_round_trip_and_build_those_widths():
+    from rspnet.models import RSPNet
+    arch = _arch(scale_channels=(8, 16, 24, 32))
+    data = json.loads(json.dumps(arch.to_dict()))
+    assert data["widths"]["scale_channels"] == [8, 16, 24, 32]
+    assert Architecture.load(data) == arch and arch.widths == (8, 16, 24, 32)
+    assert "scale_channels" not in _arch().to_dict()["widths"] and _arch().widths == (8, 16, 32, 64)
+    model = RSPNet(arch, 5)
+    # every node's block and PAM run at its scale's width; the head reads the last layer's
+    for (_, scale), pam in zip(model.backbone.nodes, model.backbone.pams):
+        assert all(p[1].out_channels == arch.widths[scale] for p in pam.projections)
+    assert model.head.fuse[0].in_channels == 8 + 16 + 24   # layer 2: scales 0, 1, 2
+    import torch
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5, 64, 64)
+
+
+def test_pool_first_round_trips_and_defaults_to_false():
+    arch = _arch(pool_first=True)
+    data = json.loads(json.dumps(arch.to_dict()))
+    assert data["macro"]["pool_first"] is True and Architecture.load(data) == arch
+    assert "pool_first" not in _arch().to_dict()["macro"] and not Architecture.load(_arch().to_dict()).pool_first
+
+
 def test_round_trip_single_path():
     arch = _arch(layers=None, nodes=None)
     data = json.loads(json.dumps(arch.to_dict()))
@@ -88,6 +111,11 @@ MALFORMED = [
     (_set(["widths", "channels"], "8"), "widths.channels: expected an integer, got '8'"),
     (_set(["widths", "scales"], True), "widths.scales: expected an integer"),
     (_set(["widths", "head"], "aspp"), "widths.head: expected one of 'concat', 'light', got 'aspp'"),
+    (_set(["widths", "scale_channels"], [8, 16, 24]), "widths.scale_channels: needs one width per scale (4)"),
+    (_set(["widths", "scale_channels"], [10, 16, 24, 32]), "the first width is the channels of scale 0 (8)"),
+    (_set(["widths", "scale_channels"], [8, 16, 25, 32]), "every width must be even"),
+    (_set(["widths", "scale_channels"], [8, 16, "24", 32]), "widths.scale_channels[2]: expected an integer"),
+    (_set(["macro", "pool_first"], 1), "macro.pool_first: expected true or false, got 1"),
     (_set(["rsp", "ratio"], 1.5), "rsp.ratio: expected a number in (0, 1)"),
     (_set(["rsp", "depth"], 4), "rsp: at scale 0 (8 channels)"),
     (_set(["macro", "layers"], 0), "macro.layers: 0 is out of range"),

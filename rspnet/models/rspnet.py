@@ -30,19 +30,20 @@ class RSPNet(nn.Module):
 
         self.stem = Stem(arch.channels)
         if arch.nodes is None:
-            self.backbone = SinglePathBackbone(arch.channels, arch.scales, make_block)
+            self.backbone = SinglePathBackbone(arch.channels, arch.scales, make_block, arch.widths)
             head_scales = range(arch.scales)
         else:
             nodes = [n.node for n in arch.nodes]
             self.backbone = TrellisBackbone(arch.channels, nodes,
-                                            [[s for s, _ in n.paths] for n in arch.nodes], make_block)
+                                            [[s for s, _ in n.paths] for n in arch.nodes], make_block,
+                                            widths=arch.widths, pool_first=arch.pool_first)
             head_scales = [s for layer, s in nodes if layer == arch.layers]
             # path_fusion applies softmax to its logits: log-weights give back
             # the fixed weights exactly as they sum to 1
             for i, n in enumerate(arch.nodes):
                 self.register_buffer(f"path_logits_{i}",
                                      torch.tensor([math.log(w) for _, w in n.paths]), persistent=False)
-        self.head = make_head(arch.head, [arch.channels * 2 ** s for s in head_scales], num_classes,
+        self.head = make_head(arch.head, [arch.widths[s] for s in head_scales], num_classes,
                               arch.head_channels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The networks' bodies: stem, single-path chain (stage 1) and trellis (stage 2).
 
 Scales are numbered 0..scales-1 for 1/4, 1/8, 1/16, 1/32 of the input; a node
-at scale ``s`` has ``channels * 2**s`` channels. Trellis nodes are named
+at scale ``s`` has ``channels * 2**s`` channels unless the bodies are given
+``widths`` (one per scale, ``rspnet.architecture.scale_widths``). Trellis nodes are named
 ``(layer, scale)``; the stem is node ``(0, 0)``. Both bodies take a
 ``make_block(c)`` factory for what runs at a node (an ``RSPBlock`` around a
 search or derived cell), so supernets and derived networks share them.
@@ -12,6 +13,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+
+from rspnet.architecture import scale_widths
 
 from .pam import PathAttention
 from .primitives import ConvBNReLU
@@ -54,9 +57,10 @@ class SinglePathBackbone(nn.Module):
     """Stage-1 body (docs/design.md, the stage-1 network): a block at each scale, a stride-2 ConvBNReLU
     between scales; returns every scale's output, finest first."""
 
-    def __init__(self, channels: int, scales: int, make_block: Callable[[int], nn.Module]):
+    def __init__(self, channels: int, scales: int, make_block: Callable[[int], nn.Module],
+                 widths: Sequence[int] | None = None):
         super().__init__()
-        widths = [channels * 2 ** s for s in range(scales)]
+        widths = scale_widths(channels, scales, widths)
         self.blocks = nn.ModuleList(make_block(c) for c in widths)
         self.downsample = nn.ModuleList(ConvBNReLU(widths[s], widths[s + 1], 3, stride=2)
                                         for s in range(scales - 1))
@@ -86,19 +90,23 @@ class TrellisBackbone(Recomputable, nn.Module):
         affine: BN affine parameters of the path projections.
         memory: ``"store"`` or ``"recompute"``.
         path_norm: ``PathAttention(normalize=)`` at every node (a search option).
+        widths: channels of every scale (default ``channels * 2**s``).
+        pool_first: ``PathAttention(pool_first=)`` at every node.
     """
 
     def __init__(self, channels: int, nodes: Sequence[Node], sources: Sequence[Sequence[Node]],
                  make_block: Callable[[int], nn.Module], affine: bool = True, memory: str = "store",
-                 path_norm: bool = False):
+                 path_norm: bool = False, widths: Sequence[int] | None = None, pool_first: bool = False):
         super().__init__()
         self.memory = check_memory_mode(memory, "TrellisBackbone")
         self.nodes = [tuple(n) for n in nodes]
         self.sources = [[tuple(s) for s in src] for src in sources]
+        scales = 1 + max(s for _, s in self.nodes + [STEM] + [n for src in self.sources for n in src])
+        width = scale_widths(channels, scales, None if widths is None else widths[:scales])
         self.pams = nn.ModuleList(
-            PathAttention([channels * 2 ** s for _, s in src], channels * 2 ** scale, affine, path_norm)
+            PathAttention([width[s] for _, s in src], width[scale], affine, path_norm, pool_first)
             for (_, scale), src in zip(self.nodes, self.sources))
-        self.blocks = nn.ModuleList(make_block(channels * 2 ** scale) for _, scale in self.nodes)
+        self.blocks = nn.ModuleList(make_block(width[scale]) for _, scale in self.nodes)
 
     def forward(self, stem: torch.Tensor, logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         h, w = stem.shape[-2:]

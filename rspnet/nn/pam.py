@@ -6,6 +6,17 @@ and BN at the path's own resolution (cheaper than after resampling, and the
 resamples every path to the node's size and sums them weighted by
 ``softmax(logits)`` without materialising the resampled maps.
 
+``pool_first`` changes the order for a path into a *coarser* node: ReLU,
+average pooling to the node's size, then the 1×1 conv and BN. In eval mode
+it is the same function (the 1×1 conv and BN's affine map are per pixel, so
+they commute with the pooling), but the conv runs on 4^d times fewer pixels
+for a path d scales down: projecting at the source's resolution makes a
+path from 1/4 into a 1/32 node (F channels in, 8F out) cost 64 times what it
+would after pooling, and such paths were two thirds of a derived network's
+FLOPs. In training BN then normalises the pooled map, so every path reaches
+the fusion at unit scale (the imbalance ``normalize`` corrects, below, for
+the other order).
+
 The logits are the node's architecture parameters β during the search and the
 logarithms of the fixed path weights in a derived network; the module does
 not own them, so that architecture parameters stay apart from weights.
@@ -25,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from rspnet.ops import path_fusion
-from rspnet.ops.reference import resample_ref
+from rspnet.ops.reference import POOL, resample_mode, resample_ref
 
 from .primitives import ReLUConvBN
 
@@ -36,12 +47,14 @@ class PathAttention(nn.Module):
         out_channels: the node's channels.
         affine: BN affine parameters (False during the search, as for the cell:
             an affine scale per path could undo what β learns).
+        normalize: divide each path by its RMS after resampling (a search option).
+        pool_first: pool paths into a coarser node before projecting them.
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int, affine: bool = True,
-                 normalize: bool = False):
+                 normalize: bool = False, pool_first: bool = False):
         super().__init__()
-        self.normalize = normalize
+        self.normalize, self.pool_first = normalize, pool_first
         self.projections = nn.ModuleList(ReLUConvBN(c, out_channels, affine) for c in in_channels)
 
     def forward(self, inputs: Sequence[torch.Tensor], logits: torch.Tensor,
@@ -49,9 +62,18 @@ class PathAttention(nn.Module):
         if len(inputs) != len(self.projections) or logits.shape != (len(inputs),):
             raise ValueError(f"PathAttention: {len(self.projections)} paths, got "
                              f"{len(inputs)} inputs and logits of shape {tuple(logits.shape)}")
-        paths = [p(x) for p, x in zip(self.projections, inputs)]
+        paths = [self._project(p, x, size) for p, x in zip(self.projections, inputs)]
         if self.normalize:
             with torch.no_grad():
                 rms = [resample_ref(x, tuple(size)).pow(2).mean().sqrt().clamp_min(1e-6) for x in paths]
             paths = [x / r for x, r in zip(paths, rms)]
         return path_fusion(logits, paths, size)
+
+    def _project(self, projection: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.pool_first and resample_mode(x.shape[-2:], size)[0] == POOL:
+            relu, conv, bn = projection
+            return bn(conv(resample_ref(relu(x), tuple(size))))
+        return projection(x)
+
+    def extra_repr(self) -> str:
+        return "pool_first=True" if self.pool_first else ""

@@ -28,6 +28,16 @@ from rspnet.search import ORDERS, STAGES, SearchConfig, check_config, default_me
 DEFAULTS = SearchConfig()
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(c < 2 for c in widths):
+        raise argparse.ArgumentTypeError(f"every width must be >= 2, got {text!r}")
+    return widths
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m rspnet.search", description=__doc__,
@@ -72,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rsp-depth", type=positive_int, default=DEFAULTS.rsp_depth, help="RSP recursion depth")
     p.add_argument("--head-channels", type=positive_int, default=DEFAULTS.head_channels,
                    help="width of the head's 3x3 conv (default: 4 F)")
+    p.add_argument("--scale-channels", type=_widths, default=DEFAULTS.scale_channels, metavar="C0,C1,...",
+                   help="channels of every scale, finest first, the first equal to --channels "
+                        "(default: --channels doubled at each scale, e.g. 16,32,64,128)")
+    p.add_argument("--pool-first", action=argparse.BooleanOptionalAction, default=DEFAULTS.pool_first,
+                   help="stage 2: average-pool a path into a coarser node before its 1x1 projection "
+                        "(the same in eval mode, 4^d times fewer FLOPs for a path d scales down)")
     p.add_argument("--max-skip", type=nonnegative_int, default=DEFAULTS.max_skip,
                    help="at most this many skip_connect edges in the derived cell (P-DARTS): the "
                         "weakest extra skips take their next-best op (default: no limit)")
@@ -143,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device, edge_partial=args.edge_partial,
         edge_normalization=args.edge_normalization, skip_bn=args.skip_bn, path_norm=args.path_norm,
         rsp_ratio=args.rsp_ratio, candidates=args.candidates,
-        rsp_depth=args.rsp_depth, head_channels=args.head_channels, head=args.head, max_skip=args.max_skip, top_k=args.top_k,
+        rsp_depth=args.rsp_depth, head_channels=args.head_channels, head=args.head, max_skip=args.max_skip,
+        scale_channels=args.scale_channels, pool_first=args.pool_first, top_k=args.top_k,
         param_penalty=args.param_penalty,
         flops_budget=None if args.flops_budget is None else args.flops_budget * 1e9,
         latency_budget=args.latency_budget, cost_weight=args.cost_weight,

@@ -47,8 +47,10 @@ def random_architecture(config, rng: random.Random, search: dict | None = None) 
     cell = random_cell(config.steps, rng, config.primitives)
     nodes = random_paths(config.layers, config.scales, config.top_k, rng)
     return Architecture(cell=cell, channels=config.channels, scales=config.scales,
-                        head_channels=config.head_width, head=config.head, rsp_ratio=config.rsp_ratio,
+                        head_channels=config.head_width, head=config.head,
+                        scale_channels=config.scale_channels, rsp_ratio=config.rsp_ratio,
                         rsp_depth=config.rsp_depth, layers=config.layers, nodes=nodes,
+                        pool_first=config.pool_first,
                         search=dict(search or {}))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rspnet.architecture import CANDIDATE_SETS, HEAD_KINDS, partial_channels
+from rspnet.architecture import CANDIDATE_SETS, HEAD_KINDS, partial_channels, scale_widths
 
 from .architect import ORDERS
 
@@ -61,6 +61,8 @@ class SearchConfig:
     rsp_depth: int = 1
     head_channels: int | None = None   # None: 4 F
     head: str = "concat"                # rspnet.nn.HEADS
+    scale_channels: tuple[int, ...] | None = None  # channels per scale; None: channels * 2**s
+    pool_first: bool = False           # stage 2: pool paths into coarser nodes before projecting (PathAttention)
     top_k: int = 2
     max_skip: int | None = None        # P-DARTS: skip_connect edges kept in the derived cell; None: any
     param_penalty: float = 0.0
@@ -111,14 +113,21 @@ def check_config(c: SearchConfig) -> None:
         raise ValueError(f"--warmup must be in [0, --epochs={c.epochs}], got {c.warmup}")
     if not 0 < c.rsp_ratio < 1:
         raise ValueError(f"--rsp-ratio must be in (0, 1), got {c.rsp_ratio}")
-    channels = c.channels
     try:
-        for _ in range(c.rsp_depth):
-            channels = partial_channels(channels, c.rsp_ratio)
+        widths = scale_widths(c.channels, c.scales, c.scale_channels)
     except ValueError as exc:
-        raise ValueError(f"--channels {c.channels} with --rsp-ratio/--rsp-depth: {exc}") from None
-    if channels % c.edge_partial:
-        raise ValueError(f"--edge-partial {c.edge_partial} must divide the cell's {channels} channels at 1/4")
+        raise ValueError(f"--scale-channels: {exc}") from None
+    for width in widths:
+        channels = width
+        try:
+            for _ in range(c.rsp_depth):
+                channels = partial_channels(channels, c.rsp_ratio)
+        except ValueError as exc:
+            what = f"--channels {c.channels}" if c.scale_channels is None else f"--scale-channels width {width}"
+            raise ValueError(f"{what} with --rsp-ratio/--rsp-depth: {exc}") from None
+        if channels % c.edge_partial:
+            raise ValueError(f"--edge-partial {c.edge_partial} must divide the cell's {channels} channels "
+                             f"at every scale")
     if c.param_penalty < 0 or (c.param_budget is not None and c.param_budget <= 0):
         raise ValueError("--param-penalty must be >= 0 and --param-budget > 0")
     if c.param_budget is not None and not c.param_penalty:

@@ -43,12 +43,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from rspnet.architecture import PRIMITIVES, Architecture, Genotype, partial_channels
+from rspnet.architecture import PRIMITIVES, Architecture, Genotype, partial_channels, scale_widths
 from rspnet.files import atomic_open
 from rspnet.models.cost import count_flops_of
-from rspnet.nn import OPS, DerivedCell, ReLUConvBN, RSPBlock, Stem, layer_nodes, make_head, trellis_nodes
+from rspnet.nn import OPS, DerivedCell, PathAttention, RSPBlock, Stem, layer_nodes, make_head, trellis_nodes
 from rspnet.nn.primitives import ConvBNReLU
-from rspnet.ops import path_fusion
 
 __all__ = ["CostGeometry", "CostTable", "LatencyMeter", "kept_probabilities", "cell_cost",
            "METRICS", "default_latency_table_path"]
@@ -73,9 +72,11 @@ class CostGeometry:
     top_k: int = 2
     primitives: tuple[str, ...] = PRIMITIVES
     head: str = "concat"
+    scale_channels: tuple[int, ...] | None = None
+    pool_first: bool = False
 
     def width(self, scale: int) -> int:
-        return self.channels * 2 ** scale
+        return scale_widths(self.channels, self.scales, self.scale_channels)[scale]
 
     def inner(self, scale: int) -> int:
         """Channels the cell sees at ``scale`` (after the RSP splits)."""
@@ -100,19 +101,19 @@ def _all_skip_cell(steps: int) -> Genotype:
 
 
 class _Path(nn.Module):
-    """One kept path into a node: projection at the source's resolution, then
-    the fusion to the node's size."""
+    """One kept path into a node: a one-path ``PathAttention`` (projection
+    and resampling in the network's order) to the node's size."""
 
-    def __init__(self, c_in: int, c_out: int, size: tuple[int, int]):
+    def __init__(self, c_in: int, c_out: int, size: tuple[int, int], pool_first: bool = False):
         super().__init__()
-        self.project, self.size = ReLUConvBN(c_in, c_out), size
+        self.pam, self.size = PathAttention([c_in], c_out, pool_first=pool_first), size
         self.register_buffer("logits", torch.zeros(1))
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return path_fusion(self.logits, [self.project(x)], self.size)
+        return self.pam([x], self.logits, self.size)
 
 
 class _HeadAt(nn.Module):
@@ -148,7 +149,7 @@ def _pieces(g: CostGeometry, head_scales: Sequence[tuple[int, ...]]):
         if s + 1 < g.scales:
             pieces.append((f"down:{s}", ConvBNReLU(c, g.width(s + 1), 3, stride=2), [(1, c, h, w)]))
         for d in range(g.scales):   # a node reads every node of the layer before, any scale
-            pieces.append((f"path:{s}:{d}", _Path(c, g.width(d), g.resolution(d)), [(1, c, h, w)]))
+            pieces.append((f"path:{s}:{d}", _Path(c, g.width(d), g.resolution(d), g.pool_first), [(1, c, h, w)]))
     return pieces
 
 

@@ -66,8 +66,10 @@ def run(config: SearchConfig, options: RunOptions | None = None, stage: str = "b
 def _architecture(config: SearchConfig, cell: Genotype, nodes=None) -> Architecture:
     provenance = {k: v for k, v in plain(config).items() if k in _PROVENANCE}
     return Architecture(cell=cell, channels=config.channels, scales=config.scales,
-                        head_channels=config.head_width, head=config.head, rsp_ratio=config.rsp_ratio,
+                        head_channels=config.head_width, head=config.head,
+                        scale_channels=config.scale_channels, rsp_ratio=config.rsp_ratio,
                         rsp_depth=config.rsp_depth, layers=config.layers if nodes else None,
+                        pool_first=bool(nodes) and config.pool_first,
                         nodes=nodes, search=provenance)
 
 

@@ -72,7 +72,8 @@ def cost_geometry(config: SearchConfig, num_classes: int, size: tuple[int, int])
     """The geometry of the networks a search with ``config`` derives, measured at ``size``."""
     c = config
     return CostGeometry(c.channels, c.scales, c.layers, c.steps, c.rsp_ratio, c.rsp_depth, c.head_width,
-                        num_classes, tuple(size), c.top_k, c.primitives, c.head)
+                        num_classes, tuple(size), c.top_k, c.primitives, c.head, c.scale_channels,
+                        c.pool_first)
 
 
 def cost_penalties(config: SearchConfig, num_classes: int, device) -> dict[str, CostPenalty]:
@@ -136,11 +137,12 @@ class StageSearch(ResumableLoop):
                                        c.edge_partial, c.edge_normalization, c.rsp_ratio,
                                        c.rsp_depth, c.head_width, primitives=c.primitives,
                                        ignore_index=ignore_index, skip_bn=c.skip_bn, head=c.head,
-                                       max_skip=c.max_skip)
+                                       max_skip=c.max_skip, widths=c.scale_channels)
         else:
             model = MacroSupernet(num_classes, cell, c.channels, c.scales, c.layers, c.rsp_ratio,
                                   c.rsp_depth, c.head_width, memory=c.memory, ignore_index=ignore_index,
-                                  path_norm=c.path_norm, head=c.head)
+                                  path_norm=c.path_norm, head=c.head, widths=c.scale_channels,
+                                  pool_first=c.pool_first)
         self.model = distributed.convert_sync_batchnorm(model, self.device).to(self.device)
         # identical initialisation everywhere (DDP also broadcasts the weights, not α / β)
         distributed.broadcast_tensors_(list(self.model.parameters()) + list(self.model.buffers()))

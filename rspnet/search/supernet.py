@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from rspnet.architecture import PRIMITIVES, Genotype, KeptNode, edge_list
+from rspnet.architecture import PRIMITIVES, Genotype, KeptNode, edge_list, scale_widths
 from rspnet.nn import (Cell, DerivedCell, RSPBlock, SinglePathBackbone, Stem, TrellisBackbone,
                        edge_normalization, layer_nodes, make_head, trellis_nodes)
 
@@ -70,6 +70,7 @@ class SinglePathSupernet(_Supernet):
         head: the head design (``rspnet.nn.HEADS``: ``concat`` or ``light``).
         max_skip: at most this many ``skip_connect`` edges in the derived cell
             (``derive_cell``); None: no limit.
+        widths: channels of every scale (``scale_widths``; default ``channels * 2**s``).
         ignore_index: the label the loss ignores.
         skip_bn: an affine-free BatchNorm after every ``skip_connect`` candidate
             (``MixedOp``), so that it cannot win as a mere scale.
@@ -79,7 +80,7 @@ class SinglePathSupernet(_Supernet):
                  memory: str = "recompute", edge_partial: int = 1, edge_normalization: bool = False,
                  rsp_ratio: float = 0.5, rsp_depth: int = 1, head_channels: int = 64,
                  primitives: Sequence[str] = PRIMITIVES, ignore_index: int = 255, skip_bn: bool = True,
-                 head: str = "concat", max_skip: int | None = None):
+                 head: str = "concat", max_skip: int | None = None, widths: Sequence[int] | None = None):
         super().__init__()
         self.steps, self.ignore_index, self.max_skip = steps, ignore_index, max_skip
         self.primitives = tuple(primitives)
@@ -89,8 +90,8 @@ class SinglePathSupernet(_Supernet):
 
         self.stem = Stem(channels, memory=memory)
         self.backbone = SinglePathBackbone(
-            channels, scales, lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth))
-        self.head = make_head(head, [channels * 2 ** s for s in range(scales)], num_classes,
+            channels, scales, lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth), widths)
+        self.head = make_head(head, list(scale_widths(channels, scales, widths)), num_classes,
                               head_channels, memory=memory)
         num_edges = len(edge_list(steps))
         # DARTS's initialisation: near-uniform mixtures, broken by small noise
@@ -141,7 +142,9 @@ class MacroSupernet(_Supernet):
         genotype: the fixed cell (stage-1 result).
         channels, scales: as ``SinglePathSupernet``.
         layers: trellis depth L.
-        rsp_ratio, rsp_depth, head_channels, head: as ``SinglePathSupernet``.
+        rsp_ratio, rsp_depth, head_channels, head, widths: as ``SinglePathSupernet``.
+        pool_first: pool every path into a coarser node before its projection
+            (``PathAttention(pool_first=True)``).
         memory: ``"store"`` (default: the plain network) or ``"recompute"``: the
             stem, every trellis node and the head keep only their inputs for
             backward, and the loss fuses the final upsampling (``rspnet.nn.recompute``).
@@ -153,7 +156,8 @@ class MacroSupernet(_Supernet):
     def __init__(self, num_classes: int, genotype: Genotype, channels: int = 16, scales: int = 4,
                  layers: int = 8, rsp_ratio: float = 0.5, rsp_depth: int = 1,
                  head_channels: int = 64, memory: str = "store", ignore_index: int = 255,
-                 path_norm: bool = False, head: str = "concat"):
+                 path_norm: bool = False, head: str = "concat", widths: Sequence[int] | None = None,
+                 pool_first: bool = False):
         super().__init__()
         self.ignore_index = ignore_index
         self.cell = genotype
@@ -167,9 +171,10 @@ class MacroSupernet(_Supernet):
         self.backbone = TrellisBackbone(
             channels, self.nodes, self.sources,
             lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth), affine=False, memory=memory,
-            path_norm=path_norm)
+            path_norm=path_norm, widths=widths, pool_first=pool_first)
         last = layer_nodes(self.nodes, layers)
-        self.head = make_head(head, [channels * 2 ** s for _, s in last], num_classes,
+        width = scale_widths(channels, scales, widths)
+        self.head = make_head(head, [width[s] for _, s in last], num_classes,
                               head_channels, memory=memory)
         self.betas = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(len(src)))
                                       for src in self.sources)

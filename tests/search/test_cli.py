@@ -62,9 +62,10 @@ def test_light_head_and_skip_limit_reach_the_architecture(tmp_path):
     has at most one skip connection, the summary's FLOPs are the network's."""
     out = tmp_path / "run"
     assert main(TINY + ["--out", str(out), "--head", "light", "--max-skip", "1", "--head-channels", "8",
-                        "--flops-budget", "0.001"]) == 0
+                        "--flops-budget", "0.001", "--scale-channels", "4,8,12,16"]) == 0
     data = json.loads((out / "architecture.json").read_text())
     assert data["widths"]["head"] == "light" and data["search"]["max_skip"] == 1
+    assert data["widths"]["scale_channels"] == [4, 8, 12, 16]
     arch = Architecture.load(data)
     assert [op for op, _, _ in arch.cell.normal].count("skip_connect") <= 1
     model = RSPNet(arch, 19)
@@ -148,6 +149,9 @@ def test_stage2_alone_from_a_cell_file(tmp_path):
     (["--latency-size", "100x100"], "multiples of 32"),
     (["--head", "aspp"], "invalid choice: 'aspp'"),
     (["--max-skip", "-1"], "--max-skip"),
+    (["--scale-channels", "8,16,32,64"], "the first width is the channels of scale 0 (16), got 8"),
+    (["--scale-channels", "16,32,47,64"], "every width must be even"),
+    (["--scale-channels", "4,8,x"], "expected comma-separated integers"),
 ])
 def test_bad_arguments_give_argparse_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
