@@ -7,9 +7,11 @@ import random
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from rspnet.architecture import Architecture, Genotype
 from rspnet.models import FoldedCell, RSPNet, count_flops, fold_batchnorm, fold_cells
+from rspnet.models.simplify import MaxPool3x3
 from rspnet.nn import DerivedCell
 
 from .test_fold import _randomise_bn
@@ -140,3 +142,23 @@ def test_folded_network_with_linear_cells_gives_the_eval_outputs(cell):
     with torch.no_grad():
         _assert_same(folded(x), model(x))
     assert count_flops(folded, (64, 128)) < count_flops(model, (64, 128))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 5), (16, 32)])
+def test_inference_max_pool_equals_max_pool2d(size):
+    """The separable 3×3 max of the inference form against ``F.max_pool2d``,
+    element for element, ties (ReLU zeros) and negative values included."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size)
+    for inp in (x, torch.relu(x), -x.abs()):
+        torch.testing.assert_close(MaxPool3x3()(inp), F.max_pool2d(inp, 3, 1, 1), rtol=0, atol=0)
+
+
+def test_folded_cells_run_the_inference_max_pool():
+    genotype = Genotype(normal=(("max_pool_3x3", 0, 1), ("skip_connect", 0, 2), ("max_pool_3x3", 1, 2)),
+                        normal_concat=(1, 2))
+    cell = DerivedCell(4, genotype).eval()
+    folded = fold_batchnorm(cell)
+    assert [type(op).__name__ for op in folded.ops] == ["MaxPool3x3", "MaxPool3x3"]
+    x = torch.randn(2, 4, 9, 11)
+    torch.testing.assert_close(folded(x), cell(x))
