@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .simplify import fold_cells
+from .simplify import fold_cells, share_relus
 
 __all__ = ["fold_batchnorm", "FoldCount"]
 
@@ -88,7 +88,8 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False, cells: bool = True) 
     with every ``BatchNorm2d`` that directly follows a ``Conv2d`` in an
     ``nn.Sequential`` folded into it and replaced by ``nn.Identity``, then,
     with ``cells``, every ``DerivedCell`` replaced by its ``FoldedCell``
-    (a ``DerivedCell`` given as ``model`` is returned as a ``FoldedCell``).
+    (a ``DerivedCell`` given as ``model`` is returned as a ``FoldedCell``)
+    and the trellis paths' ReLUs shared (``rspnet.models.simplify``).
 
     Its outputs equal the eval-mode original's up to fp32 rounding. The
     counts are on the returned model as ``bn_folding`` (a ``FoldCount``:
@@ -112,5 +113,6 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False, cells: bool = True) 
     simplified = 0
     if cells:
         folded, simplified = fold_cells(folded, inplace=True)
+        share_relus(folded)
     folded.bn_folding = FoldCount(folded=count, left=left, cells=simplified)
     return folded

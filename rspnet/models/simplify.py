@@ -29,6 +29,13 @@ argmax of every window) runs 20-30 times slower at one thread — it was 45 %
 of a searched network's latency at 512×1024.
 
 Inference only: the folded cell shares no parameters with the original.
+
+``share_relus`` removes the other repeated work of a trellis: every path into
+a node starts with a ReLU of its source (DARTS's ReLU → conv → BN), so a node
+read by three paths was rectified three times; in the inference form each
+node of the trellis but the last layer's (which the head reads as they are)
+returns its rectified output once and the paths' ReLUs become identities —
+exact, since relu(relu(x)) = relu(x) and the stem already ends in a ReLU.
 """
 from __future__ import annotations
 
@@ -38,9 +45,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rspnet.nn import DerivedCell
+from rspnet.nn import DerivedCell, TrellisBackbone
 
-__all__ = ["FoldedCell", "MaxPool3x3", "fold_cells"]
+__all__ = ["FoldedCell", "MaxPool3x3", "fold_cells", "share_relus"]
 
 
 class MaxPool3x3(nn.Module):
@@ -176,3 +183,19 @@ def fold_cells(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, int]
                 parent._modules[name] = folded
                 simplified += folded.dropped_edges > 0
     return model, simplified
+
+
+def share_relus(model: nn.Module) -> int:
+    """In place: every ``TrellisBackbone`` of ``model`` rectifies its
+    non-final nodes' outputs once, and the ReLUs at the start of its paths'
+    projections become ``nn.Identity`` (module docstring). Returns how many
+    path ReLUs were removed. Eval-mode inference only."""
+    removed = 0
+    for backbone in (m for m in model.modules() if isinstance(m, TrellisBackbone)):
+        backbone.relu_outputs = True
+        for pam in backbone.pams:
+            for projection in pam.projections:
+                if isinstance(projection[0], nn.ReLU):
+                    projection[0] = nn.Identity()
+                    removed += 1
+    return removed

@@ -107,6 +107,9 @@ class TrellisBackbone(Recomputable, nn.Module):
             PathAttention([width[s] for _, s in src], width[scale], affine, path_norm, pool_first)
             for (_, scale), src in zip(self.nodes, self.sources))
         self.blocks = nn.ModuleList(make_block(width[scale]) for _, scale in self.nodes)
+        # inference form (rspnet.models.simplify.share_relus): every node but the
+        # last layer's returns relu(output), its readers' projections skip their ReLU
+        self.relu_outputs = False
 
     def forward(self, stem: torch.Tensor, logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         h, w = stem.shape[-2:]
@@ -124,6 +127,8 @@ class TrellisBackbone(Recomputable, nn.Module):
                                            modules=(self.pams[i], self.blocks[i]))
             else:
                 current[node] = self._node(i, size, logits[i], *inputs)
+            if self.relu_outputs and node[0] != self.nodes[-1][0]:
+                current[node] = torch.relu(current[node])
         return [current[n] for n in sorted(current)]
 
     def _node(self, i: int, size: tuple[int, int], logits: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:

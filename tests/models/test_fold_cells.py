@@ -2,6 +2,7 @@
 states merged into the projection gives the eval-mode cell's outputs (fp32
 rounding), runs only the edges the output needs, and an all-skip cell is one
 C→C convolution; the unfolded eval-mode cell or network is the reference."""
+import dataclasses
 import random
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rspnet.architecture import Architecture, Genotype
+from rspnet.architecture import Architecture, Genotype, KeptNode
 from rspnet.models import FoldedCell, RSPNet, count_flops, fold_batchnorm, fold_cells
 from rspnet.models.simplify import MaxPool3x3
 from rspnet.nn import DerivedCell
@@ -162,3 +163,23 @@ def test_folded_cells_run_the_inference_max_pool():
     assert [type(op).__name__ for op in folded.ops] == ["MaxPool3x3", "MaxPool3x3"]
     x = torch.randn(2, 4, 9, 11)
     torch.testing.assert_close(folded(x), cell(x))
+
+
+@pytest.mark.parametrize("head, pool_first", [("concat", False), ("light", True)])
+def test_folded_network_shares_the_path_relus(head, pool_first):
+    """Three layers, so that middle nodes are read by several paths: the
+    folded trellis rectifies non-final node outputs once and its path
+    projections start without a ReLU; the outputs are the eval network's."""
+    nodes = NODES + (KeptNode((3, 0), (((2, 0), 0.6), ((2, 2), 0.4))),
+                     KeptNode((3, 1), (((2, 0), 0.5), ((2, 2), 0.5))))
+    arch = dataclasses.replace(_architecture("partly-skip"), layers=3, nodes=nodes, head=head,
+                               pool_first=pool_first)
+    torch.manual_seed(0)
+    model = _randomise_bn(RSPNet(arch, num_classes=5)).eval()
+    folded = fold_batchnorm(model)
+    assert folded.backbone.relu_outputs and not model.backbone.relu_outputs
+    assert all(isinstance(p[0], nn.Identity) for pam in folded.backbone.pams for p in pam.projections)
+    assert all(isinstance(p[0], nn.ReLU) for pam in model.backbone.pams for p in pam.projections)
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        _assert_same(folded(x), model(x))
