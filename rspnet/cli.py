@@ -56,6 +56,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def channel_list(text: str) -> tuple[int, ...]:
+    """``--scale-channels``: comma-separated widths, each at least 2."""
+    try:
+        widths = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(c < 2 for c in widths):
+        raise argparse.ArgumentTypeError(f"every width must be >= 2, got {text!r}")
+    return widths
+
+
 def data_root_help() -> str:
     """The help of ``--data-root``, which every command with ``--data`` has."""
     return ("the data set's directory: cityscapes: holding leftImg8bit/ and gtFine/; camvid: holding "

@@ -20,22 +20,12 @@ from typing import Sequence
 
 from rspnet import data
 from rspnet.architecture import CANDIDATE_SETS, HEAD_KINDS
-from rspnet.cli import (add_run_options, architecture_arg, checked, data_root_help, nonnegative_int, parse_size,
+from rspnet.cli import (add_run_options, architecture_arg, channel_list, checked, data_root_help, nonnegative_int, parse_size,
                         positive_float, positive_int, run_command, run_options)
 from rspnet.nn import MEMORY_MODES
 from rspnet.search import ORDERS, STAGES, SearchConfig, check_config, default_memory, run
 
 DEFAULTS = SearchConfig()
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(c) for c in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(c < 2 for c in widths):
-        raise argparse.ArgumentTypeError(f"every width must be >= 2, got {text!r}")
-    return widths
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rsp-depth", type=positive_int, default=DEFAULTS.rsp_depth, help="RSP recursion depth")
     p.add_argument("--head-channels", type=positive_int, default=DEFAULTS.head_channels,
                    help="width of the head's 3x3 conv (default: 4 F)")
-    p.add_argument("--scale-channels", type=_widths, default=DEFAULTS.scale_channels, metavar="C0,C1,...",
+    p.add_argument("--scale-channels", type=channel_list, default=DEFAULTS.scale_channels, metavar="C0,C1,...",
                    help="channels of every scale, finest first, the first equal to --channels "
                         "(default: --channels doubled at each scale, e.g. 16,32,64,128)")
     p.add_argument("--pool-first", action=argparse.BooleanOptionalAction, default=DEFAULTS.pool_first,
