@@ -98,6 +98,9 @@ CANDIDATE_SETS = {
     "darts": PRIMITIVES,
     "light": LIGHT_PRIMITIVES,
     "both": PRIMITIVES + tuple(n for n in LIGHT_PRIMITIVES if n not in PRIMITIVES),
+    # DARTS's set without its two poolings: parameter-free ops that win a
+    # search's early epochs as skip_connect does, but unlike a skip they blur
+    "nopool": tuple(n for n in PRIMITIVES if n not in ("max_pool_3x3", "avg_pool_3x3")),
 }
 OP_NAMES = CANDIDATE_SETS["both"]
 
@@ -194,15 +197,15 @@ class Architecture:
     scales: int
     head_channels: int
     rsp_ratio: float = 0.5
+    rsp_depth: int = 1
+    layers: int | None = None
+    nodes: tuple[KeptNode, ...] | None = None
+    search: dict = field(default_factory=dict)
     head: str = "concat"        # rspnet.nn.head.HEADS
     # channels of each scale; None: channels * 2**s (the doubling of Auto-DeepLab)
     scale_channels: tuple[int, ...] | None = None
     # trellis paths to a coarser node pooled before their projection (PathAttention)
     pool_first: bool = False
-    rsp_depth: int = 1
-    layers: int | None = None
-    nodes: tuple[KeptNode, ...] | None = None
-    search: dict = field(default_factory=dict)
 
     @property
     def widths(self) -> tuple[int, ...]:

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "so that β does not compare resolutions")
     p.add_argument("--candidates", choices=tuple(CANDIDATE_SETS), default=DEFAULTS.candidates,
                    help="the cell's candidate ops: darts (DARTS's eight), light (none, skip_connect and "
-                        "inverted residuals: expand 3/6, depthwise 3x3/5x5) or both")
+                        "inverted residuals: expand 3/6, depthwise 3x3/5x5), both, or nopool (DARTS's "
+                        "eight without the two poolings)")
     p.add_argument("--rsp-ratio", type=float, default=DEFAULTS.rsp_ratio,
                    help="fraction of channels that go through the cell")
     p.add_argument("--rsp-depth", type=positive_int, default=DEFAULTS.rsp_depth, help="RSP recursion depth")

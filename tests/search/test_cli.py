@@ -58,16 +58,18 @@ def test_cost_aware_search_reports_the_tables_cost(tmp_path, capsys):
 
 
 def test_light_head_and_skip_limit_reach_the_architecture(tmp_path):
-    """--head light --max-skip 1: the file names the head, the derived cell
-    has at most one skip connection, the summary's FLOPs are the network's."""
+    """--head light --max-skip 1 --candidates nopool: the file names the head,
+    the derived cell has at most one skip connection and no pooling, the
+    summary's FLOPs are the network's."""
     out = tmp_path / "run"
     assert main(TINY + ["--out", str(out), "--head", "light", "--max-skip", "1", "--head-channels", "8",
-                        "--flops-budget", "0.001", "--scale-channels", "4,8,12,16"]) == 0
+                        "--flops-budget", "0.001", "--scale-channels", "4,8,12,16", "--candidates", "nopool"]) == 0
     data = json.loads((out / "architecture.json").read_text())
     assert data["widths"]["head"] == "light" and data["search"]["max_skip"] == 1
     assert data["widths"]["scale_channels"] == [4, 8, 12, 16]
     arch = Architecture.load(data)
-    assert [op for op, _, _ in arch.cell.normal].count("skip_connect") <= 1
+    ops = [op for op, _, _ in arch.cell.normal]
+    assert ops.count("skip_connect") <= 1 and not {"max_pool_3x3", "avg_pool_3x3"} & set(ops)
     model = RSPNet(arch, 19)
     assert type(model.head).__name__ == "LightHead"
     derived = json.loads((out / "summary.json").read_text())["derived"]
