@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch-weight-decay", type=float, default=DEFAULTS.arch_weight_decay,
                    help="weight decay of the architecture parameters")
     p.add_argument("--top-k", type=positive_int, default=DEFAULTS.top_k, help="paths kept per node")
+    p.add_argument("--same-scale-paths", action=argparse.BooleanOptionalAction, default=DEFAULTS.same_scale_paths,
+                   help="every node keeps the path from its own scale in the previous layer (HRNet's "
+                        "continuous streams) and --top-k minus 1 more by beta")
     p.add_argument("--param-penalty", type=float, default=DEFAULTS.param_penalty,
                    help="λ of the expected-parameter penalty on the architecture loss (0 = off)")
     p.add_argument("--param-budget", type=positive_float, default=None,
@@ -152,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rsp_ratio=args.rsp_ratio, candidates=args.candidates,
         rsp_depth=args.rsp_depth, head_channels=args.head_channels, head=args.head, max_skip=args.max_skip,
         scale_channels=args.scale_channels, pool_first=args.pool_first, top_k=args.top_k,
+        same_scale_paths=args.same_scale_paths,
         param_penalty=args.param_penalty,
         flops_budget=None if args.flops_budget is None else args.flops_budget * 1e9,
         latency_budget=args.latency_budget, cost_weight=args.cost_weight,

@@ -17,6 +17,8 @@ from typing import Sequence
 from rspnet.architecture import PRIMITIVES, Architecture, Genotype, KeptNode, reaching_head
 from rspnet.nn import layer_nodes, trellis_nodes
 
+from .derive import same_scale_source
+
 __all__ = ["random_cell", "random_paths", "random_architecture", "sample_architectures",
            "write_random_architectures"]
 
@@ -30,12 +32,20 @@ def random_cell(steps: int, rng: random.Random, primitives: Sequence[str] = PRIM
     return Genotype(normal=tuple(normal), normal_concat=tuple(range(1, steps + 1)))
 
 
-def random_paths(layers: int, scales: int, top_k: int, rng: random.Random) -> tuple[KeptNode, ...]:
+def random_paths(layers: int, scales: int, top_k: int, rng: random.Random,
+                 same_scale: bool = False) -> tuple[KeptNode, ...]:
+    """``same_scale``: each node keeps its own scale's path and draws the rest
+    (the search's ``--same-scale-paths`` space)."""
     nodes = trellis_nodes(layers, scales)
     chosen = {}
     for node in nodes:
         sources = layer_nodes(nodes, node[0] - 1)
-        kept = sorted(rng.sample(range(len(sources)), min(top_k, len(sources))))
+        forced = same_scale_source(node, sources) if same_scale else None
+        if forced is None:
+            kept = sorted(rng.sample(range(len(sources)), min(top_k, len(sources))))
+        else:
+            rest = [i for i in range(len(sources)) if i != forced]
+            kept = sorted([forced] + rng.sample(rest, min(top_k, len(sources)) - 1))
         chosen[node] = tuple((tuple(sources[i]), 1.0 / len(kept)) for i in kept)
     alive = reaching_head({node: [s for s, _ in paths] for node, paths in chosen.items()})
     return tuple(KeptNode(node, paths) for node, paths in chosen.items() if node in alive)
@@ -45,7 +55,7 @@ def random_architecture(config, rng: random.Random, search: dict | None = None) 
     """One architecture of ``config``'s space (a ``SearchConfig``: steps,
     channels, scales, layers, top_k, RSP settings, head width)."""
     cell = random_cell(config.steps, rng, config.primitives)
-    nodes = random_paths(config.layers, config.scales, config.top_k, rng)
+    nodes = random_paths(config.layers, config.scales, config.top_k, rng, config.same_scale_paths)
     return Architecture(cell=cell, channels=config.channels, scales=config.scales,
                         head_channels=config.head_width, head=config.head,
                         scale_channels=config.scale_channels, rsp_ratio=config.rsp_ratio,

@@ -64,6 +64,7 @@ class SearchConfig:
     scale_channels: tuple[int, ...] | None = None  # channels per scale; None: channels * 2**s
     pool_first: bool = False           # stage 2: pool paths into coarser nodes before projecting (PathAttention)
     top_k: int = 2
+    same_scale_paths: bool = False     # every node keeps its own scale's path (derive.derive_paths)
     max_skip: int | None = None        # P-DARTS: skip_connect edges kept in the derived cell; None: any
     param_penalty: float = 0.0
     param_budget: float | None = None  # parameters

@@ -49,6 +49,8 @@ from rspnet.models.cost import count_flops_of
 from rspnet.nn import OPS, DerivedCell, PathAttention, RSPBlock, Stem, layer_nodes, make_head, trellis_nodes
 from rspnet.nn.primitives import ConvBNReLU
 
+from .derive import same_scale_source
+
 __all__ = ["CostGeometry", "CostTable", "LatencyMeter", "kept_probabilities", "cell_cost",
            "METRICS", "default_latency_table_path"]
 
@@ -74,6 +76,7 @@ class CostGeometry:
     head: str = "concat"
     scale_channels: tuple[int, ...] | None = None
     pool_first: bool = False
+    same_scale: bool = False           # derive_paths(same_scale=): each node keeps its own scale's path
 
     def width(self, scale: int) -> int:
         return scale_widths(self.channels, self.scales, self.scale_channels)[scale]
@@ -250,7 +253,7 @@ class CostTable:
                 p = torch.full((len(src),), 1.0 / len(src), dtype=dtype, device=device)
             else:
                 p = torch.softmax(betas[i].to(dtype), 0)
-            kept[node] = kept_probabilities(p, g.top_k)
+            kept[node] = self._kept(node, src, p)
         alive = self._alive(kept)
         head = ",".join(map(str, range(min(g.layers, g.scales - 1) + 1)))
         total = self.entries["stem"] + self.entries[f"head:{head}"]
@@ -261,6 +264,19 @@ class CostTable:
                                  device=kept[node].device)
             total = total + alive[node] * (node_cost + (kept[node] * paths).sum())
         return total
+
+    def _kept(self, node: tuple[int, int], sources: Sequence[tuple[int, int]], p: torch.Tensor) -> torch.Tensor:
+        """How likely the derivation keeps each path of ``node``: the water-filling
+        of ``kept_probabilities``, or with ``same_scale`` the node's own scale
+        kept surely and the water-filling over the others for ``top_k - 1``."""
+        forced = same_scale_source(node, sources) if self.geometry.same_scale else None
+        if forced is None:
+            return kept_probabilities(p, self.geometry.top_k)
+        rest = [i for i in range(len(sources)) if i != forced]
+        k = min(self.geometry.top_k, len(sources)) - 1
+        q_rest = kept_probabilities(p[rest] / p[rest].sum(), k) if k > 0 else p[rest] * 0
+        index = torch.tensor(rest, dtype=torch.long, device=p.device)
+        return p.new_ones(len(sources)).index_copy(0, index, q_rest)
 
     def _alive(self, kept: Mapping[tuple[int, int], torch.Tensor]) -> dict:
         """Probability that each node reaches the head."""

@@ -16,6 +16,12 @@ Paths: each trellis node keeps its ``top_k`` incoming paths by ``softmax(β)``;
 nodes that cannot reach the head (which reads every last-layer node) are
 pruned; the kept paths' weights are their softmax renormalised to sum to 1.
 
+``same_scale`` (off by default): every node keeps the path from its own
+scale in the previous layer when there is one, and ``top_k - 1`` more by
+softmax(β), so each scale's stream runs through the whole trellis (HRNet's
+parallel high-resolution streams); without it a 1/4-scale node may drop its
+1/4 input and rebuild fine detail from upsampled coarse maps.
+
 Ties are broken deterministically toward the lower index (the earlier source
 node, the earlier op in ``PRIMITIVES``), as DARTS's stable sort does.
 """
@@ -75,14 +81,29 @@ def _derive(weights: list[list[float]], steps: int, primitives: Sequence[str]) -
     return Genotype(normal=tuple(normal), normal_concat=tuple(range(1, steps + 1)))
 
 
+def same_scale_source(node: tuple[int, int], sources: Sequence[tuple[int, int]]) -> int | None:
+    """Index in ``sources`` of ``node``'s own scale in the previous layer, or None."""
+    for i, source in enumerate(sources):
+        if tuple(source) == (node[0] - 1, node[1]):
+            return i
+    return None
+
+
 def derive_paths(betas: Sequence[torch.Tensor], nodes: Sequence[tuple[int, int]],
-                 sources: Sequence[Sequence[tuple[int, int]]], top_k: int = 2) -> tuple[KeptNode, ...]:
+                 sources: Sequence[Sequence[tuple[int, int]]], top_k: int = 2,
+                 same_scale: bool = False) -> tuple[KeptNode, ...]:
     """The derived trellis: for each surviving node (in ``nodes`` order) its
-    kept paths with fixed weights."""
+    kept paths with fixed weights (``same_scale``: module doc)."""
     chosen = {}
     for beta, node, src in zip(betas, nodes, sources):
         weights = torch.softmax(beta.detach().double(), dim=0).tolist()
-        keep = _strongest(weights, min(top_k, len(src)))
+        forced = same_scale_source(node, src) if same_scale else None
+        if forced is None:
+            keep = _strongest(weights, min(top_k, len(src)))
+        else:
+            rest = [i for i in range(len(src)) if i != forced]
+            best = _strongest([weights[i] for i in rest], min(top_k, len(src)) - 1)
+            keep = sorted([forced] + [rest[j] for j in best])
         total = sum(weights[p] for p in keep)
         chosen[tuple(node)] = tuple((tuple(src[p]), weights[p] / total) for p in keep)
     alive = reaching_head({node: [s for s, _ in paths] for node, paths in chosen.items()})

@@ -34,7 +34,7 @@ __all__ = ["run", "STAGES"]
 
 STAGES = ("1", "2", "both")
 _PROVENANCE = ("data", "images", "size", "epochs", "warmup", "batch_size", "layers", "memory", "order", "seed",
-               "edge_partial", "edge_normalization", "skip_bn", "path_norm", "top_k", "param_penalty", "param_budget",
+               "edge_partial", "edge_normalization", "skip_bn", "path_norm", "top_k", "same_scale_paths", "param_penalty", "param_budget",
                "candidates", "max_skip", "flops_budget", "latency_budget", "cost_weight", "latency_size",
                "arch_lr", "arch_betas", "arch_weight_decay")
 
@@ -185,7 +185,7 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
             log(f"[stage 1] derived cell: {format_cell(cell)}")
         if 2 in stages:
             search = run_stage(2, cell)
-            nodes = search.model.paths(config.top_k)
+            nodes = search.model.paths(config.top_k, config.same_scale_paths)
             architecture = _architecture(config, cell, nodes)
             if ctx.is_main:
                 architecture.save(files["architecture"])

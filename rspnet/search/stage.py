@@ -73,7 +73,7 @@ def cost_geometry(config: SearchConfig, num_classes: int, size: tuple[int, int])
     c = config
     return CostGeometry(c.channels, c.scales, c.layers, c.steps, c.rsp_ratio, c.rsp_depth, c.head_width,
                         num_classes, tuple(size), c.top_k, c.primitives, c.head, c.scale_channels,
-                        c.pool_first)
+                        c.pool_first, c.same_scale_paths)
 
 
 def cost_penalties(config: SearchConfig, num_classes: int, device) -> dict[str, CostPenalty]:
@@ -300,7 +300,7 @@ class StageSearch(ResumableLoop):
         """The architecture derived now, in one line."""
         if self.stage == 1:
             return format_cell(self.model.genotype())
-        return format_paths(self.model.paths(self.config.top_k))
+        return format_paths(self.model.paths(self.config.top_k, self.config.same_scale_paths))
 
     def end_epoch(self, train_loss: float) -> list[str]:
         miou = self.evaluate()

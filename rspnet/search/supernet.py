@@ -186,9 +186,9 @@ class MacroSupernet(_Supernet):
         """What the head reads: the last layer's outputs."""
         return self.backbone(self.stem(images), list(self.betas))
 
-    def paths(self, top_k: int = 2) -> tuple[KeptNode, ...]:
+    def paths(self, top_k: int = 2, same_scale: bool = False) -> tuple[KeptNode, ...]:
         """The derived trellis: each node's ``top_k`` paths (``derive_paths``)."""
-        return derive_paths(self.betas, self.nodes, self.sources, top_k)
+        return derive_paths(self.betas, self.nodes, self.sources, top_k, same_scale)
 
     def expected_params(self) -> torch.Tensor:
         """Parameters of the path projections, each weighted by its softmax(β):

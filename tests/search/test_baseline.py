@@ -38,6 +38,23 @@ def test_random_architectures_follow_the_derivation_rules():
         assert Architecture.load(arch.to_dict()) == arch   # a valid architecture file
 
 
+def test_random_same_scale_draws_keep_each_nodes_own_scale():
+    import dataclasses
+    import random
+    config = dataclasses.replace(CONFIG, same_scale_paths=True)
+    rng = random.Random(0)
+    others = set()
+    for _ in range(30):
+        arch = random_architecture(config, rng)
+        for kept in arch.nodes:
+            layer, scale = kept.node
+            sources = [s for s, _ in kept.paths]
+            if layer > 1 and scale <= min(layer - 2, config.scales - 1):
+                assert (layer - 1, scale) in sources and len(sources) == 2
+                others.update(s for s in sources if s != (layer - 1, scale))
+    assert len(others) > 5          # the second path is still drawn
+
+
 def test_random_draws_are_seeded_spread_and_honour_a_budget():
     a = [arch for arch, _ in sample_architectures(CONFIG, 8, seed=3)]
     b = [arch for arch, _ in sample_architectures(CONFIG, 8, seed=3)]

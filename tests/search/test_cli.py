@@ -63,11 +63,16 @@ def test_light_head_and_skip_limit_reach_the_architecture(tmp_path):
     summary's FLOPs are the network's."""
     out = tmp_path / "run"
     assert main(TINY + ["--out", str(out), "--head", "light", "--max-skip", "1", "--head-channels", "8",
-                        "--flops-budget", "0.001", "--scale-channels", "4,8,12,16", "--candidates", "nopool"]) == 0
+                        "--flops-budget", "0.001", "--scale-channels", "4,8,12,16", "--candidates", "nopool",
+                        "--same-scale-paths"]) == 0
     data = json.loads((out / "architecture.json").read_text())
     assert data["widths"]["head"] == "light" and data["search"]["max_skip"] == 1
-    assert data["widths"]["scale_channels"] == [4, 8, 12, 16]
+    assert data["widths"]["scale_channels"] == [4, 8, 12, 16] and data["search"]["same_scale_paths"]
     arch = Architecture.load(data)
+    for node in data["macro"]["nodes"]:   # every node whose scale exists one layer down reads it
+        layer, scale = node["node"]
+        if layer > 1 and scale <= min(layer - 2, arch.scales - 1):
+            assert [layer - 1, scale] in [p["from"] for p in node["paths"]]
     ops = [op for op, _, _ in arch.cell.normal]
     assert ops.count("skip_connect") <= 1 and not {"max_pool_3x3", "avg_pool_3x3"} & set(ops)
     model = RSPNet(arch, 19)

@@ -111,6 +111,37 @@ def test_gradient_against_finite_differences():
                                     (alpha, *betas))
 
 
+def _hot_betas_with_own_scale(rng: random.Random) -> list[torch.Tensor]:
+    """Two-hot β that includes each node's own scale where it has one."""
+    betas = []
+    for node, src in zip(NODES, SOURCES):
+        b = torch.full((len(src),), -BIG, dtype=D)
+        own = [i for i, s in enumerate(src) if s == (node[0] - 1, node[1])]
+        others = [i for i in range(len(src)) if i not in own]
+        for i in own + rng.sample(others, min(2, len(src)) - len(own)):
+            b[i] = 0.0
+        betas.append(b)
+    return betas
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_same_scale_expectation_is_the_derived_count_and_differentiable(seed):
+    """--same-scale-paths: the own-scale path is kept surely, the others
+    water-filled for top_k - 1; exact for hot logits that agree with the rule,
+    and smooth (gradcheck) elsewhere."""
+    rng = random.Random(seed)
+    geometry = dataclasses.replace(GEOMETRY, same_scale=True)
+    table = flops_table(geometry)
+    alpha, betas = _hot_alpha(rng), _hot_betas_with_own_scale(rng)
+    arch = Architecture(cell=derive_cell(alpha, GEOMETRY.steps), channels=8, scales=3, head_channels=16,
+                        layers=GEOMETRY.layers, nodes=derive_paths(betas, NODES, SOURCES, 2, same_scale=True))
+    measured = count_flops(RSPNet(arch, GEOMETRY.num_classes).eval(), GEOMETRY.size)
+    torch.testing.assert_close(table.expected(arch.cell, betas).item(), float(measured), rtol=1e-9, atol=0)
+    g = torch.Generator().manual_seed(seed)
+    soft = [torch.randn(len(src), generator=g, dtype=D, requires_grad=True) for src in SOURCES]
+    assert torch.autograd.gradcheck(lambda *b: 1e-6 * table.expected(arch.cell, list(b)), tuple(soft))
+
+
 def test_gradient_with_a_dominant_path():
     """The water-filling branch of kept_probabilities (one path above 1/top_k)."""
     table = flops_table(GEOMETRY)

@@ -121,6 +121,25 @@ def test_macro_rule_top1_prunes_whole_branches():
     assert kept[(2, 0)] == (((1, 1), 1.0),)
 
 
+def test_same_scale_rule_keeps_each_nodes_own_scale():
+    """--same-scale-paths: (l, s) keeps (l-1, s) however weak, plus the best
+    other; a node without its own scale below keeps its top_k as usual."""
+    betas = _betas([[0.0], [0.0],
+                    [-4.0, 1.0], [3.0, -5.0], [0.0, 2.0],
+                    [-9.0, 1.0, 2.0], [1.0, -9.0, 0.5], [2.0, 1.0, -9.0], [0.3, 0.2, 0.1]])
+    kept = {n.node: [s for s, _ in n.paths] for n in derive_paths(betas, NODES, SOURCES, 2, same_scale=True)}
+    plain = {n.node: [s for s, _ in n.paths] for n in derive_paths(betas, NODES, SOURCES, 2)}
+    assert kept[(2, 0)] == [(1, 0), (1, 1)]                    # the only two
+    assert kept[(3, 0)] == [(2, 0), (2, 2)] and plain[(3, 0)] == [(2, 1), (2, 2)]
+    assert kept[(3, 1)] == [(2, 0), (2, 1)] and plain[(3, 1)] == [(2, 0), (2, 2)]
+    assert kept[(3, 2)] == [(2, 0), (2, 2)] and plain[(3, 2)] == [(2, 0), (2, 1)]
+    assert kept[(3, 3)] == plain[(3, 3)] == [(2, 0), (2, 1)]   # no (2, 3): top 2 by beta
+    assert kept[(1, 1)] == [(0, 0)]
+    # top_k = 1: only the own scale where there is one
+    top1 = {n.node: [s for s, _ in n.paths] for n in derive_paths(betas, NODES, SOURCES, 1, same_scale=True)}
+    assert top1[(3, 0)] == [(2, 0)] and top1[(3, 2)] == [(2, 2)]
+
+
 def test_reaching_head_walks_back_from_the_last_layer():
     kept = {(1, 0): [(0, 0)], (1, 1): [(0, 0)], (2, 0): [(1, 0)], (2, 1): [(1, 1)], (3, 0): [(2, 0)]}
     assert reaching_head(kept) == {(3, 0), (2, 0), (1, 0)}
