@@ -6,6 +6,10 @@ CPU cores in a few minutes on the synthetic data (see docs/design.md); the
 paper-scale settings are flags (e.g. ``--size 512x1024 --channels 16
 --layers 8 --epochs 40 --batch-size 8 --device cuda``).
 
+A light-weight network (docs/design.md §6): search a proxy with
+``--same-scale-paths --head light``, then train the searched cell and
+trellis wider with ``python -m rspnet.rescale ... --pool-first``.
+
 Data parallel: ``torchrun --nproc_per_node=N -m rspnet.search ...`` (one
 process per GPU; ``--batch-size`` is the global batch). Checkpoints at every
 epoch end and every ``--checkpoint-every`` steps; ``--resume auto`` continues
