@@ -92,7 +92,8 @@ class _HeadBase(Recomputable, nn.Module):
     ``loss`` on top of the subclass's ``scores`` (at 1/4 of the image)."""
 
     def scores(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
-        raise NotImplementedError
+        """Class scores (pre-softmax) at 1/4 of ``image_size``: what each head defines."""
+        raise NotImplementedError(f"{type(self).__name__} must define scores()")
 
     def forward(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
         scores = self.scores(features, image_size)
