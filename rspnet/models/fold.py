@@ -23,8 +23,11 @@ statistics even in eval mode and is left too.
 After the BatchNorms, every ``DerivedCell`` is replaced by its
 ``FoldedCell`` (``rspnet.models.simplify``): the cell states that are scalar
 multiples of the cell's input (``skip_connect`` chains) are merged into the
-projection's weights, so their concatenation and sums are never computed.
-``cells=False`` leaves the cells as they are (BatchNorm folding alone).
+projection's weights, so their concatenation and sums are never computed;
+the trellis's ReLUs are shared, the stem runs channels-last, pool-first paths
+pool with strided sums and the head upsamples channels-last (the rest of the
+inference form, ``rspnet.models.simplify``).
+``cells=False`` leaves all of that out (BatchNorm folding alone).
 
 The folded copy is for inference only (eval mode; training it would train a
 different network).
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .simplify import fold_cells, share_relus
+from .simplify import channels_last_upsampling, fold_cells, share_relus, stem_channels_last, strided_pools
 
 __all__ = ["fold_batchnorm", "FoldCount"]
 
@@ -88,10 +91,13 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False, cells: bool = True) 
     with every ``BatchNorm2d`` that directly follows a ``Conv2d`` in an
     ``nn.Sequential`` folded into it and replaced by ``nn.Identity``, then,
     with ``cells``, every ``DerivedCell`` replaced by its ``FoldedCell``
-    (a ``DerivedCell`` given as ``model`` is returned as a ``FoldedCell``)
-    and the trellis paths' ReLUs shared (``rspnet.models.simplify``).
+    (a ``DerivedCell`` given as ``model`` is returned as a ``FoldedCell``),
+    the trellis paths' ReLUs shared and the layout and kernel choices of
+    ``rspnet.models.simplify`` made.
 
-    Its outputs equal the eval-mode original's up to fp32 rounding. The
+    Its outputs equal the eval-mode original's up to fp32 rounding (a
+    network's output is channels-last: the head's final upsampling writes it
+    so). The
     counts are on the returned model as ``bn_folding`` (a ``FoldCount``:
     BatchNorms folded here, those left because no convolution directly
     precedes them or they have no running statistics, and the cells whose
@@ -114,5 +120,8 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False, cells: bool = True) 
     if cells:
         folded, simplified = fold_cells(folded, inplace=True)
         share_relus(folded)
+        stem_channels_last(folded)
+        strided_pools(folded)
+        channels_last_upsampling(folded)
     folded.bn_folding = FoldCount(folded=count, left=left, cells=simplified)
     return folded

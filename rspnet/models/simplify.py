@@ -36,6 +36,26 @@ read by three paths was rectified three times; in the inference form each
 node of the trellis but the last layer's (which the head reads as they are)
 returns its rectified output once and the paths' ReLUs become identities —
 exact, since relu(relu(x)) = relu(x) and the stem already ends in a ReLU.
+
+Three layout and kernel choices complete the inference form; each computes
+the same numbers (up to fp32 rounding) and was measured at one thread,
+batch 1, 512×1024 on a 2-core EPYC VM:
+
+* ``stem_channels_last``: the stem runs on a channels-last copy of the image
+  and hands its output back in the image's layout. PyTorch's oneDNN
+  convolution of a 3-channel NCHW image is a slow case (20 ms for the first
+  3→32 stride-2 conv, 2.3 ms channels-last); the rest of the network stays
+  NCHW, where the 1×1 convolutions and rspnet's fused ops run best.
+* ``strided_pools``: the pool-first paths average with strided sums
+  (``rspnet.nn.pam.strided_mean``) instead of ``F.avg_pool2d``, which is 4-8
+  times slower on CPU.
+* ``channels_last_upsampling``: the head's final upsampling to the image size
+  writes its output channels-last (23 against 31 ms); the network's output is
+  then a channels-last tensor, as a channels-last network's is.
+
+Together with the trellis's in-place ReLUs (``share_relus``) they took a
+searched network from 1.2× to about 0.9× the one-thread latency of
+LRASPP-MobileNetV3 (docs/design.md, the inference form).
 """
 from __future__ import annotations
 
@@ -45,9 +65,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rspnet.nn import DerivedCell, TrellisBackbone
+from rspnet.nn import DerivedCell, PathAttention, Stem, TrellisBackbone
+from rspnet.nn.head import _HeadBase
 
-__all__ = ["FoldedCell", "MaxPool3x3", "fold_cells", "share_relus"]
+__all__ = ["ChannelsLast", "FoldedCell", "MaxPool3x3", "channels_last_upsampling", "fold_cells", "share_relus",
+           "stem_channels_last", "strided_pools"]
 
 
 class MaxPool3x3(nn.Module):
@@ -199,3 +221,49 @@ def share_relus(model: nn.Module) -> int:
                     projection[0] = nn.Identity()
                     removed += 1
     return removed
+
+
+class ChannelsLast(nn.Module):
+    """``module`` run on a channels-last copy of a 4-d input; the output is
+    returned in the input's layout (NCHW-contiguous unless the input was
+    channels-last). Inference only: the copies are not worth it in training."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        was_channels_last = x.dim() == 4 and not x.is_contiguous() and \
+            x.is_contiguous(memory_format=torch.channels_last)
+        y = self.module(x.contiguous(memory_format=torch.channels_last))
+        return y.contiguous(memory_format=torch.channels_last if was_channels_last else torch.contiguous_format)
+
+
+def stem_channels_last(model: nn.Module) -> int:
+    """In place: every ``Stem`` child of ``model`` wrapped in ``ChannelsLast``
+    (module docstring); returns how many."""
+    wrapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, Stem):
+                parent._modules[name] = ChannelsLast(child)
+                wrapped += 1
+    return wrapped
+
+
+def strided_pools(model: nn.Module) -> int:
+    """In place: every pool-first ``PathAttention`` of ``model`` averages with
+    strided sums (module docstring); returns how many."""
+    pams = [m for m in model.modules() if isinstance(m, PathAttention) and m.pool_first]
+    for pam in pams:
+        pam.strided_pool = True
+    return len(pams)
+
+
+def channels_last_upsampling(model: nn.Module) -> int:
+    """In place: every segmentation head of ``model`` upsamples its scores
+    channels-last (module docstring); returns how many."""
+    heads = [m for m in model.modules() if isinstance(m, _HeadBase)]
+    for head in heads:
+        head.upsample_channels_last = True
+    return len(heads)

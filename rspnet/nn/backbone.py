@@ -128,7 +128,10 @@ class TrellisBackbone(Recomputable, nn.Module):
             else:
                 current[node] = self._node(i, size, logits[i], *inputs)
             if self.relu_outputs and node[0] != self.nodes[-1][0]:
-                current[node] = torch.relu(current[node])
+                # the block's output is a fresh map that nothing else holds:
+                # rectified in place when no graph is being recorded
+                y = current[node]
+                current[node] = torch.relu(y) if torch.is_grad_enabled() else y.relu_()
         return [current[n] for n in sorted(current)]
 
     def _node(self, i: int, size: tuple[int, int], logits: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:

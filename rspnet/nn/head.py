@@ -89,7 +89,16 @@ class _UpsampleConcatConv(torch.autograd.Function):
 
 class _HeadBase(Recomputable, nn.Module):
     """What every head shares: ``forward`` (class scores at the image size) and
-    ``loss`` on top of the subclass's ``scores`` (at 1/4 of the image)."""
+    ``loss`` on top of the subclass's ``scores`` (at 1/4 of the image).
+
+    ``upsample_channels_last`` (set by the inference form,
+    ``rspnet.models.simplify.channels_last_upsampling``): the final bilinear
+    upsampling reads a channels-last copy of the scores and so returns its
+    output channels-last (the same values; PyTorch's CPU kernel wrote the
+    19×512×1024 output in 23 ms that way against 31 ms from NCHW, and
+    converting the output back would cost more than it saves)."""
+
+    upsample_channels_last = False
 
     def scores(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
         """Class scores (pre-softmax) at 1/4 of ``image_size``: what each head defines."""
@@ -97,6 +106,8 @@ class _HeadBase(Recomputable, nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
         scores = self.scores(features, image_size)
+        if self.upsample_channels_last:
+            scores = scores.contiguous(memory_format=torch.channels_last)
         return F.interpolate(scores, size=tuple(image_size), mode="bilinear", align_corners=False)
 
     def loss(self, features: Sequence[torch.Tensor], labels: torch.Tensor,

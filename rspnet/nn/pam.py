@@ -41,6 +41,23 @@ from rspnet.ops.reference import POOL, resample_mode, resample_ref
 from .primitives import ReLUConvBN
 
 
+def strided_mean(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """``F.avg_pool2d(x, (kh, kw))`` for maps whose height and width are
+    multiples of the kernel: the sum of the ``kh`` row-strided views, then of
+    the ``kw`` column-strided views of that, times ``1 / (kh * kw)``. The same
+    numbers summed in another order (equal to fp rounding); PyTorch's CPU
+    average pooling ran 4-8 times slower at one thread (1.9 against 0.2-0.4 ms
+    for 32 channels at 128×256)."""
+    rows = x[..., 0::kh, :]
+    for a in range(1, kh):
+        rows = rows + x[..., a::kh, :]
+    out = rows[..., 0::kw]
+    for c in range(1, kw):
+        out = out + rows[..., c::kw]
+    # a fresh tensor as soon as one sum ran: scaled in place
+    return out.mul_(1.0 / (kh * kw)) if kh * kw > 1 else out.clone()
+
+
 class PathAttention(nn.Module):
     """Args:
         in_channels: channels of each incoming path, in the order of ``forward``'s inputs.
@@ -55,6 +72,9 @@ class PathAttention(nn.Module):
                  normalize: bool = False, pool_first: bool = False):
         super().__init__()
         self.normalize, self.pool_first = normalize, pool_first
+        # inference form (rspnet.models.simplify.strided_pools): pool-first
+        # paths average with strided sums instead of F.avg_pool2d
+        self.strided_pool = False
         self.projections = nn.ModuleList(ReLUConvBN(c, out_channels, affine) for c in in_channels)
 
     def forward(self, inputs: Sequence[torch.Tensor], logits: torch.Tensor,
@@ -70,9 +90,13 @@ class PathAttention(nn.Module):
         return path_fusion(logits, paths, size)
 
     def _project(self, projection: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if self.pool_first and resample_mode(x.shape[-2:], size)[0] == POOL:
-            relu, conv, bn = projection
-            return bn(conv(resample_ref(relu(x), tuple(size))))
+        if self.pool_first:
+            mode, kh, kw = resample_mode(x.shape[-2:], size)
+            if mode == POOL:
+                relu, conv, bn = projection
+                x = relu(x)
+                pooled = strided_mean(x, kh, kw) if self.strided_pool else resample_ref(x, tuple(size))
+                return bn(conv(pooled))
         return projection(x)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,115 @@
+"""The layout and kernel choices of the inference form
+(``rspnet.models.simplify``): strided-sum average pooling against
+``F.avg_pool2d``, the channels-last stem against the stem as it is, the
+channels-last final upsampling, in-place ReLUs; each folded network against
+the eval-mode original (the unfolded network is the reference)."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rspnet.architecture import KeptNode
+from rspnet.models import RSPNet, fold_batchnorm
+from rspnet.models.simplify import ChannelsLast
+from rspnet.nn import PathAttention, Stem
+from rspnet.nn.pam import strided_mean
+
+from .test_fold import _randomise_bn
+from .test_fold_cells import _architecture, _assert_same
+from .test_rspnet import NODES
+
+
+@pytest.mark.parametrize("kh, kw", [(2, 2), (4, 4), (2, 1), (1, 4), (8, 2)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_strided_mean_is_average_pooling(kh, kw, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 24, dtype=dtype)
+    expected = F.avg_pool2d(x, (kh, kw))
+    for inp in (x, x.contiguous(memory_format=torch.channels_last), x[:, 1:]):
+        got = strided_mean(inp, kh, kw)
+        tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else {}
+        torch.testing.assert_close(got, F.avg_pool2d(inp, (kh, kw)), **tol)
+    torch.testing.assert_close(strided_mean(x, kh, kw), expected, **tol)
+
+
+def test_strided_mean_does_not_write_into_its_input():
+    x = torch.randn(1, 2, 4, 4)
+    before = x.clone()
+    strided_mean(x, 2, 2)
+    strided_mean(x, 1, 1)
+    assert torch.equal(x, before)
+    out = strided_mean(x, 1, 1)
+    out.add_(1)
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_channels_last_wrapper_gives_the_same_output_in_the_input_layout(layout):
+    torch.manual_seed(0)
+    stem = _randomise_bn(Stem(8)).eval()
+    wrapped = ChannelsLast(_randomise_bn(Stem(8)).eval())
+    wrapped.module.load_state_dict(stem.state_dict())
+    x = torch.randn(2, 3, 32, 48).contiguous(memory_format=layout)
+    with torch.no_grad():
+        got, expected = wrapped(x), stem(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.is_contiguous(memory_format=layout)
+
+
+def _pool_first_light(layers: int = 3):
+    nodes = NODES + (KeptNode((3, 0), (((2, 0), 0.6), ((2, 2), 0.4))),
+                     KeptNode((3, 1), (((2, 0), 0.5), ((2, 2), 0.5))))
+    return dataclasses.replace(_architecture("partly-skip"), layers=layers, nodes=nodes, head="light",
+                               pool_first=True)
+
+
+def test_folded_network_runs_the_inference_choices(monkeypatch):
+    """The folded network wraps its stem, pools its pool-first paths with
+    strided sums (``F.avg_pool2d`` is not called), upsamples channels-last,
+    and gives the eval network's outputs."""
+    torch.manual_seed(0)
+    model = _randomise_bn(RSPNet(_pool_first_light(), num_classes=5)).eval()
+    folded = fold_batchnorm(model)
+    assert isinstance(folded.stem, ChannelsLast) and isinstance(model.stem, Stem)
+    pams = [m for m in folded.modules() if isinstance(m, PathAttention)]
+    assert pams and all(p.strided_pool for p in pams)
+    assert folded.head.upsample_channels_last and not model.head.upsample_channels_last
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        expected = model(x)
+
+        def no_avg_pool(*args, **kwargs):
+            raise AssertionError("the folded network called F.avg_pool2d")
+
+        monkeypatch.setattr(F, "avg_pool2d", no_avg_pool)
+        got = folded(x)
+    _assert_same(got, expected)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bn_folding_alone_keeps_layouts_and_kernels():
+    model = RSPNet(_pool_first_light(), num_classes=5).eval()
+    bn_only = fold_batchnorm(model, cells=False)
+    assert isinstance(bn_only.stem, Stem)
+    assert not any(p.strided_pool for p in bn_only.modules() if isinstance(p, PathAttention))
+    assert not bn_only.head.upsample_channels_last
+
+
+def test_in_place_relus_only_without_a_graph():
+    """The folded trellis rectifies node outputs in place under no_grad and
+    out of place when autograd records: the outputs agree, and a backward
+    through the folded network runs."""
+    torch.manual_seed(0)
+    model = _randomise_bn(RSPNet(_pool_first_light(), num_classes=5)).eval()
+    folded = fold_batchnorm(model)
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        quiet = folded(x)
+    with torch.inference_mode():
+        inference = folded(x)
+    recorded = folded(x.requires_grad_())
+    recorded.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(quiet, recorded.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(inference, quiet, rtol=0, atol=0)
