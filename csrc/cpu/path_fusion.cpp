@@ -11,7 +11,8 @@
 //
 // Bilinear weights follow PyTorch's upsample_bilinear2d (align_corners=False,
 // size given): scale = in/out, src = max(scale*(d+0.5)-0.5, 0), computed in the
-// input's own precision like ATen; sums are accumulated in double.
+// input's own precision like ATen. The forward sums in the data's precision
+// (as ATen and the reference do), the backward accumulates in double.
 //
 // Owns the CPU kernels of rspnet::path_fusion and path_fusion_backward; their
 // input checks and the resampling rule are shared with CUDA (../common.h).
@@ -97,69 +98,96 @@ std::vector<double> softmax_weights(const at::Tensor& logits, double temperature
 }
 
 // ------------------------------------------------------------------ forward
+// Sums are taken in the data's precision straight into the output row (as the
+// plain-PyTorch reference and ATen's resampling do); the first path assigns,
+// the others add. The bilinear column weights are kept in that precision too,
+// so every inner loop but the column gather vectorises.
 template <typename scalar_t>
 void forward_impl(const std::vector<Path<scalar_t>>& paths, const std::vector<double>& w, const Plan& plan,
                   scalar_t* y) {
   const int64_t H = plan.H, W = plan.W;
   const size_t P = paths.size();
+  std::vector<std::vector<scalar_t>> cw0(P), cw1(P);
+  for (size_t p = 0; p < P; ++p) {
+    if (paths[p].geo.mode == kBilinear) {
+      cw0[p].assign(paths[p].cols.l0.begin(), paths[p].cols.l0.end());
+      cw1[p].assign(paths[p].cols.l1.begin(), paths[p].cols.l1.end());
+    }
+  }
   at::parallel_for(0, plan.units(), 1, [&](int64_t u0, int64_t u1) {
-    std::vector<double> acc(W), pooled(W);
+    std::vector<scalar_t> pooled(W);
     // Horizontally resampled input rows, cached by row parity: an output row
     // needs input rows i and i+1 (different parities), and consecutive output
     // rows mostly need the same ones.
-    std::vector<std::vector<double>> hrow(2 * P, std::vector<double>(W));
+    std::vector<std::vector<scalar_t>> hrow(2 * P, std::vector<scalar_t>(W));
     std::vector<int64_t> cached(2 * P);
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t plane = u / plan.bands, b = u % plan.bands;
       std::fill(cached.begin(), cached.end(), -1);
       for (int64_t yy = b * plan.band; yy < std::min(H, (b + 1) * plan.band); ++yy) {
-        std::fill(acc.begin(), acc.end(), 0.0);
+        scalar_t* __restrict__ out = y + (plane * H + yy) * W;
         for (size_t p = 0; p < P; ++p) {
           const auto& pa = paths[p];
+          const bool first = p == 0;
           const int64_t h = pa.geo.h, wi = pa.geo.w;
           const scalar_t* xp = pa.x + plane * h * wi;
-          const double wp = w[p];
+          const scalar_t wp = static_cast<scalar_t>(w[p]);
           if (pa.geo.mode == kIdentity) {
-            const scalar_t* row = xp + yy * W;
-            for (int64_t x = 0; x < W; ++x) acc[x] += wp * static_cast<double>(row[x]);
+            const scalar_t* __restrict__ row = xp + yy * W;
+            if (first) {
+              for (int64_t x = 0; x < W; ++x) out[x] = wp * row[x];
+            } else {
+              for (int64_t x = 0; x < W; ++x) out[x] += wp * row[x];
+            }
           } else if (pa.geo.mode == kPool) {
             const int64_t kh = pa.geo.kh, kw = pa.geo.kw;
-            std::fill(pooled.begin(), pooled.end(), 0.0);
+            scalar_t* __restrict__ acc = pooled.data();
+            std::fill(pooled.begin(), pooled.end(), scalar_t(0));
             for (int64_t a = 0; a < kh; ++a) {
-              const scalar_t* row = xp + (yy * kh + a) * wi;
+              const scalar_t* __restrict__ row = xp + (yy * kh + a) * wi;
               for (int64_t x = 0; x < W; ++x) {
-                double s = 0.0;
-                for (int64_t c = 0; c < kw; ++c) s += static_cast<double>(row[x * kw + c]);
-                pooled[x] += s;
+                scalar_t s = 0;
+                for (int64_t c = 0; c < kw; ++c) s += row[x * kw + c];
+                acc[x] += s;
               }
             }
-            const double scale = wp / static_cast<double>(kh * kw);
-            for (int64_t x = 0; x < W; ++x) acc[x] += scale * pooled[x];
+            const scalar_t scale = static_cast<scalar_t>(w[p] / static_cast<double>(kh * kw));
+            if (first) {
+              for (int64_t x = 0; x < W; ++x) out[x] = scale * acc[x];
+            } else {
+              for (int64_t x = 0; x < W; ++x) out[x] += scale * acc[x];
+            }
           } else {
             const Axis& rows = pa.rows;
             const Axis& cols = pa.cols;
-            const double* r[2];
+            const scalar_t* __restrict__ l0 = cw0[p].data();
+            const scalar_t* __restrict__ l1 = cw1[p].data();
+            const scalar_t* r[2];
             const int64_t taps[2] = {rows.i0[yy], rows.i1[yy]};
             for (int t = 0; t < 2; ++t) {
               const int64_t i = taps[t];
               const size_t slot = 2 * p + (i & 1);
               if (cached[slot] != i) {
                 const scalar_t* src = xp + i * wi;
-                double* dst = hrow[slot].data();
-                for (int64_t x = 0; x < W; ++x) {
-                  dst[x] = cols.l0[x] * static_cast<double>(src[cols.i0[x]]) +
-                           cols.l1[x] * static_cast<double>(src[cols.i1[x]]);
-                }
+                scalar_t* __restrict__ dst = hrow[slot].data();
+                const int64_t* c0 = cols.i0.data();
+                const int64_t* c1 = cols.i1.data();
+                for (int64_t x = 0; x < W; ++x) dst[x] = l0[x] * src[c0[x]] + l1[x] * src[c1[x]];
                 cached[slot] = i;
               }
               r[t] = hrow[slot].data();
             }
-            const double a0 = wp * rows.l0[yy], a1 = wp * rows.l1[yy];
-            for (int64_t x = 0; x < W; ++x) acc[x] += a0 * r[0][x] + a1 * r[1][x];
+            const scalar_t a0 = static_cast<scalar_t>(w[p] * rows.l0[yy]);
+            const scalar_t a1 = static_cast<scalar_t>(w[p] * rows.l1[yy]);
+            const scalar_t* __restrict__ r0 = r[0];
+            const scalar_t* __restrict__ r1 = r[1];
+            if (first) {
+              for (int64_t x = 0; x < W; ++x) out[x] = a0 * r0[x] + a1 * r1[x];
+            } else {
+              for (int64_t x = 0; x < W; ++x) out[x] += a0 * r0[x] + a1 * r1[x];
+            }
           }
         }
-        scalar_t* out = y + (plane * H + yy) * W;
-        for (int64_t x = 0; x < W; ++x) out[x] = static_cast<scalar_t>(acc[x]);
       }
     }
   });

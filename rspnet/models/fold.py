@@ -24,7 +24,8 @@ After the BatchNorms, every ``DerivedCell`` is replaced by its
 ``FoldedCell`` (``rspnet.models.simplify``): the cell states that are scalar
 multiples of the cell's input (``skip_connect`` chains) are merged into the
 projection's weights, so their concatenation and sums are never computed;
-the trellis's ReLUs are shared, the stem runs channels-last, pool-first paths
+the trellis's ReLUs are shared, its RSP blocks skip their channel shuffle
+(the readers' weights carry it), the stem runs channels-last, pool-first paths
 pool with strided sums and the head upsamples channels-last (the rest of the
 inference form, ``rspnet.models.simplify``).
 ``cells=False`` leaves all of that out (BatchNorm folding alone).
@@ -40,7 +41,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .simplify import channels_last_upsampling, fold_cells, share_relus, stem_channels_last, strided_pools
+from .simplify import (channels_last_upsampling, fold_cells, share_relus, stem_channels_last, strided_pools,
+                       unshuffle_merges)
 
 __all__ = ["fold_batchnorm", "FoldCount"]
 
@@ -120,6 +122,7 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False, cells: bool = True) 
     if cells:
         folded, simplified = fold_cells(folded, inplace=True)
         share_relus(folded)
+        unshuffle_merges(folded)
         stem_channels_last(folded)
         strided_pools(folded)
         channels_last_upsampling(folded)

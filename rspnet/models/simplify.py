@@ -49,6 +49,14 @@ batch 1, 512×1024 on a 2-core EPYC VM:
 * ``strided_pools``: the pool-first paths average with strided sums
   (``rspnet.nn.pam.strided_mean``) instead of ``F.avg_pool2d``, which is 4-8
   times slower on CPU.
+* ``unshuffle_merges``: an RSP block of the trellis ends in a channel
+  shuffle (``channel_merge``: concatenation, then a fixed permutation of the
+  channels). Everything that reads a node's output starts with per-channel
+  operations (ReLU, average pooling, a global mean) and then a convolution,
+  so the permutation can be carried by those convolutions' input channels
+  instead: the block returns ``cat(inner, x_b)`` unshuffled, written in place
+  over its input (the inner result over ``x_a``), one pass over a quarter of
+  the channels instead of one over all of them.
 * ``channels_last_upsampling``: the head's final upsampling to the image size
   writes its output channels-last (23 against 31 ms); the network's output is
   then a channels-last tensor, as a channels-last network's is.
@@ -65,11 +73,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rspnet.nn import DerivedCell, PathAttention, Stem, TrellisBackbone
+from rspnet.nn import DerivedCell, Head, LightHead, PathAttention, RSPBlock, Stem, TrellisBackbone
 from rspnet.nn.head import _HeadBase
 
 __all__ = ["ChannelsLast", "FoldedCell", "MaxPool3x3", "channels_last_upsampling", "fold_cells", "share_relus",
-           "stem_channels_last", "strided_pools"]
+           "shuffle_permutation", "stem_channels_last", "strided_pools", "unshuffle_merges"]
 
 
 class MaxPool3x3(nn.Module):
@@ -267,3 +275,59 @@ def channels_last_upsampling(model: nn.Module) -> int:
     for head in heads:
         head.upsample_channels_last = True
     return len(heads)
+
+
+def shuffle_permutation(channels: int, groups: int = 2) -> torch.Tensor:
+    """``perm`` with ``channel_shuffle(x, groups) == x[:, perm]``: output
+    channel ``j * groups + g`` is input channel ``g * (channels // groups) + j``."""
+    o = torch.arange(channels)
+    return (o % groups) * (channels // groups) + o // groups
+
+
+@torch.no_grad()
+def _permute_inputs(conv: nn.Conv2d, perm: torch.Tensor, offset: int = 0) -> None:
+    """``conv`` reading ``x[:, perm]`` at input channels ``offset ...`` is
+    ``conv'`` reading ``x``: ``W'[:, offset + perm] = W[:, offset:offset + len(perm)]``."""
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.in_channels < offset + len(perm):
+        raise ValueError(f"unshuffle_merges: cannot carry a channel permutation into {conv}")
+    block = conv.weight[:, offset:offset + len(perm)].clone()
+    conv.weight[:, offset + perm] = block
+
+
+def unshuffle_merges(model: nn.Module) -> int:
+    """In place, for every ``TrellisBackbone`` whose parent's head is a
+    ``LightHead`` or a ``Head``: the RSP blocks (depth 1) of its nodes return
+    their output unshuffled and the convolutions that read it (the next
+    layer's path projections, the head's) take the permutation into their
+    weights (module docstring). Returns how many blocks were changed. Eval-mode
+    inference only."""
+    changed = 0
+    for parent in list(model.modules()):
+        backbone, head = getattr(parent, "backbone", None), getattr(parent, "head", None)
+        if not isinstance(backbone, TrellisBackbone) or not isinstance(head, (LightHead, Head)):
+            continue
+        last = backbone.nodes[-1][0]
+        finals = sorted(n for n in backbone.nodes if n[0] == last)
+        for i, node in enumerate(backbone.nodes):
+            block = backbone.blocks[i]
+            if not isinstance(block, RSPBlock) or isinstance(block.inner, RSPBlock) or block.unshuffled:
+                continue
+            channels = backbone.pams[i].projections[0][1].out_channels
+            perm = shuffle_permutation(channels)
+            for pam, sources in zip(backbone.pams, backbone.sources):
+                for projection, source in zip(pam.projections, sources):
+                    if tuple(source) == node:
+                        _permute_inputs(projection[1], perm)
+            if node in finals:
+                index = finals.index(node)
+                if isinstance(head, LightHead):
+                    _permute_inputs(head.projections[index][1], perm)
+                    if index == len(finals) - 1:
+                        _permute_inputs(head.context, perm)
+                else:
+                    offset = sum(backbone.pams[backbone.nodes.index(n)].projections[0][1].out_channels
+                                 for n in finals[:index])
+                    _permute_inputs(head.fuse[0], perm, offset)
+            block.unshuffled = True
+            changed += 1
+    return changed

@@ -1,7 +1,8 @@
 """The layout and kernel choices of the inference form
 (``rspnet.models.simplify``): strided-sum average pooling against
 ``F.avg_pool2d``, the channels-last stem against the stem as it is, the
-channels-last final upsampling, in-place ReLUs; each folded network against
+channels-last final upsampling, in-place ReLUs, RSP blocks without their
+channel shuffle; each folded network against
 the eval-mode original (the unfolded network is the reference)."""
 import dataclasses
 
@@ -11,9 +12,11 @@ import torch.nn.functional as F
 
 from rspnet.architecture import KeptNode
 from rspnet.models import RSPNet, fold_batchnorm
-from rspnet.models.simplify import ChannelsLast
+import rspnet.nn.rsp as rsp_module
+from rspnet.models.simplify import ChannelsLast, shuffle_permutation
 from rspnet.nn import PathAttention, Stem
 from rspnet.nn.pam import strided_mean
+from rspnet.ops.reference import channel_shuffle_ref
 
 from .test_fold import _randomise_bn
 from .test_fold_cells import _architecture, _assert_same
@@ -113,3 +116,48 @@ def test_in_place_relus_only_without_a_graph():
     assert x.grad is not None and torch.isfinite(x.grad).all()
     torch.testing.assert_close(quiet, recorded.detach(), rtol=0, atol=0)
     torch.testing.assert_close(inference, quiet, rtol=0, atol=0)
+
+
+def test_shuffle_permutation_is_the_channel_shuffle():
+    x = torch.randn(2, 12, 3, 4)
+    for groups in (2, 3, 4):
+        torch.testing.assert_close(x[:, shuffle_permutation(12, groups)], channel_shuffle_ref(x, groups),
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("head", ["concat", "light"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_unshuffled_blocks_give_the_eval_outputs(monkeypatch, head, grad):
+    """Every trellis block of the folded network skips its shuffle
+    (``channel_merge`` is not called) and the permuted readers give the eval
+    network's outputs, in place (no graph) and out of place (autograd on)."""
+    arch = dataclasses.replace(_pool_first_light(), head=head, pool_first=head == "light")
+    torch.manual_seed(0)
+    model = _randomise_bn(RSPNet(arch, num_classes=5)).eval()
+    folded = fold_batchnorm(model)
+    assert all(b.unshuffled for b in folded.backbone.blocks)
+    assert not any(b.unshuffled for b in model.backbone.blocks)
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        expected = model(x)
+
+    def no_merge(*args, **kwargs):
+        raise AssertionError("the folded network shuffled channels")
+
+    monkeypatch.setattr(rsp_module, "channel_merge", no_merge)
+    with torch.set_grad_enabled(grad):
+        got = folded(x)
+    _assert_same(got.detach(), expected)
+
+
+def test_nested_rsp_blocks_keep_their_shuffle():
+    """Depth 2: the outer block's output is not a two-part concatenation of
+    the cell's, so it keeps its shuffle; the outputs are the eval network's."""
+    arch = dataclasses.replace(_pool_first_light(), rsp_depth=2)
+    torch.manual_seed(0)
+    model = _randomise_bn(RSPNet(arch, num_classes=5)).eval()
+    folded = fold_batchnorm(model)
+    assert not any(b.unshuffled for b in folded.backbone.blocks)
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        _assert_same(folded(x), model(x))
