@@ -46,6 +46,9 @@ __all__ = ["StageSearch", "FORMAT", "checkpoint_series", "load_search_checkpoint
 FORMAT = "rspnet-search-checkpoint/3"
 
 
+EVAL_PIXELS = 16 * 64 * 128
+
+
 def checkpoint_series(out_dir: str | os.PathLike, stage: int, keep: int = 3) -> CheckpointSeries:
     """``checkpoint-stage{stage}-step{NNNNNNNN}.pt`` in ``out_dir``; the number
     is the stage's weight-step count."""
@@ -121,6 +124,12 @@ class StageSearch(ResumableLoop):
         if c.batch_size % world:
             raise ValueError(f"the global batch {c.batch_size} does not divide over {world} processes")
         self.local_batch = c.batch_size // world
+        # evaluation (no graph, eval-mode BN: per-image results) in batches of
+        # at least EVAL_PIXELS pixels: small images in batches of 4 left the
+        # per-operator overhead of the supernet's thousands of small ops to
+        # dominate (a fifth of the default CPU search); large ones keep the
+        # training batch
+        self.eval_batch = max(self.local_batch, EVAL_PIXELS // (c.size[0] * c.size[1]))
         half = len(dataset) // 2
         if half < c.batch_size:
             raise ValueError(f"{len(dataset)} training images give halves of {half}, fewer than "
@@ -291,7 +300,7 @@ class StageSearch(ResumableLoop):
         self.model.eval()
         confusion = ConfusionMatrix(self.num_classes, self.ignore_index)
         shard = Subset(self.split_b, range(self.ctx.rank, len(self.split_b), self.ctx.world_size))
-        for images, labels in DataLoader(shard, batch_size=self.local_batch):
+        for images, labels in DataLoader(shard, batch_size=self.eval_batch):
             confusion.update(self.model(images.to(self.device)).argmax(1), labels.to(self.device))
         matrix = distributed.all_reduce_sum(confusion.matrix.to(self.device))
         return mean_iou(matrix.cpu())

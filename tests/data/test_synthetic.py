@@ -141,3 +141,30 @@ def test_get_dataset_errors():
         get_dataset("synthetic", "val", augment=True)
     with pytest.raises(ValueError, match="size=None"):
         get_dataset("synthetic", size=None)
+
+
+def test_cached_scenes_are_the_rendered_ones_and_copied_out():
+    ds = SyntheticScenes("train", size=(32, 64), length=3, seed=5)
+    first = ds.sample(1)
+    expected = render_scene(scene_seed(5, "train", 1), 32, 64)
+    for a, b in zip(first, expected):
+        np.testing.assert_array_equal(a, b)
+    first[0][:] = 0    # a transform writing into what it was given
+    first[1][:] = 0
+    again = ds.sample(1)
+    for a, b in zip(again, expected):
+        np.testing.assert_array_equal(a, b)
+    assert again[0] is not ds.sample(1)[0]
+
+
+def test_scene_cache_holds_at_most_its_budget():
+    one = sum(a.nbytes for a in render_scene(scene_seed(0, "val", 0), 16, 32))
+    ds = SyntheticScenes("val", size=(16, 32), length=5, seed=0, cache_mb=2.5 * one / 2**20)
+    for i in range(5):
+        ds.sample(i)
+    assert len(ds._cache) == 2 and ds._cached_bytes == 2 * one
+    off = SyntheticScenes("val", size=(16, 32), length=2, cache_mb=0)
+    off.sample(0)
+    assert not off._cache
+    with pytest.raises(ValueError, match="cache_mb"):
+        SyntheticScenes("val", cache_mb=-1)
