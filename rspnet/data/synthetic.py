@@ -610,8 +610,8 @@ class SyntheticScenes(TransformedSamples):
     Rendered scenes are kept (as uint8 arrays, copied out on every access)
     until ``cache_mb`` of them are held: a scene is the same every time its
     seed renders it, and rendering it again each epoch was about 5 % of the
-    default search and of a default training run (0.6 MB holds 24 scenes of
-    64×128; the default 256 MB holds 10,000). 0 turns the cache off.
+    default search's time (profiled; a 64×128 scene is 32 KB, so the default
+    256 MB holds about 8,000). 0 turns the cache off.
     """
 
     def __init__(self, split: str = "train", size: tuple[int, int] = (256, 512),
