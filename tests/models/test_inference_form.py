@@ -60,6 +60,14 @@ def test_channels_last_wrapper_gives_the_same_output_in_the_input_layout(layout)
     assert got.is_contiguous(memory_format=layout)
 
 
+def _forbid(monkeypatch, module, name: str) -> None:
+    """Make ``module.name`` fail the test if the folded network calls it."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"the folded network called {name}")
+
+    monkeypatch.setattr(module, name, forbidden)
+
+
 def _pool_first_light(layers: int = 3):
     nodes = NODES + (KeptNode((3, 0), (((2, 0), 0.6), ((2, 2), 0.4))),
                      KeptNode((3, 1), (((2, 0), 0.5), ((2, 2), 0.5))))
@@ -81,11 +89,7 @@ def test_folded_network_runs_the_inference_choices(monkeypatch):
     x = torch.randn(2, 3, 64, 128)
     with torch.no_grad():
         expected = model(x)
-
-        def no_avg_pool(*args, **kwargs):
-            raise AssertionError("the folded network called F.avg_pool2d")
-
-        monkeypatch.setattr(F, "avg_pool2d", no_avg_pool)
+        _forbid(monkeypatch, F, "avg_pool2d")
         got = folded(x)
     _assert_same(got, expected)
     assert got.is_contiguous(memory_format=torch.channels_last)
@@ -140,11 +144,7 @@ def test_unshuffled_blocks_give_the_eval_outputs(monkeypatch, head, grad):
     x = torch.randn(2, 3, 64, 128)
     with torch.no_grad():
         expected = model(x)
-
-    def no_merge(*args, **kwargs):
-        raise AssertionError("the folded network shuffled channels")
-
-    monkeypatch.setattr(rsp_module, "channel_merge", no_merge)
+    _forbid(monkeypatch, rsp_module, "channel_merge")
     with torch.set_grad_enabled(grad):
         got = folded(x)
     _assert_same(got.detach(), expected)
