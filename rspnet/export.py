@@ -21,6 +21,11 @@ LRASPP-MobileNetV3-Large (random weights, the same classes) measured the
 same way in the same run, with the ratios rspnet / LRASPP; without torchvision a line says how to install it
 (``pip install -e .[bench]``). Each network is timed in the memory layout
 (NCHW or channels-last) its warm-up runs found faster (``--memory-format``).
+The two folded networks are then timed once more, alternately for
+``--iters`` rounds (``interleaved_latency``), and the median of the per-round
+ratio is printed under the folded ratio: on a shared machine whose load
+drifts, timing one network after the other biased the ratio by 10 % and more
+either way (0.97× one after the other, 0.86× interleaved, in one report).
 
 Example::
 
@@ -276,11 +281,14 @@ def folding_difference(model: torch.nn.Module, folded: torch.nn.Module, resoluti
 
 
 def network_costs(model: torch.nn.Module, resolution: Sequence[int], device: torch.device, dtype: torch.dtype,
-                  compile: bool, warmup: int, iters: int, memory_format: str) -> dict[str, Any]:
+                  compile: bool, warmup: int, iters: int, memory_format: str,
+                  keep: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
     """A report row for ``model`` (fp32 on CPU): the network as it is and
     folded (``fold_batchnorm``: BatchNorms, and linear cell states), each
     with its parameters, FLOPs at ``resolution`` and latency on ``device``
-    (the models are measured last: the latency casts them)."""
+    (the models are measured last: the latency casts them). ``keep``, if
+    given, receives the folded model under ``"folded"``, as timed (device,
+    dtype and memory layout)."""
     model.eval()   # before anything runs it: a forward in training mode would update BN statistics
     folded = fold_batchnorm(model)
     diff, scale = folding_difference(model, folded, resolution)
@@ -292,7 +300,38 @@ def network_costs(model: torch.nn.Module, resolution: Sequence[int], device: tor
     for key, net in (("unfolded", model), ("folded", folded)):
         rows[key]["latency"] = measure_latency(net, resolution, device, dtype, compile, warmup, iters,
                                                memory_format)
+    if keep is not None:
+        keep["folded"] = folded
     return rows
+
+
+def interleaved_latency(ours: torch.nn.Module, ours_input: torch.Tensor, reference: torch.nn.Module,
+                        reference_input: torch.Tensor, rounds: int, cuda: bool = False) -> dict[str, Any]:
+    """Time ``ours`` and ``reference`` alternately, one run each per round
+    (the order swapped every round), so that a shared machine's drift in
+    load falls on both alike: each one's median, the median over rounds of
+    ``ours / reference`` in the same round, and in how many rounds ``ours``
+    was faster. The models run as given (warmed up already)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    times: dict[str, list[float]] = {"ours": [], "reference": []}
+    runs = {"ours": (ours, ours_input), "reference": (reference, reference_input)}
+    with torch.inference_mode():
+        for r in range(rounds):
+            for name in (("ours", "reference") if r % 2 == 0 else ("reference", "ours")):
+                model, x = runs[name]
+                times[name] += _timed(model, x, 1, cuda)
+    ratios = [a / b for a, b in zip(times["ours"], times["reference"])]
+    return {"rounds": rounds, "median_ratio": statistics.median(ratios),
+            "ours_faster_rounds": sum(q < 1 for q in ratios),
+            "ours_median_ms": statistics.median(times["ours"]),
+            "reference_median_ms": statistics.median(times["reference"])}
+
+
+def _timing_input(model_row: dict[str, Any], resolution: Sequence[int], device: torch.device,
+                  dtype: torch.dtype) -> torch.Tensor:
+    fmt = _FORMATS[model_row["latency"]["memory_format"]]
+    return torch.zeros(1, 3, *resolution, device=device, dtype=dtype).contiguous(memory_format=fmt)
 
 
 def model_classes(model: torch.nn.Module) -> int:
@@ -353,6 +392,11 @@ def format_report(report: dict[str, Any]) -> str:
             r = report["ratios"][key]
             table.append((name, f"{r['params']:.3f}x", f"{r['flops']:.3f}x", f"{r['latency']:.3f}x",
                           f"{1 / r['latency']:.3f}x", ""))
+        inter = report["ratios"].get("folded_interleaved")
+        if inter:
+            table.append(("  the same, interleaved", "", "", f"{inter['median_ratio']:.3f}x",
+                          f"{1 / inter['median_ratio']:.3f}x",
+                          f"rspnet faster in {inter['ours_faster_rounds']}/{inter['rounds']} rounds"))
     widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
     lines.append("")
     for t in table:
@@ -523,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["onnx"]["onnxruntime_latency_ms"] = onnx_latency(args.onnx, tuple(args.resolution),
                                                                     args.warmup, args.iters)
         settings = (device, DTYPES[args.dtype], args.compile, args.warmup, args.iters, args.memory_format)
-        ours = network_costs(model, resolution, *settings)
+        kept: dict[str, dict[str, torch.nn.Module]] = {"ours": {}, "reference": {}}
+        ours = network_costs(model, resolution, *settings, keep=kept["ours"])
         report.update({"flops": ours["unfolded"]["flops"], "latency": ours["unfolded"]["latency"],
                        "folded": ours["folded"]})
         note = None if args.no_reference else reference_unavailable()
@@ -533,10 +578,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif not args.no_reference:
             # from scratch, seeded: the same network in every report
             torch.manual_seed(0)
-            reference = network_costs(lraspp_mobilenet_v3(model_classes(model)), resolution, *settings)
+            reference = network_costs(lraspp_mobilenet_v3(model_classes(model)), resolution, *settings,
+                                      keep=kept["reference"])
             report["reference"] = {"name": REFERENCE_NAME, "source": "torchvision, random weights",
                                    "torchvision": _torchvision_version(), **reference}
             report["ratios"] = {key: _ratios(ours[key], reference[key]) for key in ("unfolded", "folded")}
+            if not args.compile:
+                # the two folded networks once more, alternately: the ratio a drifting load biases least
+                dtype = DTYPES[args.dtype]
+                report["ratios"]["folded_interleaved"] = interleaved_latency(
+                    kept["ours"]["folded"], _timing_input(ours["folded"], resolution, device, dtype),
+                    kept["reference"]["folded"], _timing_input(reference["folded"], resolution, device, dtype),
+                    args.iters, device.type == "cuda")
         print(format_report(report))
         write_json(args.report, report)
         print(f"report: {args.report}")

@@ -130,10 +130,14 @@ def test_report_sets_folded_network_and_lraspp_side_by_side(run, tmp_path, capsy
     out = capsys.readouterr().out
     lines = out.splitlines()
     for name in ("rspnet", "rspnet, BN folded", "LRASPP-MobileNetV3-Large",
-                 "LRASPP-MobileNetV3-Large, BN folded", "rspnet / LRASPP", "rspnet / LRASPP, both folded"):
+                 "LRASPP-MobileNetV3-Large, BN folded", "rspnet / LRASPP", "rspnet / LRASPP, both folded",
+                 "  the same, interleaved"):
         assert any(line.startswith(name + "  ") for line in lines), name
-    assert "1 thread" in out and "BN folding" in out
+    assert "1 thread" in out and "BN folding" in out and "rspnet faster in " in out
     report = json.loads(path.read_text())
+    inter = report["ratios"]["folded_interleaved"]
+    assert inter["rounds"] == 1 and inter["ours_faster_rounds"] in (0, 1)
+    assert inter["median_ratio"] == pytest.approx(inter["ours_median_ms"] / inter["reference_median_ms"])
     assert report["resolution"] == [64, 128] and report["cpu_threads"] == 1
 
     # the independent counts: the trained network, and torchvision's LRASPP built here
@@ -225,3 +229,31 @@ def test_gpu_latency_bf16_compiled(run, tmp_path):
     report = json.loads(path.read_text())
     assert report["device"] == "cuda" and report["dtype"] == "bf16" and report["compile"] is True
     assert report["latency"]["fps"] > 0
+
+
+def test_interleaved_latency_alternates_and_pairs_the_rounds(monkeypatch):
+    """Each round runs both models once, the order swapped every round, and
+    the ratio is taken within a round (an injected clock: ours costs 2 units,
+    the reference 3, except in round 1 where the reference costs 1)."""
+    calls, clock = [], [0.0]
+    cost = {"ours": [2, 2, 2, 2], "reference": [3, 1, 3, 3]}
+
+    class Net(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append(self.name)
+            clock[0] += cost[self.name][sum(c == self.name for c in calls) - 1] / 1000
+            return x
+
+    monkeypatch.setattr(export.time, "perf_counter", lambda: clock[0])
+    x = torch.zeros(1)
+    r = export.interleaved_latency(Net("ours"), x, Net("reference"), x, rounds=4)
+    assert calls == ["ours", "reference", "reference", "ours"] * 2
+    assert r["rounds"] == 4 and r["ours_faster_rounds"] == 3
+    assert r["median_ratio"] == pytest.approx(2 / 3)
+    assert (r["ours_median_ms"], r["reference_median_ms"]) == (pytest.approx(2), pytest.approx(3))
+    with pytest.raises(ValueError, match="rounds"):
+        export.interleaved_latency(Net("ours"), x, Net("reference"), x, rounds=0)
