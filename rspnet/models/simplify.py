@@ -252,6 +252,8 @@ def stem_channels_last(model: nn.Module) -> int:
     (module docstring); returns how many."""
     wrapped = 0
     for parent in list(model.modules()):
+        if isinstance(parent, ChannelsLast):
+            continue   # already wrapped (a model folded twice)
         for name, child in list(parent._modules.items()):
             if isinstance(child, Stem):
                 parent._modules[name] = ChannelsLast(child)

@@ -128,8 +128,10 @@ class StageSearch(ResumableLoop):
         # at least EVAL_PIXELS pixels: small images in batches of 4 left the
         # per-operator overhead of the supernet's thousands of small ops to
         # dominate (a fifth of the default CPU search); large ones keep the
-        # training batch
-        self.eval_batch = max(self.local_batch, EVAL_PIXELS // (c.size[0] * c.size[1]))
+        # training batch, and so does --path-norm, whose path RMS is taken
+        # over the batch even in eval mode
+        self.eval_batch = (self.local_batch if c.path_norm
+                           else max(self.local_batch, EVAL_PIXELS // (c.size[0] * c.size[1])))
         half = len(dataset) // 2
         if half < c.batch_size:
             raise ValueError(f"{len(dataset)} training images give halves of {half}, fewer than "

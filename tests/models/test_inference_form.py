@@ -161,3 +161,9 @@ def test_nested_rsp_blocks_keep_their_shuffle():
     x = torch.randn(1, 3, 64, 128)
     with torch.no_grad():
         _assert_same(folded(x), model(x))
+
+
+def test_folding_twice_wraps_the_stem_once():
+    model = RSPNet(_pool_first_light(), num_classes=5).eval()
+    twice = fold_batchnorm(fold_batchnorm(model))
+    assert isinstance(twice.stem, ChannelsLast) and isinstance(twice.stem.module, Stem)

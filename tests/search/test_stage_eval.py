@@ -32,3 +32,16 @@ def test_evaluation_batch_does_not_change_the_score(tmp_path, stage):
     search.eval_batch = search.local_batch
     small = search.evaluate()
     assert 0 < big == pytest.approx(small, abs=1e-6)
+
+
+def test_path_norm_evaluates_at_the_training_batch(tmp_path):
+    """--path-norm divides each path by an RMS over the batch, in eval mode
+    too: its scores depend on the batch, so evaluation keeps the training one."""
+    config = SearchConfig(size=(16, 32), batch_size=2, epochs=1, channels=4, layers=2, seed=0, path_norm=True)
+    dataset = data.SyntheticScenes("train", size=(16, 32), length=8, seed=0)
+    cell = Genotype(normal=(("skip_connect", 0, 1), ("sep_conv_3x3", 0, 2), ("max_pool_3x3", 1, 2),
+                            ("skip_connect", 1, 3), ("dil_conv_3x3", 2, 3), ("skip_connect", 0, 4),
+                            ("avg_pool_3x3", 3, 4)), normal_concat=(1, 2, 3, 4))
+    search = StageSearch(2, config, dataset, data.NUM_CLASSES, tmp_path, cell=cell, log=lambda m: None,
+                         progress=False)
+    assert search.eval_batch == search.local_batch == 2
