@@ -145,23 +145,36 @@ def trained_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
     args.architecture = architecture_arg(parser, args.arch)
     checked(parser, check_device, args.device)
+    if os.path.isdir(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint}: is a directory; give a checkpoint file in it "
+                     f"(e.g. {os.path.join(args.checkpoint, 'best.pt')})")
     if not os.path.isfile(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint}: no such file")
 
 
 def run_command(parser: argparse.ArgumentParser, run: Callable[[], object]) -> int:
-    """Run a search or a training run for a CLI: its exit status. A run that
-    cannot start is a usage error (rank 0 prints it, every rank exits with 2);
-    a run stopped by a signal or a divergence has logged why already."""
+    """Run a search or a training run for a CLI: its exit status
+    (``rspnet.engine.session``'s ``EXIT_*``). A run that cannot start is a
+    usage error (rank 0 prints it, every rank exits with 2); a run stopped by
+    a signal or a divergence has logged why already; a failed read or write
+    (e.g. a full disk) is one line, not a traceback."""
     from rspnet.engine.faults import Diverged, StopRequested
-    from rspnet.engine.session import RunError, exit_status
+    from rspnet.engine.session import EXIT_FAILED, EXIT_USAGE, RunError, describe_os_error, exit_status
 
+    main_rank = int(os.environ.get("RANK", "0") or 0) == 0
     try:
         run()
     except RunError as exc:
-        if int(os.environ.get("RANK", "0") or 0) == 0:
+        if main_rank:
             parser.error(str(exc))
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     except (StopRequested, Diverged, KeyboardInterrupt) as exc:
+        if isinstance(exc, StopRequested) and exc.path is None and main_rank:
+            print(f"{parser.prog}: stopped during set-up, before the first step; nothing to resume",
+                  file=sys.stderr)
         return exit_status(exc)
+    except OSError as exc:
+        if main_rank and not getattr(exc, "rspnet_reported", False):
+            print(f"{parser.prog}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     return 0

@@ -1,6 +1,12 @@
-"""Crash-safe file writing: every file rspnet writes (checkpoints,
+"""Where rspnet writes and how. Every file it writes (checkpoints,
 architecture files, reports, pictures) goes through ``atomic_open``, so that a
-crash or a kill leaves the old file or the new one, never a torn one."""
+crash or a kill leaves the old file or the new one, never a torn one, with the
+permissions the user's umask gives a new file.
+
+Every output path a command takes is checked before any work starts
+(``check_output_dir``, ``check_output_file``): it can be created or written,
+it is not a file where a directory is wanted (or the reverse), and it is not
+inside an input -- no command writes inside a data root or over an input."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +15,8 @@ import os
 import tempfile
 from typing import Any, BinaryIO, Iterator
 
-__all__ = ["atomic_open", "write_json", "write_png"]
+__all__ = ["atomic_open", "write_json", "write_png", "check_output_dir", "check_output_file",
+           "is_inside", "new_file_mode"]
 
 
 def _fsync_dir(directory: str) -> None:
@@ -25,6 +32,14 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process's umask
+    (``mkstemp`` would give 0600 whatever the umask)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Write to a temporary file beside ``path``, fsync it, ``os.replace`` it
@@ -35,6 +50,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -66,3 +82,66 @@ def write_png(path: str | os.PathLike, image: Any) -> None:
     image.save(buffer, format="PNG")
     with atomic_open(path) as f:
         f.write(buffer.getvalue())
+
+
+# ----------------------------------------------------------- output paths
+def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``root`` or lies below it, links resolved (``path``
+    need not exist yet)."""
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([path, root]) == root
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _probe_writable(directory: str, flag: str, path: str) -> None:
+    """Create and remove a temporary file in ``directory``: the one check of
+    writability that holds for read-only mounts, /proc and ACLs alike."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".rspnet-probe-")
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot write in {directory} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _check_not_input(path: str, flag: str, inputs) -> None:
+    for item in inputs or ():
+        if item and is_inside(path, item):
+            raise ValueError(f"{flag} {path}: inside the input {item}; rspnet never writes into a data "
+                             f"set or over an input, choose another {flag}")
+
+
+def check_output_dir(path: str | os.PathLike, flag: str, inputs=()) -> None:
+    """``ValueError`` naming ``flag`` unless ``path`` is a directory, or can
+    be created as one, in which this process can write, outside every path of
+    ``inputs`` (data roots, input files and folders). Creates nothing."""
+    path = os.fspath(path)
+    _check_not_input(path, flag, inputs)
+    _check_creatable(path, flag, path)
+
+
+def _check_creatable(directory: str, flag: str, named: str) -> None:
+    existing = _nearest_existing(directory)
+    if not os.path.isdir(existing):
+        where = "exists" if existing == os.path.abspath(named) else f"lies below the file {existing}, which"
+        raise ValueError(f"{flag} {named}: {where} is not a directory")
+    _probe_writable(existing, flag, named)
+
+
+def check_output_file(path: str | os.PathLike, flag: str, inputs=()) -> None:
+    """``ValueError`` naming ``flag`` unless ``path`` can be written as a
+    file: not a directory, not an input, its directory writable or creatable.
+    An existing file at ``path`` may be replaced: the user named exactly it."""
+    path = os.fspath(path)
+    if not path or path.endswith(os.sep) or os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a directory, expected a file name")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise ValueError(f"{flag} {path}: exists and is not a regular file")
+    _check_not_input(path, flag, inputs)
+    _check_creatable(os.path.dirname(os.path.abspath(path)), flag, path)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from rspnet import data
 from rspnet.architecture import Architecture
 from rspnet.engine.checkpoint import CheckpointError
+from rspnet.engine.session import EXIT_DIVERGED, EXIT_STOPPED
 from rspnet.search import MacroSupernet, SinglePathSupernet
 from rspnet.train import TrainConfig, Trainer, build_datasets, check_architecture, checkpoint_series, \
     ohem_cross_entropy, poly_lambda
@@ -195,7 +196,8 @@ def test_existing_run_is_not_overwritten(trained_run, arch_file, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--arch", arch_file, "--out", str(trained_run), "--epochs", "1", *TINY])
     assert exc.value.code == 2
-    assert "already holds a training run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--out {trained_run} already holds files (best.pt," in err and "new training run" in err
     assert {n: os.path.getmtime(trained_run / n) for n in os.listdir(trained_run)} == before
 
 
@@ -383,7 +385,7 @@ def _same_training(reference, out, step=4):
 def test_sigterm_mid_epoch_checkpoints_and_resume_continues_exactly(trained_run, arch_file, tmp_path,
                                                                      monkeypatch):
     """SIGTERM during step 3 (epoch 2, batch 1 of 2): a checkpoint after that
-    step, exit 0; --resume auto then ends exactly like the uninterrupted run."""
+    step, exit EXIT_STOPPED; --resume auto then ends exactly like the uninterrupted run."""
     real_step = Trainer._step
 
     def step(self, images, labels):
@@ -394,7 +396,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_continues_exactly(trained_run,
     monkeypatch.setattr(Trainer, "_step", step)
     out = tmp_path / "stopped"
     args = ["--arch", arch_file, "--out", str(out), "--epochs", "2", "--val-every", "1", "--keep", "0", *TINY]
-    assert main(args) == 0
+    assert main(args) == EXIT_STOPPED
     assert [n for n, _ in checkpoint_series(out).list()] == [2, 3]
     state = load_checkpoint(out / "checkpoint-step00000003.pt")
     assert (state["epoch"], state["batch"], state["step"]) == (1, 1, 3)
@@ -451,7 +453,7 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(arch_
     monkeypatch.setattr(train_module, "segmentation_loss", poisoned)
     out = tmp_path / "nan"
     assert main(["--arch", arch_file, "--out", str(out), "--epochs", "2", "--checkpoint-every", "1",
-                 "--keep", "0", *TINY]) == 1
+                 "--keep", "0", *TINY]) == EXIT_DIVERGED
     err = capsys.readouterr().err
     last = out / "checkpoint-step00000002.pt"
     assert (f"error: the training diverged: the training loss is nan at step 3 (epoch 2, batch 1/2). "
@@ -500,7 +502,7 @@ def test_sigterm_to_every_process_of_the_job_with_dataloader_workers(arch_file, 
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output
+    assert proc.returncode == EXIT_STOPPED, output
     (step, path), = checkpoint_series(out).list()
     assert f"stopped by SIGTERM at step {step} " in output and f"checkpoint written to {path}" in output
     assert load_checkpoint(path)["step"] == step < 256

@@ -188,13 +188,20 @@ class CheckpointSeries:
 
 
 # ------------------------------------------------------ choosing where to resume
-def refuse_existing(out: str, series: Sequence[CheckpointSeries], kind: str) -> None:
-    """A fresh run must not write into a directory that holds another run's
-    checkpoints: ``ValueError`` naming the newest."""
-    existing = [path for s in series for _, path in s.list()]
-    if existing:
-        raise ValueError(f"--out {out} already holds a {kind} run ({existing[-1]}); continue it with "
-                         f"--resume auto or choose another --out")
+def refuse_existing(out: str, kind: str, own_log: str | None = None) -> None:
+    """A fresh run writes only into a new or empty directory: a directory that
+    holds any file is a run (or someone's files), whatever is left of it.
+    ``own_log``: the run's log, which may be there alone when ``--resume
+    auto`` found no checkpoint (e.g. a run stopped during set-up); it is
+    appended to. ``ValueError`` naming what is there."""
+    if not os.path.isdir(out):
+        return
+    present = sorted(name for name in os.listdir(out) if name != own_log)
+    if present:
+        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+        raise ValueError(f"--out {out} already holds files ({shown}); a new {kind} run needs a new or "
+                         f"empty directory: continue the run there with --resume auto, or choose "
+                         f"another --out")
 
 
 def refuse_later(out: str, later: Sequence[str], origin: str) -> None:

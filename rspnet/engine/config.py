@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from rspnet.files import check_output_dir
+
 __all__ = ["RunOptions", "plain", "changed_settings", "check_device", "check_run_settings"]
 
 
@@ -64,8 +66,7 @@ class RunOptions:
                 out = os.path.dirname(os.path.abspath(self.resume))
         if out is None:
             out = os.path.join("runs", time.strftime(f"{kind}-%Y%m%d-%H%M%S"))
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise ValueError(f"--out {out}: exists and is not a directory")
+        check_output_dir(out, "--out")
         return dataclasses.replace(self, out=os.fspath(out))
 
 

@@ -13,17 +13,24 @@ __all__ = ["NonFiniteError", "Diverged", "StopRequested", "StopSignal", "first_n
 class StopSignal:
     """SIGTERM / SIGINT → a flag that the training loop polls at each step
     boundary (where it writes a checkpoint and stops). A second SIGINT
-    interrupts at once (``KeyboardInterrupt``), without a checkpoint."""
+    interrupts at once (``KeyboardInterrupt``), without a checkpoint.
+
+    A stop request is honoured during set-up too: until the loop first polls
+    the flag, nobody would read it, so a signal then stops the run at once
+    (``StopRequested`` without a checkpoint), also out of a blocking read."""
 
     def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
         self.signals = tuple(signals)
         self.received: int | None = None
+        self.polled = False
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signum
+        if not self.polled:
+            raise StopRequested(None, "set-up", signum)
 
     @property
     def name(self) -> str | None:
@@ -42,6 +49,7 @@ class StopSignal:
         self._previous.clear()
 
     def __call__(self) -> bool:
+        self.polled = True
         return self.received is not None
 
 
@@ -67,12 +75,13 @@ class Diverged(NonFiniteError):
 
 class StopRequested(Exception):
     """A run stopped on request (``StopSignal``) at a step boundary, after
-    writing the checkpoint ``path``; ``where`` names the step, ``signal`` the
+    writing the checkpoint ``path`` (None: stopped during set-up, before
+    there was anything to save); ``where`` names the step, ``signal`` the
     signal that asked (None: another request)."""
 
-    def __init__(self, path: str, where: str, signal: int | None = None):
+    def __init__(self, path: str | None, where: str, signal: int | None = None):
         self.path, self.where, self.signal = path, where, signal
-        super().__init__(f"stopped at {where}; checkpoint {path}")
+        super().__init__(f"stopped at {where}; " + (f"checkpoint {path}" if path else "nothing written"))
 
 
 def first_nonfinite(named: Sequence[tuple[str, torch.Tensor]]) -> tuple[str, str] | None:

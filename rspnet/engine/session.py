@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 from typing import Any, Callable, Iterator
 
@@ -29,7 +28,16 @@ from . import distributed
 from .config import RunOptions
 from .faults import Diverged, StopRequested, StopSignal
 
-__all__ = ["RunError", "RunSession", "set_threads", "make_deterministic", "exit_status"]
+__all__ = ["RunError", "RunSession", "set_threads", "make_deterministic", "exit_status", "describe_os_error", "EXIT_OK",
+           "EXIT_FAILED", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_STOPPED", "EXIT_INTERRUPTED"]
+
+# The exit statuses of every command, for scripts (the README lists them).
+EXIT_OK = 0            # done
+EXIT_FAILED = 1        # failed while running, e.g. a full disk; the message says why
+EXIT_USAGE = 2         # bad input or settings, found before any work started; nothing written
+EXIT_DIVERGED = 3      # a NaN or an infinity stopped the run; the last good checkpoint is kept
+EXIT_STOPPED = 75      # stopped by SIGTERM or Ctrl-C at a step boundary: resumable (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once, resumable from the last checkpoint
 
 
 class RunError(ValueError):
@@ -131,8 +139,11 @@ class RunSession:
             yield
         except StopRequested as exc:
             exc.signal = self.stop.received
-            self.log(f"stopped by {self.stop.name or 'request'} at {exc.where}: checkpoint written to "
-                     f"{exc.path}; {resume}")
+            if exc.path is None:
+                self.log(f"stopped by {self.stop.name or 'request'} during set-up, before the first step")
+            else:
+                self.log(f"stopped by {self.stop.name or 'request'} at {exc.where}: checkpoint written to "
+                         f"{exc.path}; {resume}")
             on_exit()
             distributed.barrier()   # every rank leaves once the checkpoint is on disk
             raise
@@ -149,14 +160,30 @@ class RunSession:
             self.log(f"interrupted: the last checkpoint is {last_checkpoint()}; {resume}")
             on_exit()
             raise
+        except OSError as exc:   # e.g. a full disk: the writes are atomic, the last checkpoint is whole
+            message = f"error: {describe_os_error(exc)}; the last checkpoint is {last_checkpoint()}; {resume}"
+            self.log(message)
+            if self.ctx.is_main:
+                print(message, file=sys.stderr)
+            exc.rspnet_reported = True
+            raise
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed read or write: what, where, why."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 def exit_status(exc: BaseException) -> int:
-    """The CLI exit status of a run that ended with ``exc``: 0 after a stop
-    by SIGTERM (the checkpoint is written, the job can be requeued), 130 after
-    Ctrl-C, 1 after a divergence."""
+    """The CLI exit status of a run that ended with ``exc``: ``EXIT_STOPPED``
+    after a stop request (SIGTERM or one Ctrl-C; the job can be requeued),
+    ``EXIT_INTERRUPTED`` after a second Ctrl-C, ``EXIT_DIVERGED`` after a
+    divergence, ``EXIT_FAILED`` otherwise."""
     if isinstance(exc, StopRequested):
-        return 130 if getattr(exc, "signal", None) == signal.SIGINT else 0
+        return EXIT_STOPPED
+    if isinstance(exc, Diverged):
+        return EXIT_DIVERGED
     if isinstance(exc, KeyboardInterrupt):
-        return 130
-    return 1
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED

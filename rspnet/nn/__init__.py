@@ -13,12 +13,13 @@ from .head import HEADS, Head, LightHead, make_head
 from .mixed_op import MixedOp
 from .pam import PathAttention
 from .primitives import OPS, ConvBNReLU, DilConv, InvertedResidual, ReLUConvBN, SepConv, Zero
-from .recompute import MEMORY_MODES, Recomputable, set_memory_mode, upsampled_cross_entropy
+from .recompute import MEMORY_MODES, Recomputable, labelled_cross_entropy, set_memory_mode, upsampled_cross_entropy
 from .rsp import RSPBlock
 
 __all__ = [
     "PRIMITIVES", "OPS", "Zero", "SepConv", "DilConv", "InvertedResidual", "ConvBNReLU", "ReLUConvBN",
     "MixedOp", "MEMORY_MODES", "set_memory_mode", "Recomputable", "upsampled_cross_entropy",
+    "labelled_cross_entropy",
     "Cell", "DerivedCell", "Genotype", "edge_list", "edge_normalization",
     "RSPBlock", "partial_channels", "PathAttention", "Head", "LightHead", "HEADS", "make_head",
     "Stem", "SinglePathBackbone", "TrellisBackbone", "trellis_nodes", "layer_nodes", "STEM",

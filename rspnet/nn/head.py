@@ -28,7 +28,7 @@ from rspnet.architecture import HEAD_KINDS
 from rspnet.ops import path_fusion
 
 from .primitives import ConvBNReLU, ReLUConvBN
-from .recompute import Recomputable, check_memory_mode, checkpoint, upsampled_cross_entropy
+from .recompute import Recomputable, check_memory_mode, checkpoint, labelled_cross_entropy, upsampled_cross_entropy
 
 
 def _upsampled(features: Sequence[torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
@@ -112,11 +112,12 @@ class _HeadBase(Recomputable, nn.Module):
 
     def loss(self, features: Sequence[torch.Tensor], labels: torch.Tensor,
              ignore_index: int = -100) -> torch.Tensor:
-        """Mean cross-entropy of ``self(features, labels' size)`` against ``labels``."""
+        """Mean cross-entropy of ``self(features, labels' size)`` against
+        ``labels`` over the labelled pixels (``labelled_cross_entropy``)."""
         image_size = tuple(labels.shape[-2:])
         if self.memory == "recompute":
             return upsampled_cross_entropy(self.scores(features, image_size), labels, ignore_index)
-        return F.cross_entropy(self(features, image_size), labels, ignore_index=ignore_index)
+        return labelled_cross_entropy(self(features, image_size), labels, ignore_index)
 
 
 class Head(_HeadBase):

@@ -107,7 +107,7 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
         count = (labels != ignore_index).sum().to(total.dtype)
         ctx.save_for_backward(scores, labels, count)
         ctx.ignore_index = ignore_index
-        return total / count  # no labelled pixel: nan, as F.cross_entropy
+        return total / count.clamp_min(1)  # no labelled pixel: 0, see labelled_cross_entropy
 
     @staticmethod
     @once_differentiable
@@ -135,9 +135,19 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
         return out, None, None
 
 
+def labelled_cross_entropy(scores: torch.Tensor, labels: torch.Tensor,
+                           ignore_index: int = -100) -> torch.Tensor:
+    """The mean cross-entropy over the labelled pixels, as
+    ``F.cross_entropy(scores, labels, ignore_index=)``, except that a batch
+    with no labelled pixel has loss 0 with zero gradients (nothing to learn
+    from) instead of 0 / 0 = nan, which a run would take for a divergence."""
+    total = F.cross_entropy(scores, labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp_min(1).to(total.dtype)
+
+
 def upsampled_cross_entropy(scores: torch.Tensor, labels: torch.Tensor,
                             ignore_index: int = -100) -> torch.Tensor:
-    """``F.cross_entropy(upsample(scores, labels' size), labels, ignore_index=)``
-    (bilinear, ``align_corners=False``; mean over the labelled pixels) without
-    ever holding more than one image's full-resolution scores."""
+    """``labelled_cross_entropy(upsample(scores, labels' size), labels,
+    ignore_index)`` (bilinear, ``align_corners=False``) without ever holding
+    more than one image's full-resolution scores."""
     return _UpsampledCrossEntropy.apply(scores, labels, ignore_index)

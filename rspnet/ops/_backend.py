@@ -23,11 +23,20 @@ _CPP_DTYPES = (torch.float32, torch.float64)
 _GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _read_override() -> str | None:
-    value = os.environ.get("RSPNET_BACKEND", "").strip().lower() or None
-    if value is not None and value not in BACKENDS:
-        raise ValueError(f"RSPNET_BACKEND={value!r} is not one of {', '.join(BACKENDS)}")
+def _read_env(name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    """An environment setting, read once at import. A value that is not one
+    of ``choices`` must not break every command at import: it is warned about
+    once, naming the variable and the choices, and the default is used."""
+    value = os.environ.get(name, "").strip().lower() or default
+    if value is not None and value not in choices:
+        warnings.warn(f"{name}={value!r} is not one of {', '.join(choices)}; ignoring it "
+                      f"(using {default or 'the default choice'})", RuntimeWarning, stacklevel=2)
+        return default
     return value
+
+
+def _read_override() -> str | None:
+    return _read_env("RSPNET_BACKEND", BACKENDS, None)
 
 
 # The backend forced on every op where it can run, or None: RSPNET_BACKEND
@@ -151,10 +160,7 @@ TUNE_MODES = ("measure", "off")
 
 
 def _read_tune() -> str:
-    value = os.environ.get("RSPNET_TUNE", "measure").strip().lower() or "measure"
-    if value not in TUNE_MODES:
-        raise ValueError(f"RSPNET_TUNE={value!r} is not one of {', '.join(TUNE_MODES)}")
-    return value
+    return _read_env("RSPNET_TUNE", TUNE_MODES, "measure")
 
 
 _tune: str = _read_tune()

@@ -136,7 +136,8 @@ def _random(parser: argparse.ArgumentParser, args, config: SearchConfig) -> int:
     budget = None if args.param_budget is None else args.param_budget * 1e6
     try:
         written = write_random_architectures(config, args.random, out, args.seed, budget,
-                                            data.class_table(config.data, config.data_root).num_classes)
+                                            data.class_table(config.data, config.data_root).num_classes,
+                                            progress=not args.no_progress)
     except ValueError as exc:
         parser.error(str(exc))
     for path, params in written:

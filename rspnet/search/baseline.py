@@ -65,37 +65,58 @@ def random_architecture(config, rng: random.Random, search: dict | None = None) 
 
 
 def sample_architectures(config, count: int, seed: int = 0, max_params: float | None = None,
-                         num_classes: int = 19, max_draws: int = 10_000) -> list[tuple[Architecture, int]]:
+                         num_classes: int = 19, max_draws: int = 10_000, probe: int = 200,
+                         progress: bool = False) -> list[tuple[Architecture, int]]:
     """``count`` random architectures with their parameter counts, from a
-    generator seeded with ``seed``; with ``max_params``, only those within it
-    (``ValueError`` when too few are found in ``max_draws`` draws)."""
+    generator seeded with ``seed``; with ``max_params``, only those within it.
+    ``ValueError`` naming ``--param-budget`` as soon as ``max_draws`` draws
+    cannot give ``count`` at the rate seen after ``probe`` draws (so an
+    impossible budget fails in seconds, not after every draw)."""
+    from tqdm import tqdm
+
     from rspnet.models import RSPNet, count_params
 
     rng = random.Random(seed)
     found: list[tuple[Architecture, int]] = []
+    smallest = None
+    bar = tqdm(total=count, desc="random architectures", unit="arch", disable=not progress, leave=False)
     for draw in range(max_draws):
         if len(found) == count:
             break
         arch = random_architecture(config, rng, {"random": {"seed": seed, "draw": draw}})
         params = count_params(RSPNet(arch, num_classes))
+        smallest = params if smallest is None else min(smallest, params)
         if max_params is None or params <= max_params:
             found.append((arch, params))
+            bar.update()
+        done = draw + 1
+        if done >= probe and (count - len(found)) * done > len(found) * (max_draws - done):
+            break   # at this rate the draws left cannot find the rest
+    bar.close()
     if len(found) < count:
-        raise ValueError(f"only {len(found)} of {max_draws} random architectures are within "
-                         f"{max_params / 1e6:.3f} M parameters; raise --param-budget")
+        raise ValueError(f"--param-budget {max_params / 1e6:g}: only {len(found)} of {done} random "
+                         f"architectures are within it (the smallest drawn has {smallest / 1e6:.3f} M "
+                         f"parameters), too few to find {count} in {max_draws} draws; raise --param-budget")
     return found
 
 
 def write_random_architectures(config, count: int, out_dir: str, seed: int = 0,
-                               max_params: float | None = None, num_classes: int = 19) -> list[tuple[str, int]]:
+                               max_params: float | None = None, num_classes: int = 19,
+                               progress: bool = False) -> list[tuple[str, int]]:
     """``out_dir/random-NNN.json`` for ``sample_architectures``; returns
-    (path, parameters) of each."""
+    (path, parameters) of each. ``ValueError`` before anything is drawn when
+    ``out_dir`` cannot be written or already holds one of those files."""
     import os
 
-    written = []
+    from rspnet.files import check_output_dir
+
+    check_output_dir(out_dir, "--out")
+    paths = [os.path.join(out_dir, f"random-{i:03d}.json") for i in range(count)]
+    taken = [p for p in paths if os.path.lexists(p)]
+    if taken:
+        raise ValueError(f"--out {out_dir} already holds {os.path.basename(taken[0])}; choose another --out")
+    drawn = sample_architectures(config, count, seed, max_params, num_classes, progress=progress)
     os.makedirs(out_dir, exist_ok=True)
-    for i, (arch, params) in enumerate(sample_architectures(config, count, seed, max_params, num_classes)):
-        path = os.path.join(out_dir, f"random-{i:03d}.json")
+    for path, (arch, _) in zip(paths, drawn):
         arch.save(path)
-        written.append((path, params))
-    return written
+    return [(path, params) for path, (_, params) in zip(paths, drawn)]

@@ -152,3 +152,6 @@ def check_config(c: SearchConfig) -> None:
     if min(c.epochs, c.channels, c.scales, c.layers, c.steps, c.edge_partial, c.rsp_depth, c.top_k) < 1:
         raise ValueError("--epochs, --channels, --layers, --steps, --edge-partial, --rsp-depth and "
                          "--top-k must be positive")
+    if c.latency_budget is not None and c.latency_table:
+        from rspnet.files import check_output_file
+        check_output_file(c.latency_table, "--latency-table")   # the cache is (re)written there

@@ -37,6 +37,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -372,8 +373,22 @@ class LatencyMeter:
         self.entries: dict[str, float] = {}
         self.measured = 0
         if path is not None and os.path.exists(path):
-            with open(path) as f:
-                self.entries = dict(json.load(f).get("entries", {}))
+            self.entries = self._read(os.fspath(path))
+
+    @staticmethod
+    def _read(path: str) -> dict[str, float]:
+        """The cached entries of ``path``. The file is a cache: one that
+        cannot be read (damaged, not rspnet's) is warned about, naming it and
+        the flag, and measured afresh and rewritten."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                entries = json.load(f)["entries"]
+            return {str(k): float(v) for k, v in entries.items()}
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            warnings.warn(f"--latency-table {path}: not a readable latency cache ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); measuring afresh and "
+                          f"rewriting it", RuntimeWarning, stacklevel=3)
+            return {}
 
     def key(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> str:
         shapes = ";".join("x".join(map(str, x.shape)) for x in inputs)

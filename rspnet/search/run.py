@@ -84,7 +84,7 @@ def _resume_plan(options: RunOptions, stages: tuple[int, ...], log) -> dict[int,
     """Rank 0: the verified checkpoint each stage continues from, {stage: (path, state)}."""
     series = {s: checkpoint_series(options.out, s) for s in (1, 2)}
     if not options.resume:
-        refuse_existing(options.out, [series[s] for s in stages], "search")
+        refuse_existing(options.out, "search")
         return {}
     try:
         if options.resume != "auto":
@@ -106,6 +106,7 @@ def _resume_plan(options: RunOptions, stages: tuple[int, ...], log) -> dict[int,
     if 2 in plan and 1 in plan and plan[1][1]["epoch"] < plan[1][1]["config"]["epochs"]:
         del plan[1]   # stage 2 has begun: stage 1 is over, whatever its newest good file is
     if not plan:
+        refuse_existing(options.out, "search", "search.log")
         log(f"--resume auto: no checkpoint in {options.out}; starting afresh")
     return plan
 

@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from rspnet.nn import labelled_cross_entropy
+
 __all__ = ["at_least_fp32", "ohem_cross_entropy", "segmentation_loss"]
 
 
@@ -38,8 +40,10 @@ def ohem_cross_entropy(scores: torch.Tensor, target: torch.Tensor, thresh: float
 
 
 def segmentation_loss(config, ignore_index: int = 255) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``loss(scores, target)`` of a ``TrainConfig``: OHEM or plain cross-entropy."""
+    """``loss(scores, target)`` of a ``TrainConfig``: OHEM or plain cross-entropy,
+    both 0 on a batch without a labelled pixel (not nan, which would read as
+    a divergence)."""
     if config.ohem:
         return lambda scores, target: ohem_cross_entropy(
             scores, target, config.ohem_thresh, config.ohem_min_kept, ignore_index)
-    return lambda scores, target: F.cross_entropy(at_least_fp32(scores), target, ignore_index=ignore_index)
+    return lambda scores, target: labelled_cross_entropy(at_least_fp32(scores), target, ignore_index)

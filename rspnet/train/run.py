@@ -63,12 +63,13 @@ def _resume_state(config: TrainConfig, architecture: Architecture, arch_name: st
     """Rank 0: the verified checkpoint to continue from, or None."""
     series = checkpoint_series(options.out)
     if not options.resume:
-        refuse_existing(options.out, [series], "training")
+        refuse_existing(options.out, "training")
         return None
     try:
         if options.resume == "auto":
             found = series.latest_valid(load_train_checkpoint, warn)
             if found is None:
+                refuse_existing(options.out, "training", "train.log")
                 return None
             path, state = found
         else:

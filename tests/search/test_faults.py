@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rspnet.architecture import Architecture
+from rspnet.engine.session import EXIT_DIVERGED, EXIT_STOPPED
 from rspnet.search.__main__ import main
 from rspnet.search.architect import Architect
 from rspnet.search.stage import StageSearch, checkpoint_series, load_search_checkpoint
@@ -92,13 +93,13 @@ def test_sigkill_mid_epoch_then_resume_auto_ends_bit_identical(reference, tmp_pa
     assert_same_search(reference, out)
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(reference, tmp_path):
+def test_sigterm_writes_a_checkpoint_and_exits_resumable(reference, tmp_path):
     out = tmp_path / "terminated"
     proc = _launch(out)
     _wait_for(checkpoint_series(out, 1).path(1), proc)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output
+    assert proc.returncode == EXIT_STOPPED, output   # not 0: `search && train` must not carry on
     newest_step, newest_path = checkpoint_series(out, 1).list()[-1]
     state = load_search_checkpoint(newest_path)
     assert state["step"] == newest_step < 8
@@ -181,7 +182,7 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(StageSearch, "__init__", remember)
     monkeypatch.setattr(target, poison, make(step))
     out = tmp_path / "nan"
-    assert main(ARGS + ["--out", str(out), "--keep-checkpoints", "0"]) == 1
+    assert main(ARGS + ["--out", str(out), "--keep-checkpoints", "0"]) == EXIT_DIVERGED
     err = capsys.readouterr().err
     last = checkpoint_series(out, 1).path(step)
     assert message in err, err
