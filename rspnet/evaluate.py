@@ -3,21 +3,20 @@ named by the data set's classes (``--data synthetic|cityscapes|camvid|folder``).
 
 Single-scale by default; ``--scales 0.75 1.0 1.25`` averages the class
 probabilities over rescaled inputs and ``--flip`` adds horizontally flipped
-ones. Predictions are always scored at the resolution of the labels (Cityscapes:
-the native 1024x2048, as the official benchmark), with the definitions of the
-official evaluation (``cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling``),
-so the mIoU printed here is the one the official script computes on the PNGs
-that ``--save-predictions DIR`` writes:
+ones. Predictions are scored at the labels' resolution (Cityscapes: the native
+1024x2048) with the definitions of the official evaluation
+(``cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling``), so the mIoU
+printed is the one the official script computes on the PNGs of
+``--save-predictions DIR`` (``--official`` runs it on them afterwards):
 
-    DIR/labelIds/<city>/<stem>_leftImg8bit.png   labelId PNGs the official script reads
-                                                 (point CITYSCAPES_RESULTS at DIR/labelIds)
+    DIR/labelIds/<city>/<stem>_leftImg8bit.png   labelId PNGs (CITYSCAPES_RESULTS=DIR/labelIds)
+    DIR/masks/<split>/<stem>.png                 CamVid, folder: the data set's own mask encoding
     DIR/overlay/<city>/<stem>_overlay.png        image blended with the coloured prediction
 
-For CamVid and folder data sets the predictions are masks in the data set's
-own encoding, ``DIR/masks/<split>/<stem>.png``, beside the overlays.
-
-``--official`` runs that script on the saved PNGs afterwards and reports its
-mIoU beside ours.
+Outputs are checked before anything runs: neither DIR nor ``--report`` may lie
+inside the data root or be an input, DIR must not hold a file of the names it
+would write, and an existing default report is only replaced when named with
+``--report``. A checkpoint whose class names differ from the data set's is refused.
 
 Example::
 
@@ -47,7 +46,7 @@ from rspnet.engine.checkpoint import CheckpointError
 from rspnet.engine import precision
 from rspnet.engine.precision import AMP_MODES, autocast
 from rspnet.engine.session import set_threads
-from rspnet.files import write_json, write_png
+from rspnet.files import check_output_dir, check_output_file, write_json, write_png
 from rspnet.metrics import ConfusionMatrix, format_table, summarize
 from rspnet.models import fold_batchnorm
 from rspnet.train.checkpoint import load_trained_model
@@ -107,23 +106,50 @@ def prediction_names(dataset, index: int) -> tuple[str, str]:
     return "synthetic", f"synthetic_{index:06d}_000019"
 
 
+def prediction_paths(out_dir: str, city: str, stem: str,
+                     classes: data.ClassTable = data.CITYSCAPES) -> tuple[str, str]:
+    """(prediction PNG, overlay PNG) that ``save_prediction`` writes for an item."""
+    cityscapes = classes is data.CITYSCAPES
+    label = os.path.join(out_dir, "labelIds" if cityscapes else "masks", city,
+                         stem + (_IMAGE_SUFFIX if cityscapes else ".png"))
+    return label, os.path.join(out_dir, "overlay", city, stem + "_overlay.png")
+
+
 def save_prediction(out_dir: str, city: str, stem: str, train_ids: np.ndarray,
                     image: np.ndarray | None = None, classes: data.ClassTable = data.CITYSCAPES) -> str:
     """Write the prediction in the data set's mask encoding (Cityscapes: the
     official labelId PNG) and, given the uint8 image, an overlay; returns the
     prediction PNG's path."""
-    cityscapes = classes is data.CITYSCAPES
-    label_dir = os.path.join(out_dir, "labelIds" if cityscapes else "masks", city)
-    os.makedirs(label_dir, exist_ok=True)
-    path = os.path.join(label_dir, stem + (_IMAGE_SUFFIX if cityscapes else ".png"))
+    path, overlay = prediction_paths(out_dir, city, stem, classes)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     write_png(path, classes.encode(train_ids))
     if image is not None:
-        overlay_dir = os.path.join(out_dir, "overlay", city)
-        os.makedirs(overlay_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(overlay), exist_ok=True)
         colour = classes.colorize(train_ids).astype(np.float32)
         blend = (0.5 * image.astype(np.float32) + 0.5 * colour).round().clip(0, 255).astype(np.uint8)
-        write_png(os.path.join(overlay_dir, stem + "_overlay.png"), blend)
+        write_png(overlay, blend)
     return path
+
+
+def check_prediction_files(out_dir: str, dataset, classes: data.ClassTable, inputs=(), others=()) -> None:
+    """``ValueError`` naming ``--save-predictions`` unless every file
+    ``save_prediction`` would write for ``dataset`` is new (no file that
+    existed before is ever replaced), written once, not one of ``others``
+    (the report), and its directory can be created outside ``inputs``."""
+    written: dict[str, int] = {}
+    others = {os.path.realpath(o) for o in others}
+    for index in range(len(dataset)):
+        for path in prediction_paths(out_dir, *prediction_names(dataset, index), classes):
+            if os.path.lexists(path):
+                raise ValueError(f"--save-predictions {out_dir}: {path} exists; evaluate never replaces a file "
+                                 f"that was there before it: choose a new or empty directory")
+            if path in written or os.path.realpath(path) in others:
+                what = f"image {written[path]}" if path in written else "--report"
+                raise ValueError(f"--save-predictions {out_dir}: image {index} and {what} would both be "
+                                 f"written as {path}")
+            written[path] = index
+    for directory in sorted({os.path.dirname(p) for p in written}):
+        check_output_dir(directory, "--save-predictions", inputs)
 
 
 # ------------------------------------------------------- official evaluation
@@ -210,6 +236,31 @@ def parse_args(argv: Sequence[str] | None = None):
     parser = build_parser()
     args = parser.parse_args(argv)
     trained_model_args(parser, args)
+    _check_options(parser, args)
+    try:
+        args.classes = data.class_table(args.data, args.data_root)
+    except ValueError as exc:
+        parser.error(f"--data {args.data}: {exc}")
+    try:
+        args.model, args.state = load_trained_model(args.architecture, args.checkpoint, args.classes.num_classes,
+                                                    f"--arch {args.arch}")
+    except CheckpointError as exc:
+        parser.error(f"{exc} (--data {args.data})" if "classes" in str(exc) else str(exc))
+    checked(parser, check_class_names, args.state, args.classes, f"checkpoint {args.checkpoint}",
+            f"--data {args.data}")
+    inputs = [p for p in (args.data_root, args.checkpoint, args.arch) if p]
+    _check_report(parser, args, inputs)
+    if args.save_predictions:
+        checked(parser, check_output_dir, args.save_predictions, "--save-predictions", inputs)
+    args.dataset = _dataset(parser, args)
+    if args.save_predictions:
+        checked(parser, check_prediction_files, args.save_predictions, args.dataset, args.classes, inputs,
+                (args.report,))
+    return parser, args
+
+
+def _check_options(parser: argparse.ArgumentParser, args) -> None:
+    """The checks of the flags among themselves and of the data source."""
     if args.data == "synthetic" and args.split == "test":
         parser.error("--split test: the synthetic scenes have train and val")
     checked(parser, data.check_source, args.data, args.data_root, (args.split,))
@@ -222,22 +273,35 @@ def parse_args(argv: Sequence[str] | None = None):
         parser.error("--official needs --data cityscapes (the official script reads gtFine files)")
     if args.official and args.images is not None:
         parser.error("--official scores every ground-truth file of the split; drop --images")
-    if args.save_predictions and os.path.exists(args.save_predictions) \
-            and not os.path.isdir(args.save_predictions):
-        parser.error(f"--save-predictions {args.save_predictions}: exists and is not a directory")
-    if args.report is None:
+
+
+def _check_report(parser: argparse.ArgumentParser, args, inputs) -> None:
+    """``--report``, or its default beside the checkpoint: writable, no input,
+    and the default not replaced unless the user names it."""
+    named = args.report is not None
+    if not named:
         args.report = os.path.splitext(args.checkpoint)[0] + "-eval.json"
-    try:
-        args.classes = data.class_table(args.data, args.data_root)
-    except ValueError as exc:
-        parser.error(f"--data {args.data}: {exc}")
-    try:
-        args.model, args.state = load_trained_model(args.architecture, args.checkpoint, args.classes.num_classes,
-                                                    f"--arch {args.arch}")
-    except CheckpointError as exc:
-        parser.error(f"{exc} (--data {args.data})" if "classes" in str(exc) else str(exc))
-    args.dataset = _dataset(parser, args)
-    return parser, args
+    checked(parser, check_output_file, args.report, "--report", inputs)
+    if not named and os.path.lexists(args.report):
+        parser.error(f"--report {args.report}: the default report path exists (an earlier evaluation?); "
+                     f"give --report {args.report} to replace it, or another path")
+
+
+def check_class_names(state, classes: data.ClassTable, checkpoint: str, source: str) -> None:
+    """``ValueError`` if ``state`` names its classes and the names differ from
+    ``classes``' (a checkpoint without names is taken as it is)."""
+    stored = state.get("classes")
+    saved = stored.get("names") if isinstance(stored, dict) else None
+    names = list(classes.names)
+    if not saved or list(saved) == names:
+        return
+    saved = list(saved)
+    i = next((k for k, (a, b) in enumerate(zip(saved, names)) if a != b), min(len(saved), len(names)))
+    theirs = repr(saved[i]) if i < len(saved) else "nothing"
+    ours = repr(names[i]) if i < len(names) else "nothing"
+    raise ValueError(f"{checkpoint} was trained for other classes than {source} has: class {i} is {theirs} "
+                     f"in the checkpoint but {ours} in the data set; the scores would be labelled with the "
+                     f"wrong names")
 
 
 def _dataset(parser: argparse.ArgumentParser, args):
@@ -273,21 +337,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     dtype = precision.amp_dtype(args.amp, device) if device.type == "cuda" else None   # CPU: always fp32
+    start = time.perf_counter()
+    confusion, saved = _evaluate(args, model, device, dtype, channels_last)
+    seconds = time.perf_counter() - start
 
-    dataset, size, seed, classes = args.dataset, args.input_size, args.scene_seed, args.classes
+    summary = summarize(confusion.matrix, args.classes.names)
+    scales = " ".join(f"{s:g}" for s in args.scales)
+    title = (f"{args.data} {args.split}, {len(args.dataset)} images, scales {scales}"
+             f"{' + flip' if args.flip else ''}, checkpoint {args.checkpoint}")
+    print(format_table(summary, title))
+    report = _report(args, summary, confusion, seconds, device, dtype)
+    if args.save_predictions:
+        kind = "labelIds" if args.classes is data.CITYSCAPES else "masks"
+        report["predictions"] = {kind: os.path.abspath(os.path.join(args.save_predictions, kind)),
+                                 "overlay": os.path.abspath(os.path.join(args.save_predictions, "overlay")),
+                                 "files": len(saved)}
+        print(f"predictions: {len(saved)} {kind} PNGs in {report['predictions'][kind]}, "
+              f"overlays in {report['predictions']['overlay']}")
+    if args.official:
+        ground_truth = list(args.dataset.labels) if hasattr(args.dataset, "labels") else []
+        result = official_evaluation(ground_truth, os.path.join(args.save_predictions, "labelIds"))
+        official = official_class_scores(result)
+        report["official"] = {"miou": result["averageScoreClasses"], "per_class_iou": official}
+        diff = abs(result["averageScoreClasses"] - (summary["miou"] or 0.0))
+        print(f"official cityscapesscripts mIoU: {100 * result['averageScoreClasses']:.4f}% "
+              f"(rspnet {100 * summary['miou']:.4f}%, difference {diff:.2e})")
+    os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)   # checked creatable
+    write_json(args.report, report)
+    print(f"report: {args.report}")
+    return 0
+
+
+def _evaluate(args, model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None,
+              channels_last: bool) -> tuple[ConfusionMatrix, list[str]]:
+    """The confusion matrix over ``args.dataset``, and the prediction files
+    written (``--save-predictions``)."""
+    dataset, size, classes = args.dataset, args.input_size, args.classes
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.workers)
-
     confusion = ConfusionMatrix(classes.num_classes, data.IGNORE_INDEX)
-    start = time.perf_counter()
     index = 0
     saved = []
     for images, labels in tqdm(loader, desc="evaluate", disable=args.no_progress, dynamic_ncols=True):
         images = images.to(device)
         labels = labels.to(device)
-        label_size = tuple(labels.shape[-2:])
         base = size if size is not None else _scaled_size(images.shape[-2:], 1.0)
-        probs = predict_probabilities(model, images, label_size, args.scales, args.flip, base,
+        probs = predict_probabilities(model, images, tuple(labels.shape[-2:]), args.scales, args.flip, base,
                                       dtype, channels_last)
         pred = probs.argmax(1)
         confusion.update(pred, labels)
@@ -298,43 +393,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              pred[k].to(torch.uint8).cpu().numpy(),
                                              data.denormalize(images[k]), classes))
         index += pred.shape[0]
-    seconds = time.perf_counter() - start
+    return confusion, saved
 
-    summary = summarize(confusion.matrix, classes.names)
-    scales = " ".join(f"{s:g}" for s in args.scales)
-    title = (f"{args.data} {args.split}, {len(dataset)} images, scales {scales}"
-             f"{' + flip' if args.flip else ''}, checkpoint {args.checkpoint}")
-    print(format_table(summary, title))
-    report = {
+
+def _report(args, summary: dict[str, Any], confusion: ConfusionMatrix, seconds: float, device: torch.device,
+            dtype: torch.dtype | None) -> dict[str, Any]:
+    size = args.input_size
+    return {
         "checkpoint": os.path.abspath(args.checkpoint), "architecture": os.path.abspath(args.arch),
         "architecture_fingerprint": args.architecture.fingerprint(),
         "checkpoint_epoch": args.state.get("epoch"),
-        "data": args.data, "data_root": args.data_root, "split": args.split, "images": len(dataset),
-        "classes": list(classes.names),
-        "seed": seed, "input_size": None if size is None else list(size),
+        "data": args.data, "data_root": args.data_root, "split": args.split, "images": len(args.dataset),
+        "classes": list(args.classes.names),
+        "seed": args.scene_seed, "input_size": None if size is None else list(size),
         "scales": list(args.scales), "flip": args.flip, "device": str(device),
         "amp": None if dtype is None else str(dtype).split(".")[-1],
         "seconds": round(seconds, 2), **summary,
         "confusion_matrix": confusion.matrix.tolist(),
     }
-    if args.save_predictions:
-        kind = "labelIds" if classes is data.CITYSCAPES else "masks"
-        report["predictions"] = {kind: os.path.abspath(os.path.join(args.save_predictions, kind)),
-                                 "overlay": os.path.abspath(os.path.join(args.save_predictions, "overlay")),
-                                 "files": len(saved)}
-        print(f"predictions: {len(saved)} {kind} PNGs in {report['predictions'][kind]}, "
-              f"overlays in {report['predictions']['overlay']}")
-    if args.official:
-        ground_truth = list(dataset.labels) if hasattr(dataset, "labels") else []
-        result = official_evaluation(ground_truth, os.path.join(args.save_predictions, "labelIds"))
-        official = official_class_scores(result)
-        report["official"] = {"miou": result["averageScoreClasses"], "per_class_iou": official}
-        diff = abs(result["averageScoreClasses"] - (summary["miou"] or 0.0))
-        print(f"official cityscapesscripts mIoU: {100 * result['averageScoreClasses']:.4f}% "
-              f"(rspnet {100 * summary['miou']:.4f}%, difference {diff:.2e})")
-    write_json(args.report, report)
-    print(f"report: {args.report}")
-    return 0
 
 
 if __name__ == "__main__":

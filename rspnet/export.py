@@ -1,31 +1,23 @@
 """``python -m rspnet.export``: ONNX export and a cost report of a trained RSPNet.
 
 ``--onnx PATH`` exports the network (opset 18 by default, at least 17) with the
-TorchDynamo-based exporter, the fused ops being traced through their
-plain-PyTorch references so that the graph holds standard ONNX operators only.
-The batch dimension is dynamic; height and width are made dynamic too when the
-network can be traced with symbolic sizes (``--dynamic auto`` tries that first
-and says what it got). The file is then run with onnxruntime and compared with
-PyTorch in fp32: a maximum absolute difference above ``--tolerance`` (1e-4) is
-an error, and the file is only put in place once it passes.
+TorchDynamo-based exporter, the fused ops traced through their plain-PyTorch
+references so that the graph holds standard ONNX operators only. ``--dynamic``:
+batch, height and width dynamic (all), the batch only (batch), or static shapes
+at batch 1 (none); auto tries them in that order and says what it got. The file
+is run with onnxruntime and compared with PyTorch in fp32: a maximum absolute
+difference above ``--tolerance`` (1e-4) is an error, and the file is only put
+in place once it passes.
 
-``--report [PATH]`` prints and writes (JSON) the parameter count, the forward
-FLOPs (``torch.utils.flop_counter.FlopCounterMode``, a multiply-add counting
-2), and the latency and FPS at ``--resolution H W`` (default 512 1024),
-batch 1, on ``--device`` with ``--threads`` CPU threads (default 1)
-(optionally ``--compile`` with ``torch.compile`` and ``--dtype bf16|fp16``),
-of the network as trained and in its folded inference form (BatchNorms
-merged into the convolutions, linear cell states into the cells'
-projections: ``rspnet.models.fold``), and beside them torchvision's
-LRASPP-MobileNetV3-Large (random weights, the same classes) measured the
-same way in the same run, with the ratios rspnet / LRASPP; without torchvision a line says how to install it
-(``pip install -e .[bench]``). Each network is timed in the memory layout
-(NCHW or channels-last) its warm-up runs found faster (``--memory-format``).
-The two folded networks are then timed once more, alternately for
-``--iters`` rounds (``interleaved_latency``), and the median of the per-round
-ratio is printed under the folded ratio: on a shared machine whose load
-drifts, timing one network after the other biased the ratio by 10 % and more
-either way (0.97× one after the other, 0.86× interleaved, in one report).
+``--report [PATH]`` prints and writes (JSON) the parameters, the forward FLOPs
+(``torch.utils.flop_counter``, a multiply-add counting 2) and the batch-1
+latency and FPS at ``--resolution H W`` (default 512 1024) on ``--device``, of
+the network as trained and folded (``rspnet.models.fold``), each in the memory
+layout its warm-up found faster, beside torchvision's LRASPP-MobileNetV3-Large
+(random weights, the same classes; ``pip install -e .[bench]``) timed alike, and
+the ratios; the folded pair also alternately (``interleaved_latency``), the ratio
+a shared machine's drifting load biases least. Both outputs are checked before
+any work: no input, and an existing default report is only replaced when named.
 
 Example::
 
@@ -53,7 +45,7 @@ from rspnet import data
 from rspnet.cli import architecture_arg, checked, nonnegative_int, positive_int
 from rspnet.engine.checkpoint import CheckpointError
 from rspnet.engine.config import check_device
-from rspnet.files import write_json
+from rspnet.files import check_output_file, write_json
 from rspnet.models import RSPNet, count_flops, count_params, fold_batchnorm
 from rspnet.models.reference import REFERENCE_NAME, lraspp_mobilenet_v3, reference_unavailable
 from rspnet.ops import _backend
@@ -115,13 +107,13 @@ def export_onnx(model: torch.nn.Module, path: str, resolution: Sequence[int], op
     temporary file first); returns the dynamic mode obtained ('all',
     'batch' or 'none')."""
     model = model.eval()
-    # batch 2: torch.export specialises dimensions of size 1, so an example
-    # of batch 1 could not be dynamic in the batch
-    example = (torch.zeros(2, 3, *resolution),)
     modes = {"auto": ("all", "batch", "none"), "all": ("all",), "batch": ("batch",),
              "none": ("none",)}[dynamic]
     failures = []
     for mode in modes:
+        # a dynamic batch needs an example of batch 2 (torch.export specialises dimensions of size 1);
+        # static shapes are batch 1, the shape check_onnx and onnx_latency feed
+        example = (torch.zeros(1 if mode == "none" else 2, 3, *resolution),)
         try:
             with reference_ops(), _quiet_tracing(), contextlib.redirect_stdout(sys.stderr):
                 program = torch.onnx.export(model, example, dynamo=True, opset_version=opset,
@@ -473,11 +465,6 @@ def parse_args(argv: Sequence[str] | None = None):
         missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
         if missing:
             parser.error(f"--onnx needs {', '.join(missing)}: pip install {' '.join(missing)}")
-        if os.path.isdir(args.onnx):
-            parser.error(f"--onnx {args.onnx}: is a directory")
-        parent = os.path.dirname(os.path.abspath(args.onnx))
-        if not os.path.isdir(parent):
-            parser.error(f"--onnx {args.onnx}: directory {parent} does not exist")
     if args.dtype != "fp32" and torch.device(args.device).type == "cpu" and args.dtype == "fp16":
         parser.error("--dtype fp16 is for GPUs (CPU fp16 convolutions are not supported by PyTorch)")
     args.state = None
@@ -496,9 +483,31 @@ def parse_args(argv: Sequence[str] | None = None):
     if args.resolution is None:
         size = (args.state or {}).get("config", {}).get("size")
         args.resolution = list(size) if size else list(REPORT_RESOLUTION)
-    if args.report == "":
-        args.report = (os.path.splitext(args.onnx)[0] + "-report.json") if args.onnx else "export-report.json"
+    _check_outputs(parser, args)
     return parser, args
+
+
+def _check_outputs(parser: argparse.ArgumentParser, args) -> None:
+    """``--onnx`` and ``--report`` (its default path when given bare) writable
+    as files, neither an input nor the other; an existing default report is
+    not replaced unless named. The ONNX file's directory must exist."""
+    inputs = [p for p in (args.arch, args.checkpoint) if p]
+    if args.onnx:
+        parent = os.path.dirname(os.path.abspath(args.onnx))
+        if not os.path.lexists(parent):
+            parser.error(f"--onnx {args.onnx}: directory {parent} does not exist")
+        checked(parser, check_output_file, args.onnx, "--onnx", inputs)
+    if args.report is None:
+        return
+    named = args.report != ""
+    if not named:
+        args.report = (os.path.splitext(args.onnx)[0] + "-report.json") if args.onnx else "export-report.json"
+    checked(parser, check_output_file, args.report, "--report", inputs)
+    if args.onnx and os.path.realpath(args.report) == os.path.realpath(args.onnx):
+        parser.error(f"--report {args.report}: the same file as --onnx; give them different paths")
+    if not named and os.path.lexists(args.report):
+        parser.error(f"--report: the default report path {args.report} exists (an earlier export?); give "
+                     f"--report {args.report} to replace it, or another path")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -509,91 +518,103 @@ def main(argv: Sequence[str] | None = None) -> int:
     # without a checkpoint: random weights and the 19 classes of Cityscapes and the synthetic scenes
     model = args.model if args.state is not None else RSPNet(args.architecture, data.NUM_CLASSES)
     model.eval()
-    resolution = tuple(args.resolution)
     report: dict[str, Any] = {
         "architecture": os.path.abspath(args.arch),
         "architecture_fingerprint": args.architecture.fingerprint(),
         "checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None,
-        "resolution": list(resolution), "torch": torch.__version__,
+        "resolution": list(args.resolution), "torch": torch.__version__,
         "params": count_params(model),
     }
-
     if args.onnx:
-        directory = os.path.dirname(os.path.abspath(args.onnx))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".onnx")
-        os.close(fd)
         try:
-            start = time.perf_counter()
-            mode = export_onnx(model, tmp, resolution, args.opset, args.dynamic,
-                               log=lambda m: print(m, file=sys.stderr))
-            shapes = [(1, 3, *resolution)]
-            if mode in ("all", "batch"):
-                shapes.append((2, 3, *resolution))
-            if mode == "all":
-                shapes.append((1, 3, resolution[0] + 32, resolution[1] + 64))
-            check = check_onnx(model, tmp, shapes)
-            if not check["max_abs_diff"] <= args.tolerance:
-                raise ExportError(
-                    f"onnxruntime and PyTorch disagree: max abs difference {check['max_abs_diff']:.3e} > "
-                    f"tolerance {args.tolerance:.0e} (per input: "
-                    + ", ".join(f"{tuple(s['input'])}: {s['max_abs_diff']:.2e}" for s in check["per_shape"])
-                    + f"); {args.onnx} was not written")
-            os.replace(tmp, args.onnx)
+            report["onnx"] = write_onnx(model, args)
         except ExportError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        report["onnx"] = {"path": os.path.abspath(args.onnx), "bytes": os.path.getsize(args.onnx),
-                          "opset": args.opset, "dynamic": {"all": "batch, height, width",
-                                                           "batch": "batch", "none": "none"}[mode],
-                          "max_abs_diff": check["max_abs_diff"], "per_shape": check["per_shape"],
-                          "tolerance": args.tolerance, "onnxruntime": check["onnxruntime"],
-                          "export_seconds": round(time.perf_counter() - start, 1)}
         print(f"onnx: wrote {args.onnx} (opset {args.opset}, dynamic {report['onnx']['dynamic']}); "
-              f"max |onnxruntime - torch| = {check['max_abs_diff']:.2e} <= {args.tolerance:.0e}")
-
+              f"max |onnxruntime - torch| = {report['onnx']['max_abs_diff']:.2e} <= {args.tolerance:.0e}")
     if args.report is not None:
-        device = torch.device(args.device)
-        report.update({"device": str(device), "device_name": device_name(device),
-                       "cpu_threads": torch.get_num_threads(), "dtype": args.dtype,
-                       "compile": args.compile, "warmup": args.warmup, "iters": args.iters,
-                       "memory_format": args.memory_format, "backend_override": _backend.override()})
-        resolution = tuple(args.report_resolution)
-        report["resolution"] = list(resolution)
-        if args.onnx:
-            report["onnx"]["resolution"] = list(args.resolution)
-            report["onnx"]["onnxruntime_latency_ms"] = onnx_latency(args.onnx, tuple(args.resolution),
-                                                                    args.warmup, args.iters)
-        settings = (device, DTYPES[args.dtype], args.compile, args.warmup, args.iters, args.memory_format)
-        kept: dict[str, dict[str, torch.nn.Module]] = {"ours": {}, "reference": {}}
-        ours = network_costs(model, resolution, *settings, keep=kept["ours"])
-        report.update({"flops": ours["unfolded"]["flops"], "latency": ours["unfolded"]["latency"],
-                       "folded": ours["folded"]})
-        note = None if args.no_reference else reference_unavailable()
-        report["reference"] = report["ratios"] = None
-        if note:
-            report["reference_note"] = note
-        elif not args.no_reference:
-            # from scratch, seeded: the same network in every report
-            torch.manual_seed(0)
-            reference = network_costs(lraspp_mobilenet_v3(model_classes(model)), resolution, *settings,
-                                      keep=kept["reference"])
-            report["reference"] = {"name": REFERENCE_NAME, "source": "torchvision, random weights",
-                                   "torchvision": _torchvision_version(), **reference}
-            report["ratios"] = {key: _ratios(ours[key], reference[key]) for key in ("unfolded", "folded")}
-            if not args.compile:
-                # the two folded networks once more, alternately: the ratio a drifting load biases least
-                dtype = DTYPES[args.dtype]
-                report["ratios"]["folded_interleaved"] = interleaved_latency(
-                    kept["ours"]["folded"], _timing_input(ours["folded"], resolution, device, dtype),
-                    kept["reference"]["folded"], _timing_input(reference["folded"], resolution, device, dtype),
-                    args.iters, device.type == "cuda")
+        cost_report(model, args, report)
         print(format_report(report))
+        os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)   # checked creatable
         write_json(args.report, report)
         print(f"report: {args.report}")
     return 0
+
+
+def write_onnx(model: torch.nn.Module, args) -> dict[str, Any]:
+    """Export ``model`` to ``args.onnx`` and check it with onnxruntime (the
+    file is put in place only if it passes): the report's ``onnx`` entry.
+    ``ExportError`` if the export or the check fails."""
+    resolution = tuple(args.resolution)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.onnx)), prefix=".tmp-", suffix=".onnx")
+    os.close(fd)
+    try:
+        start = time.perf_counter()
+        mode = export_onnx(model, tmp, resolution, args.opset, args.dynamic,
+                           log=lambda m: print(m, file=sys.stderr))
+        shapes = [(1, 3, *resolution)]
+        if mode in ("all", "batch"):
+            shapes.append((2, 3, *resolution))
+        if mode == "all":
+            shapes.append((1, 3, resolution[0] + 32, resolution[1] + 64))
+        check = check_onnx(model, tmp, shapes)
+        if not check["max_abs_diff"] <= args.tolerance:
+            raise ExportError(
+                f"onnxruntime and PyTorch disagree: max abs difference {check['max_abs_diff']:.3e} > "
+                f"tolerance {args.tolerance:.0e} (per input: "
+                + ", ".join(f"{tuple(s['input'])}: {s['max_abs_diff']:.2e}" for s in check["per_shape"])
+                + f"); {args.onnx} was not written")
+        os.replace(tmp, args.onnx)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"path": os.path.abspath(args.onnx), "bytes": os.path.getsize(args.onnx),
+            "opset": args.opset, "dynamic": {"all": "batch, height, width", "batch": "batch", "none": "none"}[mode],
+            "max_abs_diff": check["max_abs_diff"], "per_shape": check["per_shape"],
+            "tolerance": args.tolerance, "onnxruntime": check["onnxruntime"],
+            "export_seconds": round(time.perf_counter() - start, 1)}
+
+
+def cost_report(model: torch.nn.Module, args, report: dict[str, Any]) -> None:
+    """Add ``--report``'s measurements to ``report``: settings, parameters,
+    FLOPs and latency of the network (and folded), of the LRASPP reference and
+    the ratios, and the ONNX file's onnxruntime latency."""
+    device = torch.device(args.device)
+    report.update({"device": str(device), "device_name": device_name(device),
+                   "cpu_threads": torch.get_num_threads(), "dtype": args.dtype,
+                   "compile": args.compile, "warmup": args.warmup, "iters": args.iters,
+                   "memory_format": args.memory_format, "backend_override": _backend.override()})
+    resolution = tuple(args.report_resolution)
+    report["resolution"] = list(resolution)
+    if args.onnx:
+        report["onnx"]["resolution"] = list(args.resolution)
+        report["onnx"]["onnxruntime_latency_ms"] = onnx_latency(args.onnx, tuple(args.resolution),
+                                                                args.warmup, args.iters)
+    settings = (device, DTYPES[args.dtype], args.compile, args.warmup, args.iters, args.memory_format)
+    kept: dict[str, dict[str, torch.nn.Module]] = {"ours": {}, "reference": {}}
+    ours = network_costs(model, resolution, *settings, keep=kept["ours"])
+    report.update({"flops": ours["unfolded"]["flops"], "latency": ours["unfolded"]["latency"],
+                   "folded": ours["folded"]})
+    note = None if args.no_reference else reference_unavailable()
+    report["reference"] = report["ratios"] = None
+    if note:
+        report["reference_note"] = note
+    if note or args.no_reference:
+        return
+    torch.manual_seed(0)   # from scratch, seeded: the same network in every report
+    reference = network_costs(lraspp_mobilenet_v3(model_classes(model)), resolution, *settings,
+                              keep=kept["reference"])
+    report["reference"] = {"name": REFERENCE_NAME, "source": "torchvision, random weights",
+                           "torchvision": _torchvision_version(), **reference}
+    report["ratios"] = {key: _ratios(ours[key], reference[key]) for key in ("unfolded", "folded")}
+    if not args.compile:
+        # the two folded networks once more, alternately: the ratio a drifting load biases least
+        dtype = DTYPES[args.dtype]
+        report["ratios"]["folded_interleaved"] = interleaved_latency(
+            kept["ours"]["folded"], _timing_input(ours["folded"], resolution, device, dtype),
+            kept["reference"]["folded"], _timing_input(reference["folded"], resolution, device, dtype),
+            args.iters, device.type == "cuda")
 
 
 if __name__ == "__main__":

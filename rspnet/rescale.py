@@ -15,8 +15,9 @@ and prints the parameters and FLOPs (at ``--size``, for ``--classes``
 classes) before and after. The new file records where it came from and what
 changed under ``search.rescaled``. An architecture the changes make
 impossible (a width the RSP split cannot halve, say) is refused with the
-field named, and nothing is written; an existing ``--out`` is not replaced
-without ``--force``.
+field named, and nothing is written. ``--out`` is checked before anything
+runs: never the input file, a missing parent directory is created, and an
+existing file is only replaced with ``--force``.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import sys
 from typing import Sequence
 
 from rspnet.architecture import HEAD_KINDS, Architecture
-from rspnet.cli import architecture_arg, channel_list, parse_size, positive_int
+from rspnet.cli import architecture_arg, channel_list, checked, parse_size, positive_int
+from rspnet.files import check_output_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     arch = architecture_arg(parser, args.arch, flag="architecture")
-    if os.path.exists(args.out) and not args.force:
+    checked(parser, check_output_file, args.out, "--out", (args.arch,))
+    if os.path.lexists(args.out) and not args.force:
         parser.error(f"--out {args.out} exists (--force replaces it)")
     try:
         new = rescaled(arch, args.channels, args.scale_channels, args.rsp_ratio, args.head,
@@ -96,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({a.head_channels}), pool-first {'yes' if a.pool_first else 'no'}: "
               f"{count_params(model) / 1e6:.3f} M params, "
               f"{count_flops(model, args.size) / 1e9:.3f} GFLOPs at {args.size[0]}x{args.size[1]}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)   # checked creatable
     new.save(args.out)
     print(f"architecture file: {args.out}")
     return 0

@@ -39,11 +39,13 @@ def padded_size(height: int, width: int) -> tuple[int, int]:
 
 
 def as_rgb(image: Any) -> np.ndarray:
-    """uint8 (H, W, 3) of a path, a PIL image, or a uint8 array (H, W, 3) or (H, W)."""
+    """uint8 (H, W, 3) of a path, a PIL image (both by ``rspnet.data``'s
+    reader: EXIF orientation, 16-bit and float greyscale), or a uint8 array
+    (H, W, 3) or (H, W)."""
     if isinstance(image, (str, os.PathLike)):
         return data.read_image(os.fspath(image))
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
+        return data.image_rgb(image)
     array = np.asarray(image)
     if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         raise ValueError(f"expected a uint8 picture (H, W, 3) or (H, W), got shape {array.shape} "

@@ -12,7 +12,9 @@ name (a folder's files keep their paths relative to the folder):
 Whole-image inference, padded to a multiple of 32 (see ``rspnet.predict``);
 images of the same padded size are batched. The classes (names, colours) are
 the checkpoint's, i.e. those of the data set it was trained on. Every input is
-checked before anything is written.
+read by ``rspnet.data``'s reader and checked (its header) before anything is
+written, and so is OUT: it may not be, or lie inside, an input, and no file
+it would write may exist already (predict never replaces a file).
 """
 from __future__ import annotations
 
@@ -27,14 +29,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from rspnet import data
-from rspnet.cli import nonnegative_int, positive_int, trained_model_args
+from rspnet.cli import checked, nonnegative_int, positive_int, trained_model_args
 from rspnet.engine.checkpoint import CheckpointError
 from rspnet.engine.precision import AMP_MODES, amp_dtype
 from rspnet.engine.session import set_threads
-from rspnet.files import write_png
+from rspnet.files import check_output_dir, write_png
 from rspnet.predict import MULTIPLE, padded_size, predict_batch
 from rspnet.models import fold_batchnorm
 from rspnet.train.checkpoint import load_trained_model
+
+KINDS = ("classes", "overlay")   # OUT/<kind>/<name>.png
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,12 +102,28 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
     return found
 
 
+def check_out(out: str, names: Sequence[str], inputs: Sequence[str] = ()) -> None:
+    """``ValueError`` naming ``--out`` unless every file predict would write
+    under ``out`` for ``names`` is new (the first one that exists is named)
+    and its directory can be created, outside every input."""
+    directories = set()
+    for name in names:
+        for kind in KINDS:
+            path = os.path.join(out, kind, name + ".png")
+            if os.path.lexists(path):
+                raise ValueError(f"--out {out}: {path} exists; predict never replaces a file: choose a new or "
+                                 f"empty --out, or move the file away")
+            directories.add(os.path.dirname(path))
+    for directory in sorted(directories):
+        check_output_dir(directory, "--out", inputs)
+
+
 def parse_args(argv: Sequence[str] | None = None):
     parser = build_parser()
     args = parser.parse_args(argv)
     trained_model_args(parser, args)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        parser.error(f"--out {args.out}: exists and is not a directory")
+    inputs = [*args.inputs, args.checkpoint, args.arch]
+    checked(parser, check_output_dir, args.out, "--out", inputs)
     try:
         args.model, state = load_trained_model(args.architecture, args.checkpoint, arch_name=f"--arch {args.arch}")
     except CheckpointError as exc:
@@ -112,10 +132,11 @@ def parse_args(argv: Sequence[str] | None = None):
         args.classes = _class_table(state)
     except (KeyError, TypeError, ValueError) as exc:
         parser.error(f"checkpoint {args.checkpoint}: bad class table: {exc}")
-    try:
+    try:   # the pre-check: rspnet.data's reader on every header (regular file, pixel limit, orientation)
         args.images = [(path, name, data.image_size(path)) for path, name in collect_inputs(args.inputs)]
     except ValueError as exc:
         parser.error(str(exc))
+    checked(parser, check_out, args.out, [name for _, name, _ in args.images], inputs)
     return parser, args
 
 
@@ -134,7 +155,7 @@ def _save(out: str, name: str, classes: np.ndarray, image: np.ndarray, table: da
     palette[:table.num_classes] = table.colours
     index.putpalette(palette.reshape(-1).tolist())
     blend = (0.5 * image.astype(np.float32) + 0.5 * table.colorize(classes).astype(np.float32))
-    for kind, picture in (("classes", index), ("overlay", blend.round().clip(0, 255).astype(np.uint8))):
+    for kind, picture in zip(KINDS, (index, blend.round().clip(0, 255).astype(np.uint8))):
         path = os.path.join(out, kind, name + ".png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_png(path, picture)
@@ -154,10 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:   # a file that passed the header check but does not decode
             bar.close()
             parser.error(str(exc))
-        x = torch.stack([data.image_tensor(p) for p in pictures]).to(device)
-        classes = predict_batch(model, x, args.flip, dtype).to(torch.uint8).cpu().numpy()
-        for (_, name, _), picture, prediction in zip(batch, pictures, classes):
-            _save(args.out, name, prediction, picture, args.classes)
+        # by the pictures as read: a header's size can differ (e.g. an orientation stored after the pixels)
+        shapes: dict[tuple[int, ...], list] = {}
+        for (_, name, _), picture in zip(batch, pictures):
+            shapes.setdefault(picture.shape, []).append((name, picture))
+        for group in shapes.values():
+            x = torch.stack([data.image_tensor(p) for _, p in group]).to(device)
+            classes = predict_batch(model, x, args.flip, dtype).to(torch.uint8).cpu().numpy()
+            for (name, picture), prediction in zip(group, classes):
+                _save(args.out, name, prediction, picture, args.classes)
         bar.update(len(batch))
     bar.close()
     print(f"{len(args.images)} images ({args.classes.num_classes} classes, whole image padded to multiples of "
