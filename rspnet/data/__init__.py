@@ -6,7 +6,9 @@ item is ``(FloatTensor[3,H,W] normalised with MEAN/STD, LongTensor[H,W] class
 indices 0..C-1, IGNORE_INDEX = 255 for unlabelled pixels)``, whatever the data
 set's files use for void. The classes (names, colours, C) are the data set's
 ``ClassTable``: Cityscapes' 19 for the synthetic scenes and Cityscapes,
-CamVid's 11, a folder data set's from its ``classes.json``.
+CamVid's 11, a folder data set's from its ``classes.json``. Every image and
+mask file is read by ``rspnet.data.reader`` (its rules: regular files only,
+``MAX_PIXELS``, EXIF orientation, 16-bit and float images).
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ import torch
 from .cached import CachedDataset
 from .cityscapes import Cityscapes
 from .classes import CAMVID, CITYSCAPES, CLASSES_FILE, ClassTable, load_classes, parse_classes
-from .folder import (IMAGE_EXTENSIONS, CamVid, FolderDataset, LabelledImages, camvid_dirs, folder_dirs, image_size,
-                     read_image)
+from .folder import IMAGE_EXTENSIONS, CamVid, FolderDataset, LabelledImages, camvid_dirs, folder_dirs
+from .reader import MAX_PIXELS, check_regular, image_rgb, image_size, read_image, read_mask
 from .labels import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize,
                      labelid_to_trainid, trainid_to_labelid)
 from .layouts import FOLDER_DEMO_CLASSES, write_camvid_layout, write_folder_layout
@@ -33,7 +35,8 @@ __all__ = [
     "write_cityscapes_layout", "write_folder_layout", "write_camvid_layout",
     "TrainTransform", "ValTransform", "worker_init_fn", "DATASETS", "CachedDataset",
     "SYNTHETIC_TRAINING_IMAGES", "check_source", "class_table", "ClassTable", "CITYSCAPES", "CAMVID",
-    "load_classes", "parse_classes", "read_image", "image_size", "IMAGE_EXTENSIONS", "to_tensors",
+    "load_classes", "parse_classes", "read_image", "read_mask", "image_rgb", "image_size", "check_regular",
+    "MAX_PIXELS", "IMAGE_EXTENSIONS", "to_tensors",
     "image_tensor", "SPLITS", "FOLDER_DEMO_CLASSES",
 ]
 
@@ -109,8 +112,9 @@ def get_dataset(name: str = "synthetic", split: str = "train", root: str | None 
              (padding ignored), flip, photometric jitter.  Call the data set's
              ``set_epoch(epoch)`` every epoch so the augmentation changes.
 
-    CamVid and folder data sets check every file pair at construction
-    (``LabelledImages.verify``): a bad file is a ``ValueError`` naming it.
+    Cityscapes, CamVid and folder data sets check every file pair at
+    construction (``LabelledImages.verify``: each decoded by the reader an
+    item uses): a bad file is a ``ValueError`` naming it.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choices: {', '.join(DATASETS)}")

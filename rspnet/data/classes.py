@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -22,10 +23,13 @@ import numpy as np
 
 from .labels import CLASS_NAMES, IGNORE_INDEX, LABELID_TO_TRAINID, PALETTE, TRAINID_TO_LABELID
 
-__all__ = ["ClassTable", "CITYSCAPES", "CAMVID", "load_classes", "CLASSES_FILE", "INVALID"]
+__all__ = ["ClassTable", "CITYSCAPES", "CAMVID", "load_classes", "CLASSES_FILE", "INVALID", "MAX_CLASSES"]
 
 CLASSES_FILE = "classes.json"
 INVALID = -1            # in a ClassTable's lookup: a mask value that is neither a class nor void
+MAX_CLASSES = 255       # an 8-bit mask holds 256 values: the classes and one ignore index
+# Unicode categories refused in class names: controls, lone surrogates, line and paragraph separators
+_UNPRINTABLE = ("Cc", "Cs", "Zl", "Zp")
 
 
 def default_palette(count: int) -> np.ndarray:
@@ -142,6 +146,15 @@ def _colour(value: Any, where: str) -> tuple[int, int, int]:
     return tuple(value)
 
 
+def _printable(name: str, i: int) -> None:
+    """``ValueError`` for a name holding a control character (newline, tab,
+    escape, NUL, a line separator...): names are printed one per table row."""
+    bad = next((ch for ch in name if unicodedata.category(ch) in _UNPRINTABLE), None)
+    if bad is not None:
+        raise ValueError(f"classes[{i}]: the name {name!r} holds the control character {bad!r}; class names "
+                         f"are printed one per row of the evaluation table")
+
+
 def parse_classes(obj: Any) -> ClassTable:
     """The ``ClassTable`` of a ``classes.json`` document (``ValueError``
     saying what is wrong)::
@@ -149,6 +162,9 @@ def parse_classes(obj: Any) -> ClassTable:
         {"classes": ["background", "road", ...],          # or [{"name": ..., "color": [r, g, b]}, ...]
          "colors": [[0, 0, 0], [128, 64, 128], ...],      # optional
          "ignore_index": 255}                             # optional, default 255
+
+    At most ``MAX_CLASSES`` (255) classes; names are stripped, and one holding
+    a control character (newline, tab, escape...) is refused by its index.
     """
     if not isinstance(obj, Mapping):
         raise ValueError("must be a JSON object with a \"classes\" list")
@@ -158,10 +174,15 @@ def parse_classes(obj: Any) -> ClassTable:
     entries = obj.get("classes")
     if not isinstance(entries, list) or not entries:
         raise ValueError("\"classes\" must be a non-empty list of class names")
+    if len(entries) > MAX_CLASSES:   # first: no other rule can be met with more
+        raise ValueError(f"at most {MAX_CLASSES} classes fit an 8-bit mask (values 0..{MAX_CLASSES - 1} for the "
+                         f"classes, one more for the ignore index), got {len(entries)}")
     pairs = [_class_entry(e, i) for i, e in enumerate(entries)]
     names = [n.strip() for n, _ in pairs]
     if any(not n for n in names):
         raise ValueError("class names must not be empty")
+    for i, name in enumerate(names):
+        _printable(name, i)
     duplicate = next((n for i, n in enumerate(names) if n in names[:i]), None)
     if duplicate is not None:
         raise ValueError(f"class name {duplicate!r} appears twice")
@@ -171,8 +192,6 @@ def parse_classes(obj: Any) -> ClassTable:
     if ignore < len(names):
         raise ValueError(f"\"ignore_index\" {ignore} is a class index: with {len(names)} classes it must be "
                          f"at least {len(names)} (masks hold class indices 0..{len(names) - 1})")
-    if len(names) > 255:
-        raise ValueError(f"at most 255 classes fit an 8-bit mask, got {len(names)}")
     colours = obj.get("colors", obj.get("colours"))
     if colours is not None:
         if any(c is not None for _, c in pairs):
@@ -189,11 +208,12 @@ def parse_classes(obj: Any) -> ClassTable:
 
 
 def load_classes(path: str | os.PathLike) -> ClassTable:
-    """``parse_classes`` of the file ``path``; every problem is a one-line
-    ``ValueError`` that names the file."""
+    """``parse_classes`` of the file ``path`` (UTF-8, with or without a
+    byte-order mark); every problem is a one-line ``ValueError`` that names
+    the file."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:   # a byte-order mark (Windows editors) is skipped
             text = f.read()
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file (a folder data set describes its classes there)") from None

@@ -11,68 +11,31 @@ differ only in how the pairs are found:
     CamVid          root/{split}/<name>.png, root/{split}annot/<name>.png
     Cityscapes      (rspnet.data.cityscapes)
 
-``verify()`` checks every pair up front, cheaply: both files readable (image
-headers only), the mask 8-bit single-channel, of its image's size, and holding
-only class indices and the ignore index. Each problem is a one-line
-``ValueError`` that names the file.
+``verify()`` is the pre-check: it reads every pair up front, one at a time,
+through the very reader an item uses (``rspnet.data.reader``, whose rules it
+enforces: regular files only, a pixel limit, full decoding), and checks the
+mask 8-bit single-channel, of its image's size, and holding only class indices
+and the ignore index. Each problem is a one-line ``ValueError`` naming the file.
 """
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from .classes import CAMVID, CLASSES_FILE, ClassTable, load_classes
+from .reader import image_size, read_image, read_mask
 from .transforms import TransformedSamples, ValTransform
 
-__all__ = ["LabelledImages", "FolderDataset", "CamVid", "IMAGE_EXTENSIONS", "read_image", "image_size", "folder_pairs",
-           "camvid_pairs"]
+__all__ = ["LabelledImages", "FolderDataset", "CamVid", "IMAGE_EXTENSIONS", "read_image", "read_mask", "image_size",
+           "folder_pairs", "camvid_pairs", "SEGNET_CAMVID_SPLITS", "warn_camvid_splits"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-
-
-def _open(path: str) -> Image.Image:
-    """The file opened (header read only); ``ValueError`` naming it if it is
-    not an image PIL can read."""
-    try:
-        return Image.open(path)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
-
-
-def _decoded(path: str) -> Image.Image:
-    image = _open(path)
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError) as err:
-        # PIL raises a mix of these for truncated or garbage files.
-        raise ValueError(f"cannot decode {path}: {err}") from None
-    return image
-
-
-def image_size(path: str) -> tuple[int, int]:
-    """(H, W) of an image file from its header; ``ValueError`` naming it if
-    it is not an image."""
-    with _open(path) as image:
-        width, height = image.size
-    return height, width
-
-
-def read_image(path: str) -> np.ndarray:
-    """uint8 RGB array (H, W, 3) of an image file; ``ValueError`` naming it
-    if it cannot be decoded."""
-    return np.array(_decoded(path).convert("RGB"))
-
-
-def read_mask(path: str) -> np.ndarray:
-    """uint8 (H, W) values of a mask PNG (a palette PNG gives its indices)."""
-    mask = np.array(_decoded(path))
-    if mask.ndim != 2 or mask.dtype != np.uint8:
-        raise ValueError(f"{path}: expected an 8-bit single-channel PNG of class indices, "
-                         f"got shape {mask.shape} dtype {mask.dtype}")
-    return mask
+# CamVid's split as the SegNet tutorial ships it, the one published results use
+SEGNET_CAMVID_SPLITS = {"train": 367, "val": 101, "test": 233}
+_camvid_warned: set[str] = set()
 
 
 class LabelledImages(TransformedSamples):
@@ -106,16 +69,12 @@ class LabelledImages(TransformedSamples):
         return [image_size(p) for p in self.images]
 
     def verify(self) -> None:
-        """Check every pair (see the module docstring); cheap enough to run
-        at start-up: image headers and the masks are read, images are not
-        decoded."""
-        for image_path, label_path in zip(self.images, self.labels):
-            height, width = image_size(image_path)
-            label = read_mask(label_path)
-            if label.shape != (height, width):
-                raise ValueError(f"{label_path}: mask size {label.shape[1]}x{label.shape[0]} differs "
-                                 f"from image size {width}x{height} ({image_path})")
-            self.classes.decode(label, label_path)
+        """The pre-check (module docstring): every pair decoded in full by
+        ``sample``, as an item will be, and dropped before the next, so the
+        memory it needs is one pair's; the first bad file is a ``ValueError``
+        naming it."""
+        for index in range(len(self)):
+            self.sample(index)
 
 
 def _walk(directory: str, extensions: Sequence[str]) -> dict[str, str]:
@@ -190,6 +149,25 @@ def camvid_pairs(root: str, split: str) -> tuple[list[str], list[str]]:
     return _pair(_walk(image_dir, IMAGE_EXTENSIONS), _masks(mask_dir), image_dir, mask_dir)
 
 
+def warn_camvid_splits(root: str) -> None:
+    """One line on stderr, once per root and process (rank 0 only), when a
+    CamVid root's train/val/test image counts are not SegNet's 367/101/233."""
+    key = os.path.realpath(root)
+    if key in _camvid_warned:
+        return
+    counts = [len(_walk(d, IMAGE_EXTENSIONS)) if os.path.isdir(d) else 0
+              for d in (camvid_dirs(root, split)[0] for split in SEGNET_CAMVID_SPLITS)]
+    if counts == list(SEGNET_CAMVID_SPLITS.values()):
+        return
+    _camvid_warned.add(key)
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return
+    print(f"warning: CamVid at {root} has train/val/test = {'/'.join(map(str, counts))} images, not the "
+          f"{'/'.join(map(str, SEGNET_CAMVID_SPLITS.values()))} of the SegNet tutorial's copy: other copies "
+          f"split CamVid differently, so results on this one are not comparable with published ones",
+          file=sys.stderr)
+
+
 class FolderDataset(LabelledImages):
     """A folder data set (module docstring) with its ``classes.json``;
     ``verify`` (default on) checks every pair at construction."""
@@ -207,7 +185,10 @@ class FolderDataset(LabelledImages):
 
 class CamVid(LabelledImages):
     """CamVid in the SegNet layout (module docstring): 11 classes, void 255
-    (or 11, as the SegNet copy marks it); ``verify`` as ``FolderDataset``."""
+    (or 11, as the SegNet copy marks it); ``verify`` as ``FolderDataset``.
+    A copy whose split counts are not the SegNet tutorial's gets a warning
+    (``warn_camvid_splits``): its results are not comparable with published
+    ones."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform=None,
                  length: int | None = None, verify: bool = True):
@@ -217,3 +198,4 @@ class CamVid(LabelledImages):
         self.root = root
         if verify:
             self.verify()
+        warn_camvid_splits(root)
