@@ -70,6 +70,9 @@ def check_source(name: str, root: str | None, splits: tuple[str, ...] = ()) -> N
     if name not in DATASETS:
         raise ValueError(f"--data {name!r}: unknown data set; choices: {', '.join(DATASETS)}")
     if name == "synthetic":
+        if root:   # a data root is only read by the data sets on disk: never ignore one silently
+            raise ValueError(f"--data-root {root} is given, but --data is synthetic (the built-in scenes, "
+                             f"which read no directory); add --data camvid, cityscapes or folder")
         return
     if not (root and os.path.isdir(root)):
         raise ValueError(f"--data {name} needs --data-root, an existing directory ({_ROOT_HELP[name]})"
