@@ -148,7 +148,7 @@ def _has_ninja_module():
 setup(
     packages=find_packages(include=["rspnet", "rspnet.*"]) + ["rspnet.kernels"],
     package_dir={"rspnet.kernels": "kernels"},
-    package_data={"rspnet": [build_meta.BUILD_INFO_FILE]},
+    package_data={"rspnet": [build_meta.BUILD_INFO_FILE, "presets/*/*.json", "presets/*/*.yaml"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext_class()},
 )

@@ -62,13 +62,14 @@ import hashlib
 import json
 import math
 import os
+import dataclasses
 from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from rspnet.files import atomic_open
 
-__all__ = ["PRIMITIVES", "LIGHT_PRIMITIVES", "CANDIDATE_SETS", "OP_NAMES", "Genotype", "KeptNode", "Architecture", "SCHEMA_VERSION", "HEAD_KINDS", "scale_widths", "edge_list",
+__all__ = ["PRIMITIVES", "LIGHT_PRIMITIVES", "CANDIDATE_SETS", "OP_NAMES", "Genotype", "KeptNode", "Architecture", "SCHEMA_VERSION", "HEAD_KINDS", "scale_widths", "edge_list", "rescaled",
            "partial_channels", "reaching_head", "format_cell", "format_paths", "cell_to_dict",
            "cell_from_dict"]
 
@@ -435,3 +436,32 @@ def _parse(data: Any) -> Architecture:
     return Architecture(cell=cell, channels=channels, scales=scales, head_channels=head_channels,
                         head=head, scale_channels=scale_channels, rsp_ratio=float(ratio), rsp_depth=depth,
                         layers=layers, nodes=nodes, pool_first=pool_first, search=dict(search))
+
+
+def rescaled(arch: Architecture, channels: int | None = None, scale_channels: Sequence[int] | None = None,
+             rsp_ratio: float | None = None, head: str | None = None, head_channels: int | None = None,
+             pool_first: bool | None = None, source: str | None = None) -> Architecture:
+    """``arch`` at other widths, RSP ratio, head or path order (None keeps a
+    setting), everything the search chose kept; validated as a file is
+    (``ValueError`` naming the field). What the search chooses -- operations,
+    edges, kept paths and their weights -- does not depend on the widths, so
+    a proxy's architecture can be trained wider. ``search.rescaled`` records
+    ``source`` and the changes."""
+    if channels is not None and scale_channels is not None:
+        raise ValueError("give --channels or --scale-channels, not both")
+    if pool_first and arch.nodes is None:
+        raise ValueError("--pool-first needs a trellis (this architecture is a stage-1 single path)")
+    changes: dict[str, Any] = {}
+    if scale_channels is not None:
+        changes.update(channels=int(scale_channels[0]), scale_channels=tuple(scale_channels))
+    elif channels is not None:
+        changes.update(channels=channels, scale_channels=None)
+    for name, value in (("rsp_ratio", rsp_ratio), ("head", head), ("head_channels", head_channels),
+                        ("pool_first", pool_first)):
+        if value is not None:
+            changes[name] = value
+    search = dict(arch.search)
+    search["rescaled"] = {"from": source, "changes": {k: list(v) if isinstance(v, tuple) else v
+                                                      for k, v in changes.items()}}
+    new = dataclasses.replace(arch, search=search, **changes)
+    return Architecture.load(new.to_dict())   # the file's validation, fields named

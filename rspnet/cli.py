@@ -75,11 +75,41 @@ def data_root_help() -> str:
 
 
 # ------------------------------------------------------ options of every run
-def add_run_options(parser: argparse.ArgumentParser, kind: str, seed: int = 0) -> None:
-    """The flags that search and train share, with one meaning in both
-    (``rspnet.engine.RunOptions``, plus the config's ``--seed`` and ``--device``)."""
-    import torch
+def add_config_option(parser: argparse.ArgumentParser, command: str) -> None:
+    """``--config FILE|PRESET``: the settings of a JSON / YAML file or of a
+    preset shipped with rspnet; flags given as well override it."""
+    from rspnet.engine.settings import preset_names
 
+    presets = ", ".join(preset_names(command)) or "none yet"
+    parser.add_argument("--config", metavar="FILE|PRESET",
+                        help=f"settings from a JSON or YAML file (a run's own summary.json or metrics.json "
+                             f"reproduces it) or a preset: {presets}; flags given as well override it")
+
+
+def config_of(parser: argparse.ArgumentParser, args: argparse.Namespace, config_type: type, command: str):
+    """The config of the command line: the defaults, ``--config``'s settings,
+    then the flags given; a bad file is an argparse error."""
+    from rspnet.engine.settings import config_from_args, load_config
+
+    values = {}
+    if getattr(args, "config", None):
+        try:
+            values = load_config(config_type, args.config, command)
+        except ValueError as exc:
+            parser.error(str(exc))
+    try:
+        return config_from_args(config_type, args, values)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+
+
+def add_run_options(parser: argparse.ArgumentParser, kind: str, config_type: type) -> None:
+    """The flags of every field of ``config_type`` (``rspnet.engine.settings``)
+    and the flags that search and train share, with one meaning in both
+    (``rspnet.engine.RunOptions``)."""
+    from rspnet.engine.settings import add_flags
+
+    add_flags(parser, config_type)
     g = parser.add_argument_group("run")
     g.add_argument("--out", help=f"output directory (default: runs/{kind}-<timestamp>; with --resume PATH "
                                  "the checkpoint's directory)")
@@ -91,9 +121,6 @@ def add_run_options(parser: argparse.ArgumentParser, kind: str, seed: int = 0) -
                    help="also write a checkpoint every N steps within an epoch (0: at epoch ends only)")
     g.add_argument("--keep-checkpoints", "--keep", dest="keep", type=nonnegative_int, default=3, metavar="K",
                    help="checkpoints to keep, newest first (0 = all; default %(default)s)")
-    g.add_argument("--seed", type=nonnegative_int, default=seed, help="(default %(default)s)")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="(default %(default)s)")
     g.add_argument("--threads", type=nonnegative_int, default=None,
                    help="PyTorch CPU threads (0: PyTorch's default, one per core). Default: 1 on CPU, "
                         "where the small networks gain little from more and oversubscribed cores "

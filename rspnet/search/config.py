@@ -1,29 +1,30 @@
 """``SearchConfig``: every setting that decides what a search computes (stored
-in its checkpoints; a resumed search must use the same, except
-``RESUMABLE_CHANGES``), and their checks. How the run is driven is
+in its checkpoints and its ``summary.json``; a resumed search must use the
+same, except the ``resumable`` ones), each declared once with its flag
+(``rspnet.engine.settings``), and their checks. How the run is driven is
 ``rspnet.engine.RunOptions``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rspnet import data
 from rspnet.architecture import CANDIDATE_SETS, HEAD_KINDS, partial_channels, scale_widths
+from rspnet.cli import channel_list, data_root_help, nonnegative_int, parse_size, positive_float, positive_int
+from rspnet.engine.settings import resumable_changes, setting
+from rspnet.nn import MEMORY_MODES
 
 from .architect import ORDERS
 
 __all__ = ["SearchConfig", "RESUMABLE_CHANGES", "check_config", "ARCH_LR", "default_memory",
            "SYNTHETIC_SEARCH_IMAGES"]
 
-# The synthetic images of a default search (split in halves A / B). With 64
-# and 10 epochs per stage (40 architecture steps on 32 images), three search
-# seeds were level with random architectures; with 224 and 6 epochs (84
-# architecture steps on 112 images, about the same time) all three beat the
-# best of six random ones (docs/design.md §13, benchmarks/RESULTS.md).
+# The synthetic images of a default search, split in halves A / B: enough
+# architecture steps for α to leave its initialisation (docs/design.md §13).
 SYNTHETIC_SEARCH_IMAGES = 224
 
-# The architecture learning rate of the defaults: with DARTS's 3e-4, the 40
-# architecture steps of a default stage move α by at most about 0.012 and the
-# derived architecture is decided by the initialisation noise
-# (docs/design.md, "Does the search select?").
+# The architecture learning rate of the defaults: DARTS's 3e-4 barely moves α
+# in the few architecture steps of a default stage (docs/design.md, "Does the
+# search select?").
 ARCH_LR = 0.03
 
 
@@ -34,55 +35,109 @@ def default_memory(device: str) -> str:
     return "store" if device.split(":")[0] == "cpu" else "recompute"
 
 
+def _machine_device(values) -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @dataclass
 class SearchConfig:
     """Every setting of a search; the defaults are the CLI's (see docs/design.md)."""
-    data: str = "synthetic"
-    data_root: str | None = None
-    images: int | None = None          # training images used; None: all (synthetic: SYNTHETIC_SEARCH_IMAGES)
-    size: tuple[int, int] = (64, 128)
-    epochs: int = 6                    # per stage
-    warmup: int | None = None          # epochs before architecture updates; None: epochs // 2
-    batch_size: int = 4
-    channels: int = 16                 # F
-    scales: int = 4
-    layers: int = 8                    # trellis depth L of stage 2
-    steps: int = 4                     # intermediate nodes of a cell
-    memory: str = "store"             # the CLI: store on CPU, recompute on CUDA
-    order: str = "first"
-    seed: int = 0
-    device: str = "cpu"
-    edge_partial: int = 1
-    edge_normalization: bool = False
-    skip_bn: bool = True               # affine-free BN after the skip_connect candidate (MixedOp)
-    path_norm: bool = False            # stage 2: every path at unit RMS after resampling (PathAttention)
-    candidates: str = "darts"          # the cell's candidate set: architecture.CANDIDATE_SETS
-    rsp_ratio: float = 0.5
-    rsp_depth: int = 1
-    head_channels: int | None = None   # None: 4 F
-    head: str = "concat"                # rspnet.nn.HEADS
-    scale_channels: tuple[int, ...] | None = None  # channels per scale; None: channels * 2**s
-    pool_first: bool = False           # stage 2: pool paths into coarser nodes before projecting (PathAttention)
-    top_k: int = 2
-    same_scale_paths: bool = False     # every node keeps its own scale's path (derive.derive_paths)
-    max_skip: int | None = None        # P-DARTS: skip_connect edges kept in the derived cell; None: any
-    param_penalty: float = 0.0
-    param_budget: float | None = None  # parameters
-    # cost-aware search (docs/design.md §6): λ · max(0, E[cost] - budget) / budget
-    flops_budget: float | None = None  # FLOPs of the derived network at `size`
-    latency_budget: float | None = None  # ms of the derived network at `latency_size` on `device` (CPU: 1 thread)
-    cost_weight: float = 1.0           # λ of both cost penalties
-    latency_size: tuple[int, int] = (512, 1024)
-    latency_table: str | None = None   # the latency table's JSON file; None: rspnet.search.cost's default
-    w_lr: float = 0.025
-    w_lr_min: float = 0.001
-    w_momentum: float = 0.9
-    w_weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    # Adam of the architecture parameters: α in stage 1, β in stage 2
-    arch_lr: float = ARCH_LR
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
+    data: str = setting("synthetic", "the data set", group="data", choices=data.DATASETS)
+    data_root: str | None = setting(None, data_root_help(), group="data")
+    images: int | None = setting(None, "training images to use, split in halves A/B (none: all; synthetic: "
+                                 f"{SYNTHETIC_SEARCH_IMAGES})", group="data", type=positive_int)
+    size: tuple[int, int] = setting((64, 128), "HxW, multiples of 32", group="data", type=parse_size)
+    epochs: int = setting(6, "epochs per stage", group="schedule", type=positive_int)
+    warmup: int | None = setting(None, "epochs of weight training before architecture updates (none: "
+                                 "epochs // 2)", group="schedule", type=nonnegative_int)
+    batch_size: int = setting(4, "the global batch", group="schedule", type=positive_int)
+    channels: int = setting(16, "F: channels at 1/4 scale, doubling per scale", group="space",
+                            type=positive_int)
+    scales: int = setting(4, "scales of the trellis, 1/4 to 1/(2^(scales+1))", group="space", type=positive_int)
+    layers: int = setting(8, "trellis depth of stage 2", group="space", type=positive_int)
+    steps: int = setting(4, "intermediate nodes per cell", group="space", type=positive_int)
+    memory: str = setting("store", "supernet memory mode (both stages): recompute keeps only each edge's, "
+                          "stem's, head's and node's inputs and recomputes in backward; store is plain "
+                          "autograd (default: store on CPU, recompute on CUDA)", group="run",
+                          choices=MEMORY_MODES, resumable=True,
+                          cli_default=lambda values: default_memory(values["device"]))
+    order: str = setting("first", "first- or second-order (unrolled) architecture gradient",
+                         group="architecture optimiser", choices=ORDERS)
+    seed: int = setting(0, "the seed of the supernet's weights and the data order", group="run",
+                        type=nonnegative_int)
+    device: str = setting("cpu", "cpu, cuda or cuda:N (default: cuda when there is one)", group="run",
+                          resumable=True, cli_default=_machine_device)
+    edge_partial: int = setting(1, "PC-DARTS partial channels K on the cell's edges (1 = off)",
+                                group="space", type=positive_int)
+    edge_normalization: bool = setting(False, "PC-DARTS edge normalisation", group="space")
+    skip_bn: bool = setting(True, "an affine-free BatchNorm after the skip_connect candidate in the "
+                            "search, as after the pools: every candidate's output on the same scale, "
+                            "against the collapse onto skip connections", group="space")
+    path_norm: bool = setting(False, "stage 2: divide every path by its RMS after resampling before the "
+                              "PAM weighs it, so that beta does not compare resolutions", group="space")
+    candidates: str = setting("darts", "the cell's candidate ops: darts (DARTS's eight), light (none, "
+                              "skip_connect and inverted residuals: expand 3/6, depthwise 3x3/5x5), both, "
+                              "or nopool (DARTS's eight without the two poolings)", group="space",
+                              choices=tuple(CANDIDATE_SETS))
+    rsp_ratio: float = setting(0.5, "fraction of channels that go through the cell", group="space")
+    rsp_depth: int = setting(1, "RSP recursion depth", group="space", type=positive_int)
+    head_channels: int | None = setting(None, "width of the head's 3x3 conv (none: 4 F)", group="space",
+                                        type=positive_int)
+    head: str = setting("concat", "the head: concat (every last-layer map upsampled to 1/4, concatenated, "
+                        "3x3 conv) or light (1x1 conv per map at its own scale, averaged at 1/4, 3x3 conv "
+                        "at the head's width, global-context gate)", group="space", choices=HEAD_KINDS)
+    scale_channels: tuple[int, ...] | None = setting(
+        None, "channels of every scale, finest first, the first equal to --channels (none: --channels "
+        "doubled at each scale)", group="space", type=channel_list, metavar="C0,C1,...")
+    pool_first: bool = setting(False, "stage 2: average-pool a path into a coarser node before its 1x1 "
+                               "projection (the same in eval mode, 4^d times fewer FLOPs for a path d "
+                               "scales down)", group="space")
+    top_k: int = setting(2, "paths kept per trellis node", group="space", type=positive_int)
+    same_scale_paths: bool = setting(False, "every node keeps the path from its own scale in the previous "
+                                     "layer and --top-k minus 1 more by beta", group="space")
+    max_skip: int | None = setting(None, "at most this many skip_connect edges in the derived cell "
+                                   "(P-DARTS; none: no limit)", group="space", type=nonnegative_int)
+    param_penalty: float = setting(0.0, "lambda of the expected-parameter penalty on the architecture loss "
+                                   "(0 = off)", group="cost")
+    param_budget: float | None = setting(None, "parameter budget in millions: only the excess over it is "
+                                         "penalised (with --random: only architectures within it are drawn)",
+                                         group="cost", type=positive_float, scale=1e6, metavar="M")
+    flops_budget: float | None = setting(None, "GFLOPs of the derived network at --size: the architecture "
+                                         "loss adds --cost-weight * max(0, E[FLOPs] - budget) / budget",
+                                         group="cost", type=positive_float, scale=1e9, metavar="G")
+    latency_budget: float | None = setting(None, "latency (ms) of the derived network at --latency-size on "
+                                           "--device (CPU: one thread), from a per-piece table measured "
+                                           "once and cached in --latency-table; penalised like "
+                                           "--flops-budget", group="cost", type=positive_float, metavar="MS")
+    cost_weight: float = setting(1.0, "lambda of the FLOPs / latency penalties", group="cost", metavar="λ")
+    latency_size: tuple[int, int] = setting((512, 1024), "HxW at which the latency table is measured",
+                                            group="cost", type=parse_size)
+    latency_table: str | None = setting(None, "JSON file caching measured latencies, keyed by device, "
+                                        "torch version and shapes (none: $RSPNET_LATENCY_TABLE or "
+                                        "~/.cache/rspnet/latency.json)", group="cost", metavar="PATH",
+                                        resumable=True)
+    w_lr: float = setting(0.025, "SGD learning rate of the supernet's weights (cosine to --w-lr-min)",
+                          group="weight optimiser", type=positive_float)
+    w_lr_min: float = setting(0.001, "the weights' final learning rate", group="weight optimiser")
+    w_momentum: float = setting(0.9, "SGD momentum of the weights", group="weight optimiser")
+    w_weight_decay: float = setting(3e-4, "weight decay of the weights", group="weight optimiser")
+    grad_clip: float = setting(5.0, "the weights' gradient-norm clip", group="weight optimiser",
+                               type=positive_float)
+    arch_lr: float = setting(ARCH_LR, "Adam learning rate of the architecture parameters (alpha in stage 1, "
+                             "beta in stage 2)", group="architecture optimiser", type=positive_float)
+    arch_betas: tuple[float, float] = setting((0.5, 0.999), "Adam betas of the architecture parameters",
+                                              group="architecture optimiser", nargs=2, metavar=("B1", "B2"))
+    arch_weight_decay: float = setting(1e-3, "weight decay of the architecture parameters",
+                                       group="architecture optimiser")
+    rescale_channels: tuple[int, ...] | None = setting(
+        None, "write the derived architecture at these widths per scale, finest first (the searched proxy "
+        "is kept as architecture-proxy.json); none: as searched", group="output", type=channel_list,
+        metavar="C0,C1,...", resumable=True)
+    rescale_rsp_ratio: float | None = setting(None, "the RSP ratio of the architecture written (none: as "
+                                              "searched)", group="output", resumable=True)
+    rescale_pool_first: bool | None = setting(None, "pool-first paths in the architecture written (none: as "
+                                              "searched)", group="output", resumable=True)
 
     @property
     def warmup_epochs(self) -> int:
@@ -96,19 +151,47 @@ class SearchConfig:
     def head_width(self) -> int:
         return 4 * self.channels if self.head_channels is None else self.head_channels
 
+    @property
+    def rescales(self) -> bool:
+        """Whether the architecture written differs from the one searched."""
+        return any(v is not None for v in (self.rescale_channels, self.rescale_rsp_ratio,
+                                           self.rescale_pool_first))
+
 
 # Settings that may change between a run and its resumption without changing
 # what is computed (beyond floating-point rounding).
-RESUMABLE_CHANGES = ("device", "memory", "latency_table")
+RESUMABLE_CHANGES = resumable_changes(SearchConfig)
+
+
+def _cell_channels(width: int, ratio: float, depth: int, what: str) -> int:
+    """The channels through the innermost cell of an RSP block ``width``
+    wide; ``ValueError`` naming ``what`` when the split cannot be made."""
+    try:
+        for _ in range(depth):
+            width = partial_channels(width, ratio)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    return width
+
+
+def _check_rescale(c: SearchConfig) -> None:
+    """The architecture written must be buildable: checked before the search."""
+    if c.rescale_rsp_ratio is not None and not 0 < c.rescale_rsp_ratio < 1:
+        raise ValueError(f"--rescale-rsp-ratio must be in (0, 1), got {c.rescale_rsp_ratio}")
+    if c.rescale_channels is not None and len(c.rescale_channels) != c.scales:
+        raise ValueError(f"--rescale-channels needs {c.scales} widths (one per scale), got "
+                         f"{len(c.rescale_channels)}")
+    ratio = c.rsp_ratio if c.rescale_rsp_ratio is None else c.rescale_rsp_ratio
+    widths = c.rescale_channels or scale_widths(c.channels, c.scales, c.scale_channels)
+    for width in widths:
+        _cell_channels(width, ratio, c.rsp_depth, f"--rescale-channels width {width} with the RSP ratio {ratio:g}")
 
 
 def check_config(c: SearchConfig) -> None:
     """``ValueError`` (naming the CLI flag) for settings that cannot search."""
-    from rspnet.data import check_source
     from rspnet.engine.config import check_run_settings
-    from rspnet.nn import MEMORY_MODES
 
-    check_source(c.data, c.data_root, ("train",))
+    data.check_source(c.data, c.data_root, ("train",))
     check_run_settings(c.device, c.batch_size, c.size)
     if c.warmup is not None and not 0 <= c.warmup <= c.epochs:
         raise ValueError(f"--warmup must be in [0, --epochs={c.epochs}], got {c.warmup}")
@@ -119,16 +202,12 @@ def check_config(c: SearchConfig) -> None:
     except ValueError as exc:
         raise ValueError(f"--scale-channels: {exc}") from None
     for width in widths:
-        channels = width
-        try:
-            for _ in range(c.rsp_depth):
-                channels = partial_channels(channels, c.rsp_ratio)
-        except ValueError as exc:
-            what = f"--channels {c.channels}" if c.scale_channels is None else f"--scale-channels width {width}"
-            raise ValueError(f"{what} with --rsp-ratio/--rsp-depth: {exc}") from None
+        what = f"--channels {c.channels}" if c.scale_channels is None else f"--scale-channels width {width}"
+        channels = _cell_channels(width, c.rsp_ratio, c.rsp_depth, f"{what} with --rsp-ratio/--rsp-depth")
         if channels % c.edge_partial:
             raise ValueError(f"--edge-partial {c.edge_partial} must divide the cell's {channels} channels "
                              f"at every scale")
+    _check_rescale(c)
     if c.param_penalty < 0 or (c.param_budget is not None and c.param_budget <= 0):
         raise ValueError("--param-penalty must be >= 0 and --param-budget > 0")
     if c.param_budget is not None and not c.param_penalty:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from rspnet import data
-from rspnet.architecture import Architecture, Genotype, cell_from_dict, edge_list, format_cell, format_paths
+from rspnet.architecture import Architecture, Genotype, cell_from_dict, edge_list, format_cell, format_paths, rescaled
 from rspnet.engine import distributed
 from rspnet.engine.checkpoint import CheckpointError, refuse_existing, refuse_later
 from rspnet.engine.config import RunOptions, plain
@@ -33,12 +33,6 @@ from .stage import StageSearch, checkpoint_series, cost_penalties, load_search_c
 __all__ = ["run", "STAGES"]
 
 STAGES = ("1", "2", "both")
-_PROVENANCE = ("data", "images", "size", "epochs", "warmup", "batch_size", "layers", "memory", "order", "seed",
-               "edge_partial", "edge_normalization", "skip_bn", "path_norm", "top_k", "same_scale_paths", "param_penalty", "param_budget",
-               "candidates", "max_skip", "flops_budget", "latency_budget", "cost_weight", "latency_size",
-               "arch_lr", "arch_betas", "arch_weight_decay")
-
-
 def run(config: SearchConfig, options: RunOptions | None = None, stage: str = "both",
         cell: Genotype | None = None) -> Architecture:
     """Search with ``config``: stage ``"1"`` (the cell), ``"2"`` (the paths
@@ -64,13 +58,31 @@ def run(config: SearchConfig, options: RunOptions | None = None, stage: str = "b
 
 
 def _architecture(config: SearchConfig, cell: Genotype, nodes=None) -> Architecture:
-    provenance = {k: v for k, v in plain(config).items() if k in _PROVENANCE}
+    """The derived architecture; its ``search`` section records every setting."""
+    provenance = plain(config)
     return Architecture(cell=cell, channels=config.channels, scales=config.scales,
                         head_channels=config.head_width, head=config.head,
                         scale_channels=config.scale_channels, rsp_ratio=config.rsp_ratio,
                         rsp_depth=config.rsp_depth, layers=config.layers if nodes else None,
                         pool_first=bool(nodes) and config.pool_first,
                         nodes=nodes, search=provenance)
+
+
+def _written(config: SearchConfig, architecture: Architecture) -> Architecture:
+    """The architecture written: the searched one, rescaled when the config
+    says so (``rescale_*``; a stage-1 single path keeps its paths' order)."""
+    if not config.rescales:
+        return architecture
+    pool_first = config.rescale_pool_first if architecture.nodes is not None else None
+    return rescaled(architecture, scale_channels=config.rescale_channels, rsp_ratio=config.rescale_rsp_ratio,
+                    pool_first=pool_first, source="architecture-proxy.json")
+
+
+def _save(config: SearchConfig, architecture: Architecture, files: dict[str, str]) -> None:
+    if config.rescales:
+        files["proxy"] = os.path.join(os.path.dirname(files["architecture"]), "architecture-proxy.json")
+        architecture.save(files["proxy"])
+    _written(config, architecture).save(files["architecture"])
 
 
 def _peak_memory(device: torch.device) -> dict[str, object]:
@@ -176,7 +188,7 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
             cell = search.model.genotype()
             architecture = _architecture(config, cell)
             if ctx.is_main:
-                architecture.save(files["architecture"])
+                _save(config, architecture, files)
                 files["cell_picture"] = os.path.join(options.out, "cell.png")
                 files["alpha_plot"] = os.path.join(options.out, "alphas.png")
                 plot_cell(cell, files["cell_picture"])
@@ -189,7 +201,7 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
             nodes = search.model.paths(config.top_k, config.same_scale_paths)
             architecture = _architecture(config, cell, nodes)
             if ctx.is_main:
-                architecture.save(files["architecture"])
+                _save(config, architecture, files)
                 files["network_picture"] = os.path.join(options.out, "network.png")
                 files["beta_plot"] = os.path.join(options.out, "betas.png")
                 plot_network(architecture, files["network_picture"])
@@ -208,6 +220,9 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
         for metric, penalty in cost_penalties(config, classes.num_classes, device).items():
             cost[f"table_{metric}"] = penalty.table.architecture(architecture)
             cost[f"{metric}_budget"] = penalty.budget
+        if config.rescales:   # the network of architecture.json, beside the searched proxy's
+            written = RSPNet(_written(config, architecture), classes.num_classes).eval()
+            summary["written"] = {"params": count_params(written), "flops": count_flops(written, config.size)}
         seconds = sum(s["seconds"] for s in summary["stages"].values())
         summary.update({"derived": {**cost, "input": [1, 3, *config.size],
                                     "topology": "single_path" if architecture.nodes is None else "trellis"},
@@ -222,6 +237,9 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
         if "table_latency" in cost:
             print(f"  cost table: {cost['table_latency']:.1f} ms at {config.latency_size[0]}x{config.latency_size[1]} "
                   f"(budget {cost['latency_budget']:.1f} ms)")
+        if "written" in summary:
+            print(f"written rescaled: {summary['written']['params'] / 1e6:.3f} M params, "
+                  f"{summary['written']['flops'] / 1e9:.3f} GFLOPs (the proxy: {files['proxy']})")
         print(f"search time: {seconds:.1f} s; peak memory: {peak['bytes'] / 2**20:.0f} MiB ({peak['kind']})")
         print(f"architecture file: {files['architecture']}")
         print("pictures: " + ", ".join(v for k, v in files.items() if k.endswith(("picture", "plot"))))

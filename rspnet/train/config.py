@@ -1,52 +1,80 @@
 """``TrainConfig``: every setting that decides what a training run computes
-(stored in its checkpoints; a resumed run must use the same, except
-``RESUMABLE_CHANGES``). How the run is driven is ``rspnet.engine.RunOptions``."""
+(stored in its checkpoints and ``metrics.json``; a resumed run must use the
+same, except the ``resumable`` ones), each declared once with its flag
+(``rspnet.engine.settings``). How the run is driven is
+``rspnet.engine.RunOptions``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rspnet import data
+from rspnet.cli import data_root_help, nonnegative_int, parse_size, positive_float, positive_int
+from rspnet.engine.precision import AMP_MODES, CHANNELS_LAST_MODES
+from rspnet.engine.settings import resumable_changes, setting
+
 __all__ = ["TrainConfig", "RESUMABLE_CHANGES", "check_config"]
+
+_SYNTHETIC = data.SYNTHETIC_TRAINING_IMAGES
+
+
+def _machine_device(values) -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
 class TrainConfig:
     """Every setting of a training run; the defaults are the CLI's."""
-    data: str = "synthetic"
-    data_root: str | None = None
-    size: tuple[int, int] = (64, 128)
-    train_images: int | None = None   # None: synthetic SYNTHETIC_IMAGES["train"], other data sets all
-    val_images: int | None = None     # None: synthetic SYNTHETIC_IMAGES["val"], other data sets all
-    augment: bool = False
-    epochs: int = 8
-    batch_size: int = 4
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    poly_power: float = 0.9
-    ohem: bool = False
-    ohem_thresh: float = 0.7
-    ohem_min_kept: int | None = None  # None: 1/16 of the labelled pixels of the batch
-    amp: str = "auto"
-    channels_last: str = "auto"
-    seed: int = 0
-    device: str = "cpu"
-    workers: int = 0
-    val_every: int = 2
+    data: str = setting("synthetic", "the data set", group="data", choices=data.DATASETS)
+    data_root: str | None = setting(None, data_root_help(), group="data", resumable=True)
+    size: tuple[int, int] = setting((64, 128), "HxW of the training crops and validation images, multiples "
+                                    "of 32", group="data", type=parse_size)
+    train_images: int | None = setting(None, f"use the first N training images (none: synthetic "
+                                       f"{_SYNTHETIC['train']}, other data sets all)", group="data",
+                                       type=positive_int)
+    val_images: int | None = setting(None, f"use the first N validation images (none: synthetic "
+                                     f"{_SYNTHETIC['val']}, other data sets all)", group="data",
+                                     type=positive_int)
+    augment: bool = setting(False, "random scale 0.5-2x, crop, flip, colour jitter (default: on for real "
+                            "images (cityscapes, camvid, folder), off for the short synthetic run)", group="data",
+                            cli_default=lambda values: values["data"] != "synthetic")
+    epochs: int = setting(8, "epochs to train (a resumed run may train longer)", group="optimisation",
+                          type=positive_int, resumable=True)
+    batch_size: int = setting(4, "the global batch", group="optimisation", type=positive_int)
+    lr: float = setting(0.05, "initial learning rate", group="optimisation", type=positive_float)
+    momentum: float = setting(0.9, "SGD momentum", group="optimisation")
+    weight_decay: float = setting(5e-4, "SGD weight decay", group="optimisation")
+    nesterov: bool = setting(False, "Nesterov momentum", group="optimisation")
+    poly_power: float = setting(0.9, "lr = base * (1 - step/steps)^power", group="optimisation")
+    ohem: bool = setting(False, "online hard example mining", group="optimisation")
+    ohem_thresh: float = setting(0.7, "OHEM keeps pixels whose true-class probability is below this",
+                                 group="optimisation")
+    ohem_min_kept: int | None = setting(None, "OHEM keeps at least this many pixels per batch (none: 1/16 of "
+                                        "the labelled)", group="optimisation", type=positive_int)
+    amp: str = setting("auto", "mixed precision: auto = bf16 on a GPU that has it, else fp16 (with a "
+                       "GradScaler); off on CPU", group="precision", choices=AMP_MODES, resumable=True)
+    channels_last: str = setting("auto", "channels-last memory format (auto: on GPU)", group="precision",
+                                 choices=CHANNELS_LAST_MODES, resumable=True)
+    seed: int = setting(0, "the seed of the weights, the data order and the augmentation", group="run",
+                        type=nonnegative_int)
+    device: str = setting("cpu", "cpu, cuda or cuda:N (default: cuda when there is one)", group="run",
+                          resumable=True, cli_default=_machine_device)
+    workers: int = setting(0, "DataLoader workers", group="data", type=nonnegative_int, resumable=True)
+    val_every: int = setting(2, "validate every N epochs and after the last", group="optimisation",
+                             type=positive_int, resumable=True)
 
 
 # Settings that may differ between a run and its resumption without changing
 # what is computed (beyond float rounding: device, precision, memory format);
 # a longer --epochs stretches the poly schedule from the resumed step.
-RESUMABLE_CHANGES = ("device", "amp", "channels_last", "workers", "val_every", "epochs", "data_root")
+RESUMABLE_CHANGES = resumable_changes(TrainConfig)
 
 
 def check_config(config: TrainConfig) -> None:
     """``ValueError`` (naming the CLI flag) for settings that cannot train."""
-    from rspnet.data import check_source
     from rspnet.engine.config import check_run_settings
 
-    check_source(config.data, config.data_root, ("train", "val"))
+    data.check_source(config.data, config.data_root, ("train", "val"))
     check_run_settings(config.device, config.batch_size, config.size)
     if not 0 < config.ohem_thresh < 1:
         raise ValueError(f"--ohem-thresh must be in (0, 1), got {config.ohem_thresh}")
