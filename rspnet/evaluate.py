@@ -37,7 +37,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from rspnet import data
@@ -50,48 +49,10 @@ from rspnet.files import check_output_dir, check_output_file, write_json, write_
 from rspnet.metrics import ConfusionMatrix, format_table, summarize
 from rspnet.models import fold_batchnorm
 from rspnet.train.checkpoint import load_trained_model
+from rspnet import cli
+from rspnet.engine.scoring import class_probabilities
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
-
-
-# ---------------------------------------------------------------- inference
-def _scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
-    """``size * scale`` rounded to the nearest multiple of 32 (at least 32)."""
-    return tuple(max(32, int(round(s * scale / 32)) * 32) for s in size)
-
-
-@torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, out_size: Sequence[int],
-                          scales: Sequence[float] = (1.0,), flip: bool = False,
-                          base_size: Sequence[int] | None = None, amp_dtype: torch.dtype | None = None,
-                          channels_last: bool = False) -> torch.Tensor:
-    """Mean softmax probabilities ``[N, C, *out_size]`` (float32) over every
-    scale (and its horizontal flip). Scale s feeds the network
-    ``base_size * s`` rounded to multiples of 32 (``base_size`` defaults to the
-    images' own size); class scores are resized bilinearly to ``out_size``."""
-    base = tuple(base_size) if base_size is not None else tuple(images.shape[-2:])
-    out_size = tuple(int(s) for s in out_size)
-    total = None
-    count = 0
-    for scale in scales:
-        size = _scaled_size(base, scale)
-        x = images if tuple(images.shape[-2:]) == size else F.interpolate(
-            images, size=size, mode="bilinear", align_corners=False)
-        for flipped in ((False, True) if flip else (False,)):
-            inp = x.flip(-1) if flipped else x
-            if channels_last:
-                inp = inp.contiguous(memory_format=torch.channels_last)
-            with autocast(images.device, amp_dtype):
-                scores = model(inp)
-            scores = scores.float()
-            if flipped:
-                scores = scores.flip(-1)
-            if tuple(scores.shape[-2:]) != out_size:
-                scores = F.interpolate(scores, size=out_size, mode="bilinear", align_corners=False)
-            probs = scores.softmax(1)
-            total = probs if total is None else total + probs
-            count += 1
-    return total / count
 
 
 # ------------------------------------------------------------ prediction files
@@ -192,7 +153,7 @@ def official_class_scores(result: dict[str, Any]) -> dict[str, float | None]:
 
 # ----------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rspnet.evaluate", description=__doc__,
+    p = cli.ArgumentParser(prog="python -m rspnet.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, help="architecture file the checkpoint was trained for")
     p.add_argument("--checkpoint", required=True, help="checkpoint of rspnet.train (e.g. best.pt)")
@@ -204,10 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the first N images (default: all; synthetic the number the "
                         "checkpoint's run used for this split)")
     p.add_argument("--size", type=parse_size,
-                   help="HxW fed to the network at scale 1.0 (multiples of 32). Synthetic: also the "
+                   help="HxW the images are resized to at scale 1.0 (multiples of 32). Synthetic: also the "
                         "size the scenes are rendered at (default: the training size of the "
-                        "checkpoint); other data sets: default each image's own size rounded to 32. "
-                        "Predictions are always scored at the labels' resolution")
+                        "checkpoint); other data sets: default each image at its own size, padded to a "
+                        "multiple of 32 as rspnet.predict does. Predictions are always scored at the "
+                        "labels' resolution")
     p.add_argument("--seed", type=nonnegative_int,
                    help="synthetic scene seed (default: the checkpoint's training seed)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0],
@@ -381,9 +343,8 @@ def _evaluate(args, model: torch.nn.Module, device: torch.device, dtype: torch.d
     for images, labels in tqdm(loader, desc="evaluate", disable=args.no_progress, dynamic_ncols=True):
         images = images.to(device)
         labels = labels.to(device)
-        base = size if size is not None else _scaled_size(images.shape[-2:], 1.0)
-        probs = predict_probabilities(model, images, tuple(labels.shape[-2:]), args.scales, args.flip, base,
-                                      dtype, channels_last)
+        probs = class_probabilities(model, images, tuple(labels.shape[-2:]), args.scales, args.flip, size,
+                                    dtype, channels_last)
         pred = probs.argmax(1)
         confusion.update(pred, labels)
         if args.save_predictions:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from rspnet import data
-from rspnet.evaluate import main, official_evaluation, predict_probabilities
+from rspnet.evaluate import main, official_evaluation
 from rspnet.architecture import Architecture
 from rspnet.train.__main__ import main as train_main
 
@@ -101,23 +101,6 @@ def test_synthetic_multiscale_flip_report(run, tmp_path, capsys):
     assert "scales 0.75 1 1.25 + flip" in capsys.readouterr().out
 
 
-def test_predict_probabilities():
-    torch.manual_seed(0)
-    model = torch.nn.Conv2d(3, 4, 3, padding=1).eval()
-    x = torch.randn(2, 3, 64, 96)
-    single = predict_probabilities(model, x, (64, 96))
-    assert torch.allclose(single, model(x).softmax(1))
-    multi = predict_probabilities(model, x, (32, 48), scales=(0.5, 1.0, 1.5), flip=True)
-    assert multi.shape == (2, 4, 32, 48)
-    assert torch.allclose(multi.sum(1), torch.ones(2, 32, 48), atol=1e-5)
-    # flip averaging of a flip-symmetric model changes nothing
-    sym = torch.nn.Conv2d(3, 4, (1, 3), padding=(0, 1), bias=False).eval()
-    with torch.no_grad():
-        sym.weight.copy_(sym.weight + sym.weight.flip(-1))
-    assert torch.allclose(predict_probabilities(sym, x, (64, 96), flip=True),
-                          predict_probabilities(sym, x, (64, 96)), atol=1e-6)
-
-
 def test_wrong_architecture_and_bad_input_are_argparse_errors(run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--arch", run["other"], "--checkpoint", run["checkpoint"]])
@@ -143,3 +126,32 @@ def test_wrong_architecture_and_bad_input_are_argparse_errors(run, tmp_path, cap
             main(["--arch", run["arch"], *argv])
         assert exc.value.code == 2, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_evaluate_and_predict_give_the_same_class_map_for_the_same_image(tmp_path):
+    """One inference path: an image whose size is no multiple of 32 is fed to
+    the network the same way by both commands (padded, not resized)."""
+    from rspnet.predict.__main__ import main as predict_main
+    from rspnet.search.__main__ import main as search_main
+    from rspnet.train.__main__ import main as train_main
+
+    root = tmp_path / "data"
+    images = data.write_folder_layout(root, {"train": 2, "val": 1}, size=(45, 70), seed=3)
+    assert search_main(["--random", "1", "--channels", "8", "--layers", "2", "--out", str(tmp_path / "a"),
+                        "--no-progress"]) == 0
+    arch = str(tmp_path / "a" / "random-000.json")
+    assert train_main(["--arch", arch, "--data", "folder", "--data-root", str(root), "--size", "32x32",
+                       "--batch-size", "2", "--epochs", "1", "--no-progress", "--threads", "1",
+                       "--out", str(tmp_path / "t")]) == 0
+    checkpoint = str(tmp_path / "t" / "best.pt")
+    assert main(["--arch", arch, "--checkpoint", checkpoint, "--data", "folder", "--data-root", str(root),
+                 "--no-progress", "--save-predictions", str(tmp_path / "e"),
+                 "--report", str(tmp_path / "e.json")]) == 0
+    val = [p for p in images if os.sep + "val" + os.sep in p]
+    assert predict_main(["--arch", arch, "--checkpoint", checkpoint, val[0], "--out", str(tmp_path / "p"),
+                         "--no-progress"]) == 0
+    stem = os.path.splitext(os.path.basename(val[0]))[0]
+    evaluated = np.array(Image.open(tmp_path / "e" / "masks" / "val" / f"{stem}.png"))
+    predicted = np.array(Image.open(tmp_path / "p" / "classes" / f"{stem}.png"))
+    assert evaluated.shape == predicted.shape == (45, 70)
+    np.testing.assert_array_equal(evaluated, predicted)

@@ -2,12 +2,12 @@
 gives the class map of one image; ``python -m rspnet.predict`` (``__main__``)
 does it for files and folders and writes class PNGs and overlays.
 
-Whole-image inference: the image, normalised as in training, is padded at the
-bottom and right to the next multiple of 32 (the network reaches 1/32 scale)
-with zeros, the mean colour — the padding training's crops use — and the
-class scores are cropped back, so the class map has the image's own
-resolution and no pixel is resampled. ``flip`` also runs the mirrored image
-and averages the two softmax probabilities.
+Whole-image inference by the one inference path (``rspnet.engine.scoring``):
+the image, normalised as in training, is padded at the bottom and right to
+the next multiple of 32 with the mean colour and the class scores cropped
+back, so the class map has the image's own resolution and no pixel is
+resampled. ``flip`` also runs the mirrored image and averages the two
+softmax probabilities.
 
 The module itself is callable, so ``rspnet.predict(model, image)`` and
 ``from rspnet import predict; predict(model, image)`` work whether or not the
@@ -22,20 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from rspnet import data
-from rspnet.engine.precision import autocast
+from rspnet.engine.scoring import MULTIPLE, class_probabilities, class_scores, padded_size
 
 __all__ = ["predict", "predict_batch", "padded_size", "as_rgb", "MULTIPLE"]
-
-MULTIPLE = 32   # the network's coarsest stride: inputs are padded to multiples of it
-
-
-def padded_size(height: int, width: int) -> tuple[int, int]:
-    """(H, W) rounded up to multiples of ``MULTIPLE``."""
-    return -(-height // MULTIPLE) * MULTIPLE, -(-width // MULTIPLE) * MULTIPLE
 
 
 def as_rgb(image: Any) -> np.ndarray:
@@ -55,27 +47,14 @@ def as_rgb(image: Any) -> np.ndarray:
     return np.ascontiguousarray(array[:, :, :3])
 
 
-def _scores(model: torch.nn.Module, images: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """Class scores [N, C, H, W] of normalised images, padded for the network
-    and cropped back."""
-    height, width = images.shape[-2:]
-    ph, pw = padded_size(height, width)
-    x = F.pad(images, (0, pw - width, 0, ph - height))   # zeros: the mean colour after normalisation
-    with autocast(images.device, amp_dtype):
-        scores = model(x)
-    return scores[..., :height, :width].float()
-
-
 @torch.no_grad()
 def predict_batch(model: torch.nn.Module, images: torch.Tensor, flip: bool = False,
                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Class indices [N, H, W] (int64) of normalised images [N, 3, H, W] of
     any size, on the images' device; the model must be in eval mode."""
-    scores = _scores(model, images, amp_dtype)
     if not flip:
-        return scores.argmax(1)
-    mirrored = _scores(model, images.flip(-1), amp_dtype).flip(-1)
-    return (scores.softmax(1) + mirrored.softmax(1)).argmax(1)
+        return class_scores(model, images, amp_dtype).argmax(1)
+    return class_probabilities(model, images, flip=True, amp_dtype=amp_dtype).argmax(1)
 
 
 def predict(model: torch.nn.Module, image: Any, flip: bool = False) -> np.ndarray:

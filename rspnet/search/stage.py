@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Subset
 
 from rspnet.architecture import Genotype, cell_from_dict, cell_to_dict, format_cell, format_paths
 from rspnet.engine import distributed
+from rspnet.engine.scoring import class_scores
 from rspnet.engine.checkpoint import CheckpointSeries, load_checkpoint
 from rspnet.engine.config import changed_settings, plain
 from rspnet.engine.faults import NonFiniteError, first_nonfinite
@@ -303,7 +304,7 @@ class StageSearch(ResumableLoop):
         confusion = ConfusionMatrix(self.num_classes, self.ignore_index)
         shard = Subset(self.split_b, range(self.ctx.rank, len(self.split_b), self.ctx.world_size))
         for images, labels in DataLoader(shard, batch_size=self.eval_batch):
-            confusion.update(self.model(images.to(self.device)).argmax(1), labels.to(self.device))
+            confusion.update(class_scores(self.model, images.to(self.device)).argmax(1), labels.to(self.device))
         matrix = distributed.all_reduce_sum(confusion.matrix.to(self.device))
         return mean_iou(matrix.cpu())
 

@@ -9,10 +9,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from rspnet.engine import distributed
-from rspnet.engine.precision import autocast
+from rspnet.engine.scoring import class_scores
 from rspnet.metrics import ConfusionMatrix, summarize
-
-from .losses import at_least_fp32
 
 __all__ = ["validate"]
 
@@ -30,11 +28,7 @@ def validate(model: torch.nn.Module, loader: DataLoader, device: torch.device, c
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, dtype):
-            scores = model(images)
-        scores = at_least_fp32(scores)
+        scores = class_scores(model, images, dtype, channels_last)   # the one inference path
         n = int((labels != ignore_index).sum())
         if n:
             loss_sum += F.cross_entropy(scores, labels, ignore_index=ignore_index, reduction="sum").item()
