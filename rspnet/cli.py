@@ -11,6 +11,18 @@ import sys
 from typing import Callable
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """rspnet's command lines: an error is one line naming the flag or the
+    file (exit status 2), not the whole usage, which would bury it."""
+
+    def __init__(self, prog: str, description: str | None = None, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(prog=prog, description=description, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_size(text: str) -> tuple[int, int]:
     try:
         parts = [int(p) for p in text.lower().split("x")]

@@ -50,6 +50,7 @@ from rspnet.models import RSPNet, count_flops, count_params, fold_batchnorm
 from rspnet.models.reference import REFERENCE_NAME, lraspp_mobilenet_v3, reference_unavailable
 from rspnet.ops import _backend
 from rspnet.train.checkpoint import load_trained_model
+from rspnet import cli
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -413,7 +414,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rspnet.export", description=__doc__,
+    p = cli.ArgumentParser(prog="python -m rspnet.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, help="architecture file the checkpoint was trained for")
     p.add_argument("--checkpoint", help="checkpoint of rspnet.train (without: random weights, "

@@ -7,6 +7,8 @@ import platform
 
 import torch
 
+from rspnet import cli
+
 OPS = ("mixed_sum", "path_fusion", "channel_merge")
 
 
@@ -100,7 +102,7 @@ def render(info: dict) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m rspnet.info", description=__doc__)
+    ap = cli.ArgumentParser(prog="python -m rspnet.info", description=__doc__)
     ap.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = ap.parse_args(argv)
     info = collect()

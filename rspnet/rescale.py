@@ -30,10 +30,11 @@ from typing import Sequence
 from rspnet.architecture import HEAD_KINDS, Architecture
 from rspnet.cli import architecture_arg, channel_list, checked, parse_size, positive_int
 from rspnet.files import check_output_file
+from rspnet import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rspnet.rescale", description=__doc__,
+    p = cli.ArgumentParser(prog="python -m rspnet.rescale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("arch", help="architecture file (architecture.json of rspnet.search)")
     p.add_argument("--out", required=True, help="where to write the rescaled architecture file")

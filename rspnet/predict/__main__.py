@@ -37,12 +37,13 @@ from rspnet.files import check_output_dir, write_png
 from rspnet.predict import MULTIPLE, padded_size, predict_batch
 from rspnet.models import fold_batchnorm
 from rspnet.train.checkpoint import load_trained_model
+from rspnet import cli
 
 KINDS = ("classes", "overlay")   # OUT/<kind>/<name>.png
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rspnet.predict", description=__doc__,
+    p = cli.ArgumentParser(prog="python -m rspnet.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and folders (searched recursively)")
     p.add_argument("--arch", required=True, help="architecture file the checkpoint was trained for")

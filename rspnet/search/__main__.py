@@ -27,10 +27,11 @@ from rspnet import data
 from rspnet.cli import add_config_option, add_run_options, architecture_arg, checked, config_of, positive_int, \
     run_command, run_options
 from rspnet.search import STAGES, SearchConfig, check_config, run
+from rspnet import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rspnet.search", description=__doc__,
+    p = cli.ArgumentParser(prog="python -m rspnet.search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=STAGES, default="both",
                    help="1: search the cell; 2: search the paths around --cell; both: 1 then 2 (default both)")

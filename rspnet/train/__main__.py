@@ -32,10 +32,11 @@ from typing import Sequence
 from rspnet.cli import add_config_option, add_run_options, architecture_arg, checked, config_of, run_command, \
     run_options
 from rspnet.train import TrainConfig, check_config, run
+from rspnet import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rspnet.train", description=__doc__,
+    p = cli.ArgumentParser(prog="python -m rspnet.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, help="architecture file (architecture.json of rspnet.search)")
     add_config_option(p, "train")
