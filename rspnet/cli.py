@@ -176,14 +176,39 @@ def architecture_arg(parser: argparse.ArgumentParser, path: str, flag: str = "--
         parser.error(f"{flag} {path}: {exc}")
 
 
+def add_model_options(parser: argparse.ArgumentParser, checkpoint: str = "required",
+                      device_help: str = "", progress: bool = True) -> None:
+    """The flags of every command that runs a trained network (evaluate,
+    export, predict), declared once with one meaning and one default:
+    ``--arch``, ``--checkpoint`` (``checkpoint``: "required" or the help of
+    an optional one), ``--device``, ``--threads``, ``--no-progress``."""
+    import torch
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--arch", required=True, help="architecture file the checkpoint was trained for")
+    if checkpoint == "required":
+        g.add_argument("--checkpoint", required=True, help="checkpoint of rspnet.train (e.g. best.pt)")
+    else:
+        g.add_argument("--checkpoint", help=checkpoint)
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help=(device_help + " " if device_help else "") + "(default: cuda when there is one)")
+    g.add_argument("--threads", type=nonnegative_int, default=None,
+                   help="PyTorch CPU threads (0: PyTorch's default, one per core; default: 1 on CPU, as "
+                        "rspnet.train: comparable between machines and runs)")
+    if progress:
+        g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def trained_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """The checks every command that runs a trained network shares: ``--arch``
-    loads (into ``args.architecture``), ``--device`` exists, ``--checkpoint``
-    is a file -- each problem an argparse error."""
+    """The checks of ``add_model_options``' flags: ``--arch`` loads (into
+    ``args.architecture``), ``--device`` exists, ``--checkpoint`` (when
+    given) is a file -- each problem an argparse error."""
     from rspnet.engine.config import check_device
 
     args.architecture = architecture_arg(parser, args.arch)
     checked(parser, check_device, args.device)
+    if args.checkpoint is None:   # optional for export: random weights
+        return
     if os.path.isdir(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint}: is a directory; give a checkpoint file in it "
                      f"(e.g. {os.path.join(args.checkpoint, 'best.pt')})")

@@ -155,8 +155,7 @@ def official_class_scores(result: dict[str, Any]) -> dict[str, float | None]:
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m rspnet.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", required=True, help="architecture file the checkpoint was trained for")
-    p.add_argument("--checkpoint", required=True, help="checkpoint of rspnet.train (e.g. best.pt)")
+    cli.add_model_options(p)
     p.add_argument("--data", choices=data.DATASETS, default="synthetic")
     p.add_argument("--data-root", help=data_root_help())
     p.add_argument("--split", choices=data.SPLITS, default="val",
@@ -177,9 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="also average horizontally flipped inputs")
     p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--workers", type=nonnegative_int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=nonnegative_int, default=None,
-                   help="PyTorch CPU threads (0: PyTorch's default; default: 1 on CPU, as rspnet.train)")
     p.add_argument("--amp", choices=AMP_MODES, default="off",
                    help="mixed-precision inference (auto: bf16/fp16 on a GPU); off by default so "
                         "that scores are fp32")
@@ -190,7 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --save-predictions on Cityscapes: also run the official "
                         "cityscapesscripts evaluation on the saved PNGs and report its mIoU")
     p.add_argument("--report", help="JSON report path (default: <checkpoint>-eval.json beside it)")
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 

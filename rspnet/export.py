@@ -11,7 +11,7 @@ in place once it passes.
 
 ``--report [PATH]`` prints and writes (JSON) the parameters, the forward FLOPs
 (``torch.utils.flop_counter``, a multiply-add counting 2) and the batch-1
-latency and FPS at ``--resolution H W`` (default 512 1024) on ``--device``, of
+latency and FPS at ``--size HxW`` (default 512x1024) on ``--device``, of
 the network as trained and folded (``rspnet.models.fold``), each in the memory
 layout its warm-up found faster, beside torchvision's LRASPP-MobileNetV3-Large
 (random weights, the same classes; ``pip install -e .[bench]``) timed alike, and
@@ -42,9 +42,9 @@ import numpy as np
 import torch
 
 from rspnet import data
-from rspnet.cli import architecture_arg, checked, nonnegative_int, positive_int
+from rspnet.cli import checked, parse_size, positive_int, trained_model_args
 from rspnet.engine.checkpoint import CheckpointError
-from rspnet.engine.config import check_device
+from rspnet.engine.session import set_threads
 from rspnet.files import check_output_file, write_json
 from rspnet.models import RSPNet, count_flops, count_params, fold_batchnorm
 from rspnet.models.reference import REFERENCE_NAME, lraspp_mobilenet_v3, reference_unavailable
@@ -416,9 +416,9 @@ def format_report(report: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m rspnet.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", required=True, help="architecture file the checkpoint was trained for")
-    p.add_argument("--checkpoint", help="checkpoint of rspnet.train (without: random weights, "
-                                        "enough for --report)")
+    cli.add_model_options(p, checkpoint="checkpoint of rspnet.train (without: random weights, enough for "
+                                        "--report)", device_help="device for the latency measurement",
+                          progress=False)
     p.add_argument("--onnx", metavar="PATH", help="write the ONNX model here")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument("--dynamic", choices=DYNAMIC_MODES, default="auto",
@@ -429,17 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", nargs="?", const="", metavar="PATH",
                    help="print params/FLOPs/latency and write them as JSON (default path: beside the "
                         "ONNX file, else export-report.json)")
-    p.add_argument("--resolution", type=positive_int, nargs=2, metavar=("H", "W"),
+    p.add_argument("--size", type=parse_size, metavar="HxW",
                    help="input size for export, FLOPs and latency, multiples of 32 (default: the "
-                        "report's FLOPs and latency at 512 1024, Cityscapes' half size; the ONNX export "
-                        "at the checkpoint's training size, else 512 1024)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="device for the latency measurement")
+                        "report's FLOPs and latency at 512x1024, Cityscapes' half size; the ONNX export "
+                        "at the checkpoint's training size, else 512x1024)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="latency dtype")
     p.add_argument("--compile", action="store_true", help="time the torch.compile'd network")
-    p.add_argument("--threads", type=nonnegative_int, default=1,
-                   help="PyTorch CPU threads for the latency measurement (default 1: comparable between "
-                        "machines and runs; 0: PyTorch's default, one per core)")
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                    help="tensor layout timed: contiguous (NCHW), channels_last (NHWC), or auto: each "
                         "network in the layout its warm-up runs found faster (default)")
@@ -453,8 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.architecture = architecture_arg(parser, args.arch)
-    checked(parser, check_device, args.device)
+    trained_model_args(parser, args)
     if not args.onnx and args.report is None:
         parser.error("nothing to do: give --onnx PATH and/or --report")
     if args.opset < MIN_OPSET:
@@ -470,16 +464,12 @@ def parse_args(argv: Sequence[str] | None = None):
         parser.error("--dtype fp16 is for GPUs (CPU fp16 convolutions are not supported by PyTorch)")
     args.state = None
     if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            parser.error(f"--checkpoint {args.checkpoint}: no such file")
         try:   # the checkpoint's classes: 19 for Cityscapes, classes.json's count for a folder data set
             args.model, args.state = load_trained_model(args.architecture, args.checkpoint,
                                                         arch_name=f"--arch {args.arch}")
         except CheckpointError as exc:
             parser.error(str(exc))
-    if args.resolution is not None and (args.resolution[0] % 32 or args.resolution[1] % 32):
-        parser.error(f"--resolution {args.resolution[0]} {args.resolution[1]}: height and width must be "
-                     f"multiples of 32")
+    args.resolution = list(args.size) if args.size else None
     args.report_resolution = list(args.resolution or REPORT_RESOLUTION)
     if args.resolution is None:
         size = (args.state or {}).get("config", {}).get("size")
@@ -513,8 +503,7 @@ def _check_outputs(parser: argparse.ArgumentParser, args) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads, torch.device(args.device))
     torch.manual_seed(0)
     # without a checkpoint: random weights and the 19 classes of Cityscapes and the synthetic scenes
     model = args.model if args.state is not None else RSPNet(args.architecture, data.NUM_CLASSES)

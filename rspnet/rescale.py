@@ -8,7 +8,7 @@ the same architecture can be trained wider or narrower. This command writes
 a copy of an architecture file with the widths, RSP ratio, head or path order
 changed and everything the search chose kept as it was::
 
-    python -m rspnet.rescale runs/search/architecture.json --out runs/final.json \\
+    python -m rspnet.rescale --arch runs/search/architecture.json --out runs/final.json \\
         --scale-channels 32,64,128,256 --rsp-ratio 0.25 --pool-first
 
 and prints the parameters and FLOPs (at ``--size``, for ``--classes``
@@ -22,12 +22,11 @@ existing file is only replaced with ``--force``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import Sequence
 
-from rspnet.architecture import HEAD_KINDS, Architecture
+from rspnet.architecture import HEAD_KINDS, rescaled
 from rspnet.cli import architecture_arg, channel_list, checked, parse_size, positive_int
 from rspnet.files import check_output_file
 from rspnet import cli
@@ -36,7 +35,7 @@ from rspnet import cli
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m rspnet.rescale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("arch", help="architecture file (architecture.json of rspnet.search)")
+    p.add_argument("--arch", required=True, help="architecture file (architecture.json of rspnet.search)")
     p.add_argument("--out", required=True, help="where to write the rescaled architecture file")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--channels", type=positive_int,
@@ -53,36 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def rescaled(arch: Architecture, channels: int | None = None, scale_channels: Sequence[int] | None = None,
-             rsp_ratio: float | None = None, head: str | None = None, head_channels: int | None = None,
-             pool_first: bool | None = None, source: str | None = None) -> Architecture:
-    """``arch`` with the given settings changed (None keeps one), validated as
-    a file is (``ValueError`` naming the field); ``search.rescaled`` records
-    ``source`` and the changes."""
-    if channels is not None and scale_channels is not None:
-        raise ValueError("give --channels or --scale-channels, not both")
-    if pool_first and arch.nodes is None:
-        raise ValueError("--pool-first needs a trellis (this architecture is a stage-1 single path)")
-    changes = {}
-    if scale_channels is not None:
-        changes.update(channels=int(scale_channels[0]), scale_channels=tuple(scale_channels))
-    elif channels is not None:
-        changes.update(channels=channels, scale_channels=None)
-    for name, value in (("rsp_ratio", rsp_ratio), ("head", head), ("head_channels", head_channels),
-                        ("pool_first", pool_first)):
-        if value is not None:
-            changes[name] = value
-    search = dict(arch.search)
-    search["rescaled"] = {"from": source, "changes": {k: list(v) if isinstance(v, tuple) else v
-                                                      for k, v in changes.items()}}
-    new = dataclasses.replace(arch, search=search, **changes)
-    return Architecture.load(new.to_dict())   # the file's validation, fields named
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    arch = architecture_arg(parser, args.arch, flag="architecture")
+    arch = architecture_arg(parser, args.arch)
     checked(parser, check_output_file, args.out, "--out", (args.arch,))
     if os.path.lexists(args.out) and not args.force:
         parser.error(f"--out {args.out} exists (--force replaces it)")

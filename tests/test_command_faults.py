@@ -285,7 +285,7 @@ def test_predict_groups_a_batch_by_the_size_as_read(trained, tmp_path, monkeypat
 # ------------------------------------------------------------------- rescale
 def test_rescale_creates_a_missing_parent(trained, tmp_path):
     out = tmp_path / "missing" / "dir" / "rs.json"
-    assert rescale_main([trained["arch"], "--out", str(out), "--channels", "6"]) == 0
+    assert rescale_main(["--arch", trained["arch"], "--out", str(out), "--channels", "6"]) == 0
     assert json.loads(out.read_text())["search"]["rescaled"]["changes"]["channels"] == 6
 
 
@@ -293,7 +293,7 @@ def test_rescale_creates_a_missing_parent(trained, tmp_path):
 def test_rescale_out_that_cannot_be_written(trained, tmp_path, a_file, capsys, out):
     out = out.format(file=a_file, dir=tmp_path)
     before = snapshot(tmp_path)
-    message = refused(rescale_main, [trained["arch"], "--out", out, "--channels", "6", "--force"], capsys)
+    message = refused(rescale_main, ["--arch", trained["arch"], "--out", out, "--channels", "6", "--force"], capsys)
     assert message.startswith("python -m rspnet.rescale: error: --out")
     assert snapshot(tmp_path) == before
 
@@ -301,13 +301,13 @@ def test_rescale_out_that_cannot_be_written(trained, tmp_path, a_file, capsys, o
 def test_rescale_never_writes_over_its_input(fresh, capsys):
     arch = fresh["arch"]
     before = snapshot(arch)[""]
-    message = refused(rescale_main, [arch, "--out", arch, "--channels", "6", "--force"], capsys)
+    message = refused(rescale_main, ["--arch", arch, "--out", arch, "--channels", "6", "--force"], capsys)
     assert "--out" in message and "input" in message
     assert snapshot(arch)[""] == before
 
 
 # -------------------------------------------------------------------- export
-REPORT = ["--resolution", "32", "32", "--warmup", "1", "--iters", "1", "--no-reference"]
+REPORT = ["--size", "32x32", "--warmup", "1", "--iters", "1", "--no-reference"]
 
 
 @pytest.mark.parametrize("flag, path", [("--report", "{file}/r.json"), ("--report", UNWRITABLE + "/r.json"),
@@ -349,7 +349,7 @@ def test_export_static_shapes_exports_and_checks(trained, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")
     onnx_path = tmp_path / "static.onnx"
     assert export_main(["--arch", trained["arch"], "--checkpoint", trained["checkpoint"], "--onnx",
-                        str(onnx_path), "--dynamic", "none", "--resolution", "32", "64"]) == 0
+                        str(onnx_path), "--dynamic", "none", "--size", "32x64"]) == 0
     assert "dynamic none" in capsys.readouterr().out
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, 32, 64]

@@ -37,7 +37,7 @@ def test_onnx_parity_and_report(run, tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
     onnx_path = tmp_path / "model.onnx"
     assert main(["--arch", run["arch"], "--checkpoint", run["checkpoint"], "--onnx", str(onnx_path),
-                 "--report", "--resolution", "64", "64", "--warmup", "1", "--iters", "2"]) == 0
+                 "--report", "--size", "64x64", "--warmup", "1", "--iters", "2"]) == 0
     out = capsys.readouterr().out
     assert "ONNX parity" in out and "FPS" in out and "parameters" in out
     report = json.loads((tmp_path / "model-report.json").read_text())
@@ -83,7 +83,7 @@ def test_failed_parity_check_keeps_the_existing_file(run, tmp_path, monkeypatch,
         "max_abs_diff": 0.5, "onnxruntime": "x",
         "per_shape": [{"input": list(s), "max_abs_diff": 0.5} for s in shapes]})
     assert main(["--arch", run["arch"], "--checkpoint", run["checkpoint"], "--onnx", str(target),
-                 "--resolution", "64", "64"]) == 1
+                 "--size", "64x64"]) == 1
     err = capsys.readouterr().err
     assert "max abs difference 5.000e-01 > tolerance 1e-04" in err and "was not written" in err
     assert target.read_bytes() == b"the previous, good export"
@@ -92,7 +92,7 @@ def test_failed_parity_check_keeps_the_existing_file(run, tmp_path, monkeypatch,
 
 def test_report_without_checkpoint(run, tmp_path, capsys):
     path = tmp_path / "r.json"
-    assert main(["--arch", run["arch"], "--report", str(path), "--resolution", "32", "64",
+    assert main(["--arch", run["arch"], "--report", str(path), "--size", "32x64",
                  "--warmup", "1", "--iters", "1"]) == 0
     report = json.loads(path.read_text())
     assert report["checkpoint"] is None and report["resolution"] == [32, 64]
@@ -126,7 +126,7 @@ def test_report_sets_folded_network_and_lraspp_side_by_side(run, tmp_path, capsy
     tv = pytest.importorskip("torchvision.models.segmentation")
     path = tmp_path / "r.json"
     assert main(["--arch", run["arch"], "--checkpoint", run["checkpoint"], "--report", str(path),
-                 "--resolution", "64", "128", "--warmup", "1", "--iters", "1"]) == 0
+                 "--size", "64x128", "--warmup", "1", "--iters", "1"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     for name in ("rspnet", "rspnet, BN folded", "LRASPP-MobileNetV3-Large",
@@ -179,7 +179,7 @@ def test_report_without_torchvision_says_how_to_install_it(run, tmp_path, capsys
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")] + ["torchvision"]:
         monkeypatch.setitem(sys.modules, name, None)     # `import torchvision` fails
     path = tmp_path / "r.json"
-    assert main(["--arch", run["arch"], "--report", str(path), "--resolution", "32", "64",
+    assert main(["--arch", run["arch"], "--report", str(path), "--size", "32x64",
                  "--warmup", "1", "--iters", "1"]) == 0
     out = capsys.readouterr().out
     assert "LRASPP-MobileNetV3-Large reference skipped: torchvision is not installed; pip install -e .[bench]" in out
@@ -206,8 +206,8 @@ def test_latency_in_the_layout_asked_or_the_faster_one(layout):
 @pytest.mark.parametrize("argv, message", [
     ([], "nothing to do"),
     (["--onnx", "m.onnx", "--opset", "16"], "at least 17"),
-    (["--report", "--resolution", "100", "100"], "multiples of 32"),
-    (["--report", "--resolution", "64"], "expected 2 arguments"),
+    (["--report", "--size", "100x100"], "multiples of 32"),
+    (["--report", "--size", "64y"], "expected HxW"),
     (["--onnx", "/nonexistent/dir/m.onnx"], "does not exist"),
     (["--report", "--checkpoint", "/nonexistent.pt"], "no such file"),
     (["--report", "--memory-format", "nhwc"], "invalid choice"),
@@ -224,7 +224,7 @@ def test_bad_cli_input_is_an_argparse_error(run, capsys, argv, message):
 def test_gpu_latency_bf16_compiled(run, tmp_path):
     path = tmp_path / "gpu.json"
     assert main(["--arch", run["arch"], "--checkpoint", run["checkpoint"], "--report", str(path),
-                 "--device", "cuda", "--dtype", "bf16", "--compile", "--resolution", "256", "512",
+                 "--device", "cuda", "--dtype", "bf16", "--compile", "--size", "256x512",
                  "--warmup", "3", "--iters", "10"]) == 0
     report = json.loads(path.read_text())
     assert report["device"] == "cuda" and report["dtype"] == "bf16" and report["compile"] is True

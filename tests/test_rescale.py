@@ -21,7 +21,7 @@ def searched(tmp_path):
 
 def test_rescale_keeps_the_search_and_changes_the_widths(searched, tmp_path, capsys):
     out = tmp_path / "final.json"
-    assert main([str(searched), "--out", str(out), "--scale-channels", "12,20,28,36", "--rsp-ratio", "0.25",
+    assert main(["--arch", str(searched), "--out", str(out), "--scale-channels", "12,20,28,36", "--rsp-ratio", "0.25",
                  "--pool-first", "--head", "light", "--head-channels", "16", "--classes", "5"]) == 0
     before, after = Architecture.load(searched), Architecture.load(out)
     assert (after.cell, after.layers, after.nodes) == (before.cell, before.layers, before.nodes)
@@ -37,7 +37,7 @@ def test_rescale_keeps_the_search_and_changes_the_widths(searched, tmp_path, cap
         assert f"{count_flops(model, (64, 128)) / 1e9:.3f} GFLOPs" in line
     # --channels alone doubles again from F
     again = tmp_path / "again.json"
-    assert main([str(out), "--out", str(again), "--channels", "6"]) == 0
+    assert main(["--arch", str(out), "--out", str(again), "--channels", "6"]) == 0
     assert Architecture.load(again).widths == (6, 12, 24, 48)
 
 
@@ -50,7 +50,7 @@ def test_rescale_keeps_the_search_and_changes_the_widths(searched, tmp_path, cap
 def test_impossible_rescales_are_refused_and_write_nothing(searched, tmp_path, capsys, argv, message):
     out = tmp_path / "final.json"
     with pytest.raises(SystemExit) as info:
-        main([str(searched), "--out", str(out)] + argv)
+        main(["--arch", str(searched), "--out", str(out)] + argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -61,12 +61,12 @@ def test_single_path_has_no_paths_to_pool_and_out_is_not_replaced(tmp_path, caps
     single = tmp_path / "single.json"
     _arch(layers=None, nodes=None).save(single)
     with pytest.raises(SystemExit):
-        main([str(single), "--out", str(tmp_path / "x.json"), "--pool-first"])
+        main(["--arch", str(single), "--out", str(tmp_path / "x.json"), "--pool-first"])
     assert "needs a trellis" in capsys.readouterr().err
     out = tmp_path / "final.json"
     out.write_text("{}")
     with pytest.raises(SystemExit):
-        main([str(single), "--out", str(out), "--channels", "6"])
+        main(["--arch", str(single), "--out", str(out), "--channels", "6"])
     assert "exists" in capsys.readouterr().err and json.loads(out.read_text()) == {}
-    assert main([str(single), "--out", str(out), "--channels", "6", "--force"]) == 0
+    assert main(["--arch", str(single), "--out", str(out), "--channels", "6", "--force"]) == 0
     assert Architecture.load(out).channels == 6

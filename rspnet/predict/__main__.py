@@ -46,17 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m rspnet.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and folders (searched recursively)")
-    p.add_argument("--arch", required=True, help="architecture file the checkpoint was trained for")
-    p.add_argument("--checkpoint", required=True, help="checkpoint of rspnet.train (e.g. best.pt)")
     p.add_argument("--out", required=True, help="output directory (classes/ and overlay/ inside)")
     p.add_argument("--flip", action="store_true", help="also predict the mirrored image and average")
     p.add_argument("--batch-size", type=positive_int, default=4,
                    help="images per forward pass (images of one padded size go together)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=nonnegative_int, default=None,
-                   help="PyTorch CPU threads (0: PyTorch's default; default: 1 on CPU, as rspnet.train)")
     p.add_argument("--amp", choices=AMP_MODES, default="off", help="mixed precision on a GPU (default off)")
-    p.add_argument("--no-progress", action="store_true")
+    cli.add_model_options(p)
     return p
 
 
