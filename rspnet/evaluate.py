@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,7 +42,10 @@ import torch
 from tqdm import tqdm
 
 from rspnet import data
-from rspnet.cli import checked, data_root_help, nonnegative_int, parse_size, positive_int, trained_model_args
+from rspnet.cli import (add_config_option, checked, config_of, data_root_help, nonnegative_int, parse_size,
+                        positive_int, trained_model_args)
+from rspnet.engine.config import plain
+from rspnet.engine.settings import add_flags, setting
 from rspnet.engine.checkpoint import CheckpointError
 from rspnet.engine import precision
 from rspnet.engine.precision import AMP_MODES, autocast
@@ -152,33 +157,40 @@ def official_class_scores(result: dict[str, Any]) -> dict[str, float | None]:
 
 
 # ----------------------------------------------------------------------- CLI
+_SPLITS = data.SPLITS   # (inside the class, ``data`` is the field)
+
+
+@dataclass
+class EvalConfig:
+    """What an evaluation computes (kept in its report; ``--config`` reads it)."""
+    data: str = setting("synthetic", "the data set", group="data", choices=data.DATASETS)
+    data_root: str | None = setting(None, data_root_help(), group="data")
+    split: str = setting("val", "the split scored (test: CamVid and folder data sets)", group="data",
+                         choices=_SPLITS)
+    images: int | None = setting(None, "evaluate the first N images (none: all; synthetic: the number the "
+                                 "checkpoint's run used for this split)", group="data", type=positive_int)
+    size: tuple[int, int] | None = setting(
+        None, "HxW the images are resized to at scale 1.0 (multiples of 32). Synthetic: also the size the "
+        "scenes are rendered at (none: the training size of the checkpoint); other data sets: none = each "
+        "image at its own size, padded to a multiple of 32 as rspnet.predict does. Predictions are always "
+        "scored at the labels' resolution", group="data", type=parse_size)
+    seed: int | None = setting(None, "synthetic scene seed (none: the checkpoint's training seed)", group="data",
+                               type=nonnegative_int)
+    scales: tuple[float, ...] = setting((1.0,), "input scales to average (e.g. 0.75 1.0 1.25)",
+                                        group="inference", type=float, nargs="+")
+    flip: bool = setting(False, "also average horizontally flipped inputs", group="inference")
+    batch_size: int = setting(1, "images per forward pass", group="inference", type=positive_int)
+    workers: int = setting(0, "DataLoader workers", group="inference", type=nonnegative_int)
+    amp: str = setting("off", "mixed-precision inference (auto: bf16/fp16 on a GPU); off so that scores are "
+                       "fp32", group="inference", choices=AMP_MODES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m rspnet.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_model_options(p)
-    p.add_argument("--data", choices=data.DATASETS, default="synthetic")
-    p.add_argument("--data-root", help=data_root_help())
-    p.add_argument("--split", choices=data.SPLITS, default="val",
-                   help="test: CamVid and folder data sets (default %(default)s)")
-    p.add_argument("--images", type=positive_int,
-                   help="evaluate the first N images (default: all; synthetic the number the "
-                        "checkpoint's run used for this split)")
-    p.add_argument("--size", type=parse_size,
-                   help="HxW the images are resized to at scale 1.0 (multiples of 32). Synthetic: also the "
-                        "size the scenes are rendered at (default: the training size of the "
-                        "checkpoint); other data sets: default each image at its own size, padded to a "
-                        "multiple of 32 as rspnet.predict does. Predictions are always scored at the "
-                        "labels' resolution")
-    p.add_argument("--seed", type=nonnegative_int,
-                   help="synthetic scene seed (default: the checkpoint's training seed)")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0],
-                   help="input scales to average (e.g. 0.75 1.0 1.25)")
-    p.add_argument("--flip", action="store_true", help="also average horizontally flipped inputs")
-    p.add_argument("--batch-size", type=positive_int, default=1)
-    p.add_argument("--workers", type=nonnegative_int, default=0)
-    p.add_argument("--amp", choices=AMP_MODES, default="off",
-                   help="mixed-precision inference (auto: bf16/fp16 on a GPU); off by default so "
-                        "that scores are fp32")
+    add_config_option(p, "evaluate")
+    add_flags(p, EvalConfig)
     p.add_argument("--save-predictions", metavar="DIR",
                    help="write the predictions (Cityscapes: labelId PNGs in DIR/labelIds; others: masks in "
                         "DIR/masks) and overlays (DIR/overlay)")
@@ -192,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.settings = config_of(parser, args, EvalConfig, "evaluate")
+    vars(args).update(dataclasses.asdict(args.settings))   # the settings, as the flags name them
     trained_model_args(parser, args)
     _check_options(parser, args)
     try:
@@ -366,6 +380,7 @@ def _report(args, summary: dict[str, Any], confusion: ConfusionMatrix, seconds: 
         "amp": None if dtype is None else str(dtype).split(".")[-1],
         "seconds": round(seconds, 2), **summary,
         "confusion_matrix": confusion.matrix.tolist(),
+        "config": plain(args.settings),   # a valid --config: the same evaluation again
     }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -150,7 +151,16 @@ def _read_mapping(path: str) -> Mapping[str, Any]:
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
-    """A file's value as the field's type (lists to tuples), or ``ValueError``."""
+    """A file's value as the field's type (lists to tuples; no NaN or
+    infinity: no setting means one), or ``ValueError``."""
+    value = _checked_value(f, value)
+    for item in value if isinstance(value, tuple) else (value,):
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{f.name}: must be finite, got {item!r}")
+    return value
+
+
+def _checked_value(f: dataclasses.Field, value: Any) -> Any:
     base = _base_type(f.type)
     if value is None:
         if f.default is not None and _flag(f).cli_default is None:
@@ -163,6 +173,11 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         return tuple(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, str):   # YAML 1.1 reads 1.5e8 (no sign) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{f.name}: expected float, got {value!r}") from None
     if base in (int, float, str, bool) and not (isinstance(value, base) and
                                                   (base is bool or not isinstance(value, bool))):
         raise ValueError(f"{f.name}: expected {base.__name__}, got {value!r}")
