@@ -52,16 +52,11 @@ def random_paths(layers: int, scales: int, top_k: int, rng: random.Random,
 
 
 def random_architecture(config, rng: random.Random, search: dict | None = None) -> Architecture:
-    """One architecture of ``config``'s space (a ``SearchConfig``: steps,
-    channels, scales, layers, top_k, RSP settings, head width)."""
-    cell = random_cell(config.steps, rng, config.primitives)
-    nodes = random_paths(config.layers, config.scales, config.top_k, rng, config.same_scale_paths)
-    return Architecture(cell=cell, channels=config.channels, scales=config.scales,
-                        head_channels=config.head_width, head=config.head,
-                        scale_channels=config.scale_channels, rsp_ratio=config.rsp_ratio,
-                        rsp_depth=config.rsp_depth, layers=config.layers, nodes=nodes,
-                        pool_first=config.pool_first,
-                        search=dict(search or {}))
+    """One architecture of ``config``'s space (a ``SearchConfig``)."""
+    space = config.space
+    cell = random_cell(space.steps, rng, space.primitives)
+    return space.architecture(cell, random_paths(space.layers, space.scales, space.top_k, rng,
+                                                 space.same_scale_paths), search)
 
 
 def sample_architectures(config, count: int, seed: int = 0, max_params: float | None = None,

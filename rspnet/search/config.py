@@ -15,7 +15,7 @@ from rspnet.nn import MEMORY_MODES
 
 from .architect import ORDERS
 
-__all__ = ["SearchConfig", "RESUMABLE_CHANGES", "check_config", "ARCH_LR", "default_memory",
+__all__ = ["SearchConfig", "SearchSpace", "RESUMABLE_CHANGES", "check_config", "ARCH_LR", "default_memory",
            "SYNTHETIC_SEARCH_IMAGES"]
 
 # The synthetic images of a default search, split in halves A / B: enough
@@ -38,6 +38,41 @@ def default_memory(device: str) -> str:
 def _machine_device(values) -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The typed slice of a ``SearchConfig`` that shapes the networks of the
+    space: what the supernets, the cost tables, the random baseline and the
+    derived architecture are built from (``SearchConfig.space``)."""
+    channels: int
+    scales: int
+    layers: int
+    steps: int
+    rsp_ratio: float
+    rsp_depth: int
+    head_width: int
+    head: str
+    scale_channels: tuple[int, ...] | None
+    pool_first: bool
+    top_k: int
+    same_scale_paths: bool
+    primitives: tuple[str, ...]
+    max_skip: int | None
+    skip_bn: bool
+    path_norm: bool
+    edge_partial: int
+    edge_normalization: bool
+
+    def architecture(self, cell, nodes=None, search: dict | None = None):
+        """The architecture of ``cell`` (and, for a trellis, its kept
+        ``nodes``) in this space; ``search`` is kept as its provenance."""
+        from rspnet.architecture import Architecture
+
+        return Architecture(cell=cell, channels=self.channels, scales=self.scales, head_channels=self.head_width,
+                            head=self.head, scale_channels=self.scale_channels, rsp_ratio=self.rsp_ratio,
+                            rsp_depth=self.rsp_depth, layers=self.layers if nodes else None,
+                            pool_first=bool(nodes) and self.pool_first, nodes=nodes, search=dict(search or {}))
 
 
 @dataclass
@@ -150,6 +185,10 @@ class SearchConfig:
     @property
     def head_width(self) -> int:
         return 4 * self.channels if self.head_channels is None else self.head_channels
+
+    @property
+    def space(self) -> SearchSpace:
+        return SearchSpace(**{f: getattr(self, f) for f in SearchSpace.__dataclass_fields__})
 
     @property
     def rescales(self) -> bool:

@@ -79,6 +79,13 @@ class CostGeometry:
     pool_first: bool = False
     same_scale: bool = False           # derive_paths(same_scale=): each node keeps its own scale's path
 
+    @classmethod
+    def of(cls, space, num_classes: int, size: Sequence[int]) -> "CostGeometry":
+        """The geometry of the networks of a ``SearchSpace``, measured at ``size``."""
+        return cls(space.channels, space.scales, space.layers, space.steps, space.rsp_ratio, space.rsp_depth,
+                   space.head_width, num_classes, tuple(size), space.top_k, space.primitives, space.head,
+                   space.scale_channels, space.pool_first, space.same_scale_paths)
+
     def width(self, scale: int) -> int:
         return scale_widths(self.channels, self.scales, self.scale_channels)[scale]
 

@@ -59,13 +59,7 @@ def run(config: SearchConfig, options: RunOptions | None = None, stage: str = "b
 
 def _architecture(config: SearchConfig, cell: Genotype, nodes=None) -> Architecture:
     """The derived architecture; its ``search`` section records every setting."""
-    provenance = plain(config)
-    return Architecture(cell=cell, channels=config.channels, scales=config.scales,
-                        head_channels=config.head_width, head=config.head,
-                        scale_channels=config.scale_channels, rsp_ratio=config.rsp_ratio,
-                        rsp_depth=config.rsp_depth, layers=config.layers if nodes else None,
-                        pool_first=bool(nodes) and config.pool_first,
-                        nodes=nodes, search=provenance)
+    return config.space.architecture(cell, nodes, search=plain(config))
 
 
 def _written(config: SearchConfig, architecture: Architecture) -> Architecture:

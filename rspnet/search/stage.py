@@ -40,7 +40,7 @@ from rspnet.metrics import ConfusionMatrix, mean_iou
 from .architect import Architect, CostPenalty, ParamPenalty
 from .cost import CostGeometry, flops_table, latency_table
 from .config import RESUMABLE_CHANGES, SearchConfig
-from .supernet import MacroSupernet, SinglePathSupernet
+from .supernet import build_supernet
 
 __all__ = ["StageSearch", "FORMAT", "checkpoint_series", "load_search_checkpoint"]
 
@@ -74,10 +74,7 @@ class _LossOf(torch.nn.Module):
 
 def cost_geometry(config: SearchConfig, num_classes: int, size: tuple[int, int]) -> CostGeometry:
     """The geometry of the networks a search with ``config`` derives, measured at ``size``."""
-    c = config
-    return CostGeometry(c.channels, c.scales, c.layers, c.steps, c.rsp_ratio, c.rsp_depth, c.head_width,
-                        num_classes, tuple(size), c.top_k, c.primitives, c.head, c.scale_channels,
-                        c.pool_first, c.same_scale_paths)
+    return CostGeometry.of(config.space, num_classes, size)
 
 
 def cost_penalties(config: SearchConfig, num_classes: int, device) -> dict[str, CostPenalty]:
@@ -144,17 +141,7 @@ class StageSearch(ResumableLoop):
 
         seed = c.seed * 10 + stage   # each stage starts from its own known state
         seed_everything(seed)
-        if stage == 1:
-            model = SinglePathSupernet(num_classes, c.channels, c.scales, c.steps, c.memory,
-                                       c.edge_partial, c.edge_normalization, c.rsp_ratio,
-                                       c.rsp_depth, c.head_width, primitives=c.primitives,
-                                       ignore_index=ignore_index, skip_bn=c.skip_bn, head=c.head,
-                                       max_skip=c.max_skip, widths=c.scale_channels)
-        else:
-            model = MacroSupernet(num_classes, cell, c.channels, c.scales, c.layers, c.rsp_ratio,
-                                  c.rsp_depth, c.head_width, memory=c.memory, ignore_index=ignore_index,
-                                  path_norm=c.path_norm, head=c.head, widths=c.scale_channels,
-                                  pool_first=c.pool_first)
+        model = build_supernet(c.space, num_classes, cell if stage == 2 else None, c.memory, ignore_index)
         self.model = distributed.convert_sync_batchnorm(model, self.device).to(self.device)
         # identical initialisation everywhere (DDP also broadcasts the weights, not α / β)
         distributed.broadcast_tensors_(list(self.model.parameters()) + list(self.model.buffers()))

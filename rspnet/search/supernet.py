@@ -214,3 +214,19 @@ class MacroSupernet(_Supernet):
         choose (more than one incoming path; a single path's β is constant)."""
         values = [_entropy(torch.softmax(b.detach(), 0)) for b in self.betas if b.numel() > 1]
         return {"beta": torch.stack(values).mean().item() if values else 0.0}
+
+
+def build_supernet(space, num_classes: int, cell: Genotype | None = None, memory: str = "store",
+                   ignore_index: int = 255) -> _Supernet:
+    """The supernet of a ``SearchSpace``: stage 1's single path over the
+    cell's candidates (``cell=None``), or stage 2's trellis around ``cell``."""
+    if cell is None:
+        return SinglePathSupernet(num_classes, space.channels, space.scales, space.steps, memory,
+                                  space.edge_partial, space.edge_normalization, space.rsp_ratio, space.rsp_depth,
+                                  space.head_width, primitives=space.primitives, ignore_index=ignore_index,
+                                  skip_bn=space.skip_bn, head=space.head, max_skip=space.max_skip,
+                                  widths=space.scale_channels)
+    return MacroSupernet(num_classes, cell, space.channels, space.scales, space.layers, space.rsp_ratio,
+                         space.rsp_depth, space.head_width, memory=memory, ignore_index=ignore_index,
+                         path_norm=space.path_norm, head=space.head, widths=space.scale_channels,
+                         pool_first=space.pool_first)
