@@ -1,7 +1,7 @@
 """CPU micro-benchmark of mixed_sum, forward+backward: rspnet's C++ kernel vs
 eager PyTorch vs torch.compile, time (pytest-benchmark) and peak memory.
 
-    pytest benchmarks/bench_cpu_mixed_sum.py --benchmark-enable
+    pytest benchmarks/bench_cpu_mixed_sum.py --benchmark-enable [--quick]
 
 Peak memory is reported in each row's ``extra_info`` as ``peak_extra_mib``:
 live tensor bytes at the peak of one forward+backward, minus the K input
@@ -16,14 +16,16 @@ from rspnet.ops import mixed_sum
 
 K = 8
 SHAPE = (8, 16, 64, 128)
+QUICK_SHAPE = (2, 4, 16, 32)   # --quick (benchmarks/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(quick):
     torch.manual_seed(0)
-    xs = [torch.randn(SHAPE, requires_grad=True) for _ in range(K)]
+    shape = QUICK_SHAPE if quick else SHAPE
+    xs = [torch.randn(shape, requires_grad=True) for _ in range(K)]
     alpha = torch.randn(K, requires_grad=True)
-    g = torch.randn(SHAPE)
+    g = torch.randn(shape)
     return alpha, xs, g
 
 
@@ -41,7 +43,7 @@ METHODS = {"rspnet_cpp": rspnet_cpp, "eager": eager, "torch_compile": _compiled}
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_mixed_sum_fwd_bwd(benchmark, data, method):
+def test_mixed_sum_fwd_bwd(benchmark, data, rounds, method):
     alpha, xs, g = data
     fn = METHODS[method]
 
@@ -54,6 +56,6 @@ def test_mixed_sum_fwd_bwd(benchmark, data, method):
     grad_bytes = sum(x.numel() * x.element_size() for x in xs)
     peak = peak_bytes(step) - grad_bytes
     benchmark.extra_info["peak_extra_mib"] = round(peak / 2**20, 2)
-    benchmark.extra_info["shape"] = f"K={K} x {SHAPE} fp32"
+    benchmark.extra_info["shape"] = f"K={K} x {tuple(g.shape)} fp32"
     benchmark.group = "mixed_sum fwd+bwd CPU"
-    benchmark.pedantic(step, rounds=20, iterations=1, warmup_rounds=2)
+    benchmark.pedantic(step, rounds=rounds(20), iterations=1, warmup_rounds=2)

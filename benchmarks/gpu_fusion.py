@@ -1,8 +1,9 @@
 """GPU benchmarks of path_fusion and channel_merge beside their peers, in one run.
 
-Called by gpu_suite.py (``run(quick)`` returns its rows); also runnable alone:
+Called by gpu_suite.py (``run(quick)`` returns its rows); also runnable alone
+(exit status 1, naming them, when any method fails):
 
-    python benchmarks/gpu_fusion.py [--quick]
+    python benchmarks/gpu_fusion.py [--quick] [--json PATH]
 
 Rows follow gpu_suite.py: forward, backward and forward+backward ms, each as a
 % of a device copy measured in the same run (ideal bytes of that direction),
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import peers  # noqa: E402
-from gpu_suite import bench_op, copy_ceiling_gbps  # noqa: E402
+from gpu_suite import bench_op, copy_ceiling_gbps, failure_report  # noqa: E402
 from rspnet.ops import _backend, channel_merge, path_fusion  # noqa: E402
 
 
@@ -79,14 +80,23 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
     ap.add_argument("--json", help="write the rows to this file")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("gpu_fusion.py needs a CUDA device")
     result = run(args.quick)
+    failed = [r for r in result if "error" in r]
+    if failed:   # no rows file: a failed method is no measurement
+        print(failure_report(failed, "gpu_fusion.py"), file=sys.stderr)
+        return 1
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,10 @@ with the gradients reset to None; backward: their difference.
 Peak extra memory: the allocator's peak during one forward+backward minus
 the input-gradient bytes every method allocates alike (what the method needs
 beyond its unavoidable outputs).
+
+A benchmark that fails (an exception, a peer that disagrees) does not stop the
+others, but it is no row: the run ends with exit status 1 and names every
+failed benchmark, and DIR gets gpu_suite.failed.json instead of the table.
 """
 from __future__ import annotations
 
@@ -137,29 +141,72 @@ def cell_rows(mod, quick):
     """The DARTS-cell workload (benchmarks/cell_workload.py) as table rows."""
     res = mod.run("cuda", quick=quick)
     wl = res["workload"]
-    name = f"DARTS cell 14x8 n={wl['n']} c={wl['c']} {wl['h']}x{wl['w']}"
+    name = f"DARTS cell 14x8 n={wl['n']} c={wl['c']} {wl['h']}x{wl['w']} skip_bn={wl['skip_bn']}"
     return [{"workload": name, "method": ("peer " if k in ("eager", "checkpoint") else "rspnet ") + k,
-             "ms": v["ms"], "peak extra MiB": v["peak_mib"],
-             "alpha grad rel diff": res["alpha_grad_rel_diff"].get(k)}
+             "ms": v["ms"], "peak extra MiB": v["peak_mib"], "rel diff from eager": res["rel_diff"].get(k)}
             for k, v in res.items() if isinstance(v, dict) and "ms" in v]
 
 
 def optional_rows(module: str, quick: bool, adapt=None):
-    """Suites of the other ops and workloads, from their own modules."""
-    try:
+    """Suites of the other ops and workloads, from their own modules; a module
+    that does not import is a failed benchmark, not a skipped one."""
+    def rows():
         mod = __import__(module)
-    except ImportError as exc:
-        print(f"skipping {module}: {exc}", flush=True)
-        return []
-    try:
         return adapt(mod, quick) if adapt else mod.run(quick=quick)
-    except Exception as exc:  # noqa: BLE001
-        return [{"workload": module, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}]
+    return collect(module, rows)
+
+
+def collect(workload: str, rows) -> list[dict]:
+    """``rows()``, or one failure row naming ``workload`` if it raises."""
+    try:
+        return rows()
+    except Exception as exc:  # noqa: BLE001 - one failing benchmark must not hide the others
+        row = {"workload": workload, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        print(row, flush=True)
+        return [row]
+
+
+def failure_report(failed: list[dict], script: str = "gpu_suite.py") -> str:
+    lines = [f"{script}: FAILED: {len(failed)} benchmark(s) did not run; no results table written:"]
+    lines += [f"  FAILED {r.get('workload')} / {r.get('method', 'the whole benchmark')}: {r['error']}"
+              for r in failed]
+    return "\n".join(lines)
+
+
+def finish(info: dict, ceiling: float, rows: list[dict], out: str | None) -> int:
+    """Print the table and the verdicts, write them to ``out`` when every
+    benchmark ran; otherwise name the failures on stderr, write only
+    gpu_suite.failed.json (removing an earlier run's table) and return 1."""
+    failed = [r for r in rows if "error" in r]
+    good = [r for r in rows if "error" not in r]
+    md = to_markdown(info, ceiling, good) + "\n\n" + verdicts(info, good)
+    if failed:
+        print(f"INCOMPLETE: {len(failed)} benchmark(s) failed (named at the end); the rows that ran:")
+    print(md)
+    if out:
+        os.makedirs(out, exist_ok=True)
+        names = ("gpu_suite.md", "gpu_suite.json", "gpu_suite.failed.json")
+        for name in names:
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+        data = {"env": info, "copy_gbps": ceiling, "rows": good}
+        if failed:
+            with open(os.path.join(out, names[2]), "w") as f:
+                json.dump({**data, "failed": failed}, f, indent=1)
+        else:
+            with open(os.path.join(out, names[0]), "w") as f:
+                f.write(md + "\n")
+            with open(os.path.join(out, names[1]), "w") as f:
+                json.dump(data, f, indent=1)
+    if failed:
+        print(failure_report(failed), file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 def to_markdown(info, ceiling, rows) -> str:
     cols = ["workload", "method", "fwd ms", "fwd % copy", "bwd ms", "bwd % copy", "fwd+bwd ms", "% copy",
-            "ideal ms", "ms", "peak extra MiB", "alpha grad rel diff", "error"]
+            "ideal ms", "ms", "peak extra MiB", "rel diff from eager"]
     cols = [c for c in cols if any(c in r for r in rows)]
     out = [f"Device: {info['gpu']}; torch {info['torch']} (CUDA {info['cuda']}), triton {info['triton']}, "
            f"{info['nvcc']}; {info['date']}. Copy ceiling measured in this run: {ceiling:.0f} GB/s.", "",
@@ -206,18 +253,12 @@ def main(argv=None):
     print(json.dumps(info), flush=True)
     ceiling = copy_ceiling_gbps()
     print(f"copy ceiling: {ceiling:.0f} GB/s", flush=True)
-    rows = mixed_sum_rows(ceiling, args.quick) + mixed_sum_rows(ceiling, args.quick, torch.bfloat16)
+    rows = collect("mixed_sum float32", lambda: mixed_sum_rows(ceiling, args.quick))
+    rows += collect("mixed_sum bfloat16", lambda: mixed_sum_rows(ceiling, args.quick, torch.bfloat16))
     rows += optional_rows("gpu_fusion", args.quick)
     rows += optional_rows("cell_workload", args.quick, cell_rows)
-    md = to_markdown(info, ceiling, rows) + "\n\n" + verdicts(info, rows)
-    print(md)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "gpu_suite.md"), "w") as f:
-            f.write(md + "\n")
-        with open(os.path.join(args.out, "gpu_suite.json"), "w") as f:
-            json.dump({"env": info, "copy_gbps": ceiling, "rows": rows}, f, indent=1)
+    return finish(info, ceiling, rows, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,8 @@ random weights (latency does not depend on them), in the memory layout its
 warm-up found faster. Usage::
 
     python benchmarks/latency_vs_lraspp.py [--rounds 25] [--json OUT.json] ARCH.json [ARCH.json ...]
+
+``--quick`` (a smoke run): 2 rounds at 64x128 unless given.
 """
 import argparse
 import json
@@ -46,10 +48,15 @@ def _faster_layout(model, x, warmup: int = 3) -> tuple[str, torch.Tensor]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("archs", nargs="+", help="RSPNet architecture files")
-    p.add_argument("--rounds", type=int, default=25)
-    p.add_argument("--size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
+    p.add_argument("--rounds", type=int, help="default 25 (--quick: 2)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="default 512 1024 (--quick: 64 128)")
     p.add_argument("--json", help="write the timings here")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds at 64x128")
     args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 25
+    if args.size is None:
+        args.size = (64, 128) if args.quick else (512, 1024)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     torch.set_num_threads(1)

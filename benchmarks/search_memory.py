@@ -1,33 +1,28 @@
 """Peak memory of one search step, ``store`` vs ``recompute`` supernet.
 
 A step is what ``python -m rspnet.search`` does per batch after the warm-up:
-the architecture step (forward + backward on a split-B batch, Adam on α, or β
-in stage 2) and the weight step (forward + backward on a split-A batch, SGD).
-``recompute`` is the whole supernet's mode (``rspnet.nn.recompute``): mixed
-edges, stem, head, fused upsampling + loss, and in stage 2 every trellis node.
-Each memory mode runs in its own subprocess, so one mode's allocator state
-cannot hide the other's peak. In each subprocess:
+the architecture step (forward + backward on split B, Adam on α, or β in stage
+2) and the weight step (forward + backward on split A, SGD). ``recompute`` is
+the whole supernet's mode (``rspnet.nn.recompute``). Each mode runs in its own
+subprocess, so one mode's allocator state cannot hide the other's peak:
 
 1. build the supernet, the optimisers and the two batches (the resident state);
 2. keep the gradients of α or β (on B) and of every weight (on A) at the initial
    parameters, to check that both modes compute the same step, then take one
    step (warm-up: lazy allocations, optimiser state);
 3. take a second step with the peak measured above what is live before it:
-   CPU: the process's peak RSS (VmHWM, reset through /proc/self/clear_refs,
-   glibc asked to return freed memory and to mmap large blocks) minus the RSS
-   before the step, and the peak of live tensor bytes from the profiler's
-   allocation events (``benchmarks/memory.py``); CUDA:
-   ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
+   CPU: peak RSS (VmHWM, reset through /proc/self/clear_refs, freed memory
+   returned to the OS) minus the RSS before the step, and the peak of live
+   tensor bytes (``benchmarks/memory.py``); CUDA: ``max_memory_allocated``.
 
-In stage 1 a third subprocess measures a derived network of the same
-topology (one fixed op per kept edge, plain ``store`` autograd) taking a weight
-step: what a single-path network costs without recomputation.
+In stage 1 a third subprocess measures a derived network of the same topology
+(one fixed op per kept edge, plain autograd) taking a weight step.
 
     python benchmarks/search_memory.py [--stage 1|2] [--batch-size 4 --size 64x128 --channels 16]
-                                       [--layers 8] [--device cpu|cuda] [--json PATH]
+                                       [--layers 8] [--device cpu|cuda] [--json PATH] [--quick]
 
-The defaults are the search CLI's defaults (stage 1). Stage 2 searches the
-paths of the full trellis around a fixed cell (the single-path row's cell).
+Defaults: the search CLI's (stage 1); ``--quick`` (a smoke run): batch 2, 32x64,
+F=8, L=3. Stage 2 searches the trellis's paths around a fixed cell.
 """
 from __future__ import annotations
 
@@ -54,6 +49,7 @@ from rspnet.search import Architect, MacroSupernet, SearchConfig, SinglePathSupe
 
 DEFAULTS = SearchConfig()
 MODES = ("store", "recompute", "single_path")
+QUICK = {"batch_size": 2, "size": (32, 64), "channels": 8, "layers": 3}
 GRADIENT_TOLERANCE = 1e-4  # largest difference between the modes / largest entry, per tensor
 # the fixed cell of the single-path floor and of the stage-2 benchmark
 CELL = Genotype(normal=tuple(("sep_conv_3x3", s, t) for s, t in
@@ -162,31 +158,29 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def main() -> int:
+def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", type=int, choices=(1, 2), default=1)
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    p.add_argument("--size", type=_size, default=DEFAULTS.size, help="HxW")
-    p.add_argument("--channels", type=int, default=DEFAULTS.channels)
-    p.add_argument("--layers", type=int, default=DEFAULTS.layers, help="stage 2's trellis depth")
+    p.add_argument("--batch-size", type=int, help=f"default {DEFAULTS.batch_size}")
+    p.add_argument("--size", type=_size, help=f"HxW, default {DEFAULTS.size[0]}x{DEFAULTS.size[1]}")
+    p.add_argument("--channels", type=int, help=f"default {DEFAULTS.channels}")
+    p.add_argument("--layers", type=int, help=f"stage 2's trellis depth, default {DEFAULTS.layers}")
+    p.add_argument("--quick", action="store_true", help=f"smaller defaults: {QUICK}")
     p.add_argument("--order", choices=("first", "second"), default=DEFAULTS.order)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)        # worker only
     p.add_argument("--grads-out", help=argparse.SUPPRESS)                 # worker only
-    args = p.parse_args()
-    if args.mode:
-        print(json.dumps(worker(args)))
-        return 0
+    args = p.parse_args(argv)
+    for name, quick in QUICK.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else getattr(DEFAULTS, name))
+    return args
 
-    modes = MODES if args.stage == 1 else MODES[:2]
-    config = {"stage": args.stage, "batch_size": args.batch_size, "size": list(args.size),
-              "channels": args.channels, "layers": args.layers if args.stage == 2 else None, "order": args.order,
-              "device": args.device}
-    env = {"python": platform.python_version(), "torch": torch.__version__, "device": args.device,
-           "cpu_threads": torch.get_num_threads(),
-           "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
-    print(json.dumps(env))
+
+def run_modes(args: argparse.Namespace, modes) -> tuple[dict, dict]:
+    """Each mode's worker in its own process: its result, and the gradients of
+    the two search modes."""
     results, grads = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in modes:
@@ -197,13 +191,22 @@ def main() -> int:
                    "--channels", str(args.channels), "--order", args.order, "--device", args.device]
             # a fixed mmap threshold: large tensors go back to the OS when freed, so RSS tracks them
             run_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=run_env).stdout
-            results[mode] = json.loads(out.strip().splitlines()[-1])
+            done = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
+            if done.returncode != 0:
+                raise SystemExit(f"search_memory.py: FAILED: the {mode} worker exited with {done.returncode}:\n"
+                                 f"{done.stderr[-3000:]}")
+            results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
             if mode != "single_path":
                 grads[mode] = torch.load(grads_path, weights_only=True)
-    # both modes compute the same step: the gradients may differ by fp32 rounding
-    # only, carried through the network (measured: 2e-6 of each tensor's largest
-    # entry in stage 1, 9e-6 in stage 2; a wrong gradient is off by order 1)
+    return results, grads
+
+
+def check_gradients(grads: dict) -> float:
+    """The largest difference between the modes' gradients relative to each
+    tensor's largest entry; ``SystemExit`` above ``GRADIENT_TOLERANCE``. Both
+    modes compute the same step: the gradients may differ by fp32 rounding only,
+    carried through the network (measured: 2e-6 of each tensor's largest entry
+    in stage 1, 9e-6 in stage 2; a wrong gradient is off by order 1)."""
     worst = 0.0
     for name, ref in grads["store"].items():
         other = grads["recompute"][name]
@@ -213,7 +216,10 @@ def main() -> int:
             raise SystemExit(f"gradient of {name} differs between the modes: {difference:.2e} "
                              "of its largest entry")
         worst = max(worst, difference)
-    ratio = results["recompute"]["peak_bytes"] / results["store"]["peak_bytes"]
+    return worst
+
+
+def _print_table(args, modes, results, ratio, worst) -> None:
     print(f"one stage-{args.stage} search step, batch {args.batch_size} at "
           f"{args.size[0]}x{args.size[1]}, F={args.channels}{f', L={args.layers}' if args.stage == 2 else ''}, "
           f"{args.order} order, {args.device}")
@@ -229,12 +235,30 @@ def main() -> int:
         print(f"recompute / store, live tensor bytes: {100 * t_ratio:.1f} %")
     print(f"gradients ({'α' if args.stage == 1 else 'β'} and every weight) agree: "
           f"largest difference {worst:.2e} of the largest entry")
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    if args.mode:
+        print(json.dumps(worker(args)))
+        return 0
+    modes = MODES if args.stage == 1 else MODES[:2]
+    config = {"stage": args.stage, "batch_size": args.batch_size, "size": list(args.size),
+              "channels": args.channels, "layers": args.layers if args.stage == 2 else None, "order": args.order,
+              "device": args.device}
+    env = {"python": platform.python_version(), "torch": torch.__version__, "device": args.device,
+           "cpu_threads": torch.get_num_threads(),
+           "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+    print(json.dumps(env))
+    results, grads = run_modes(args, modes)
+    worst = check_gradients(grads)
+    ratio = results["recompute"]["peak_bytes"] / results["store"]["peak_bytes"]
+    _print_table(args, modes, results, ratio, worst)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"env": env, "config": config, "results": results, "ratio": ratio,
                        "max_relative_grad_difference": worst}, f, indent=1)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

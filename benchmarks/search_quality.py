@@ -52,7 +52,7 @@ def _run_all(jobs: list[tuple[str, list[str], str]], parallel: int) -> None:
             name, argv, log = pending.pop(0)
             print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
             running.append((name, _launch(argv, log), log, time.perf_counter()))
-        time.sleep(1.0)
+        time.sleep(0.2)
         for item in list(running):
             name, proc, log, start = item
             if proc.poll() is None:
@@ -99,7 +99,12 @@ def lraspp_model():
 
 
 # ---------------------------------------------------------------- costs
-def costs(model, size, latency_size=(512, 1024)) -> dict:
+LATENCY_SIZE = (512, 1024)
+QUICK_LATENCY = {"latency_size": (64, 128), "warmup": 1, "iters": 2}   # --quick: a smoke run
+
+
+def costs(model, size, latency_size=LATENCY_SIZE, warmup: int = 2, iters: int = 7) -> dict:
+    """Parameters, FLOPs at ``size`` and median one-thread CPU latency at ``latency_size``."""
     import torch
 
     from rspnet.export import measure_latency
@@ -109,7 +114,7 @@ def costs(model, size, latency_size=(512, 1024)) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        latency = measure_latency(model, latency_size, torch.device("cpu"), warmup=2, iters=7)
+        latency = measure_latency(model, latency_size, torch.device("cpu"), warmup=warmup, iters=iters)
     finally:
         torch.set_num_threads(threads)
     return {"params": count_params(model), "flops": count_flops(model, size),
@@ -156,9 +161,11 @@ def _pct(x) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
-def report(rows: list[dict], summary: dict, out: str, command: str, machine: str) -> str:
+def report(rows: list[dict], summary: dict, out: str, command: str, machine: str,
+           latency_size=LATENCY_SIZE) -> str:
+    lat = f"CPU latency {latency_size[0]}x{latency_size[1]}, 1 thread (ms)"
     lines = [f"Command: `{command}`", "", f"Machine: {machine}", "",
-             "| run | kind | val mIoU % | params (M) | GFLOPs (train size) | CPU latency 512x1024, 1 thread (ms) | genotype / source |",
+             f"| run | kind | val mIoU % | params (M) | GFLOPs (train size) | {lat} | genotype / source |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['kind']} | {_pct(r['miou'])} | {r['params'] / 1e6:.3f} | "
@@ -204,55 +211,60 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 # ------------------------------------------------------------------ main
-def main(argv=None) -> int:
+# --quick: a smoke run of the whole pipeline on tiny settings (one search, two
+# random architectures, no extra training seeds), what tests/test_benchmarks.py runs
+QUICK_COUNTS = {"searches": 1, "random": 2, "noise_seeds": 1}
+QUICK_SEARCH = ["--epochs", "2", "--images", "8", "--size", "32x64", "--channels", "8", "--layers", "3"]
+QUICK_TRAIN = ["--epochs", "1", "--train-images", "8", "--val-images", "4", "--size", "32x64"]
+
+
+def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/quality")
-    p.add_argument("--searches", type=int, default=3, help="S: search seeds 0..S-1")
-    p.add_argument("--random", type=int, default=6, help="R: random architectures")
+    p.add_argument("--searches", type=int, help="S: search seeds 0..S-1 (default 3)")
+    p.add_argument("--random", type=int, help="R: random architectures (default 6)")
     p.add_argument("--random-seed", type=int, default=1000)
-    p.add_argument("--noise-seeds", type=int, default=3, help="training seeds of the first searched architecture")
+    p.add_argument("--noise-seeds", type=int, help="training seeds of the first searched architecture (default 3)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-lraspp", action="store_true")
     p.add_argument("--search-args", default="",
                    help="extra flags of every search, e.g. --search-args=--path-norm (with '=' when they start with -)")
     p.add_argument("--train-args", default="", help="extra flags of every training run, as --search-args")
-    p.add_argument("--quick", action="store_true", help="tiny searches and trainings: checks the pipeline only")
+    p.add_argument("--quick", action="store_true",
+                   help=f"tiny searches and trainings, {QUICK_COUNTS} unless given: checks the pipeline only")
     p.add_argument("--train-lraspp", nargs=3, metavar=("OUT", "SEED", "ARCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    search_args, train_args = args.search_args.split(), args.train_args.split()
-    if args.quick:
-        search_args = ["--epochs", "2", "--images", "8", "--size", "32x64", "--channels", "8", "--layers", "3",
-                       *search_args]
-        train_args = ["--epochs", "1", "--train-images", "8", "--val-images", "4", "--size", "32x64", *train_args]
-    if args.train_lraspp:
-        out, seed, arch = args.train_lraspp
-        return train_lraspp(out, int(seed), train_args, arch)
+    full = {"searches": 3, "random": 6, "noise_seeds": 3}
+    for name, default in full.items():
+        if getattr(args, name) is None:
+            setattr(args, name, QUICK_COUNTS[name] if args.quick else default)
+    args.search_args = (QUICK_SEARCH if args.quick else []) + args.search_args.split()
+    args.train_args_list = (QUICK_TRAIN if args.quick else []) + args.train_args.split()
+    return args
 
-    out = os.path.abspath(args.out)
-    logs = os.path.join(out, "logs")
-    os.makedirs(logs, exist_ok=True)
-    started = time.perf_counter()
 
-    # 1. searches and the random baseline
+def _search_jobs(args, out: str, logs: str) -> tuple[list, list[str], list[str]]:
+    """The searches and the random baseline still to run; the search
+    directories and the random architecture files."""
     jobs = []
     searches = [os.path.join(out, f"search-{s}") for s in range(args.searches)]
     for s, d in enumerate(searches):
         if not os.path.exists(os.path.join(d, "architecture.json")):
-            if os.path.exists(d):   # an interrupted search: continue it
-                extra = ["--resume", "auto"]
-            else:
-                extra = []
+            extra = ["--resume", "auto"] if os.path.exists(d) else []   # an interrupted search: continue it
             jobs.append((f"search seed {s}", ["-m", "rspnet.search", "--seed", str(s), "--out", d, "--no-progress",
-                                              *extra, *search_args], os.path.join(logs, f"search-{s}.log")))
+                                              *extra, *args.search_args], os.path.join(logs, f"search-{s}.log")))
     random_dir = os.path.join(out, "random")
     randoms = [os.path.join(random_dir, f"random-{i:03d}.json") for i in range(args.random)]
     if args.random and not all(os.path.exists(r) for r in randoms):
         jobs.append(("random baseline", ["-m", "rspnet.search", "--random", str(args.random), "--seed",
-                                         str(args.random_seed), "--out", random_dir, *search_args],
+                                         str(args.random_seed), "--out", random_dir, *args.search_args],
                      os.path.join(logs, "random.log")))
-    _run_all(jobs, args.jobs)
+    return jobs, searches, randoms
 
-    # 2. every architecture trained with the same recipe
+
+def _train_jobs(args, out: str, logs: str, searches: list[str], randoms: list[str]) -> tuple[list, list]:
+    """Every architecture trained with the same recipe: the (name, kind,
+    architecture, seed) runs and the trainings still to run."""
     runs = [(f"searched-{s}", "searched", os.path.join(d, "architecture.json"), 0) for s, d in enumerate(searches)]
     runs += [(f"random-{i}", "random", r, 0) for i, r in enumerate(randoms)]
     if searches:
@@ -270,16 +282,16 @@ def main(argv=None) -> int:
             shutil.rmtree(d)   # an unfinished run: train it again from the start
         if kind == "lraspp":
             cmd = [os.path.abspath(__file__), "--train-lraspp", d, str(seed), arch,
-                   *(["--quick"] if args.quick else []), "--train-args", " ".join(args.train_args.split())]
+                   *(["--quick"] if args.quick else []), f"--train-args={' '.join(args.train_args.split())}"]
         else:
             cmd = ["-m", "rspnet.train", "--arch", arch, "--out", d, "--seed", str(seed), "--no-progress",
-                   *train_args]
+                   *args.train_args_list]
         jobs.append((f"train {name}", cmd, os.path.join(logs, f"train-{name}.log")))
-    _run_all(jobs, args.jobs)
+    return runs, jobs
 
-    # 3. costs, table, plot, summary
-    import torch
 
+def _measure(runs: list, out: str, latency: dict) -> list[dict]:
+    """One row per run: its final mIoU and its network's costs."""
     from rspnet.architecture import Architecture, format_cell
     from rspnet.models import RSPNet
     rows, measured = [], {}
@@ -288,24 +300,44 @@ def main(argv=None) -> int:
         size = tuple(metrics["config"]["size"])
         key = "lraspp" if kind == "lraspp" else Architecture.load(arch).fingerprint()
         if key not in measured:   # one cost measurement per network (the noise runs share one)
-            measured[key] = costs(lraspp_model() if kind == "lraspp" else RSPNet(arch, 19), size)
+            measured[key] = costs(lraspp_model() if kind == "lraspp" else RSPNet(arch, 19), size, **latency)
+        describe = "torchvision, from scratch" if kind == "lraspp" else format_cell(Architecture.load(arch).cell)
         row = {"name": name, "kind": kind, "architecture": arch, "train_seed": seed,
                "miou": metrics["final_val"]["miou"], "best_miou": metrics["best_val_miou"],
-               "train_seconds": metrics["train_seconds"], **measured[key],
-               "describe": "torchvision, from scratch" if kind == "lraspp" else format_cell(Architecture.load(arch).cell)}
+               "train_seconds": metrics["train_seconds"], **measured[key], "describe": describe}
         rows.append(row)
         print(f"{name:>20}  {kind:>8}  mIoU {100 * row['miou']:6.2f}%  {row['params'] / 1e6:.3f} M  "
               f"{row['flops'] / 1e9:.3f} GFLOPs  {row['latency_ms']:.0f} ms  {row['train_seconds']:.0f} s", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    if args.train_lraspp:
+        out, seed, arch = args.train_lraspp
+        return train_lraspp(out, int(seed), args.train_args_list, arch)
+
+    out = os.path.abspath(args.out)
+    logs = os.path.join(out, "logs")
+    os.makedirs(logs, exist_ok=True)
+    started = time.perf_counter()
+    jobs, searches, randoms = _search_jobs(args, out, logs)   # 1. searches and the random baseline
+    _run_all(jobs, args.jobs)
+    runs, jobs = _train_jobs(args, out, logs, searches, randoms)   # 2. every architecture trained alike
+    _run_all(jobs, args.jobs)
+
+    import torch   # 3. costs, table, plot, summary
+    latency = QUICK_LATENCY if args.quick else {}
+    rows = _measure(runs, out, latency)
     summary = summarize(rows, [os.path.join(d, "architecture.json") for d in searches])
     machine = (f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.jobs} runs at a time, one thread "
                f"each; benchmark wall time {time.perf_counter() - started:.0f} s")
     command = "python benchmarks/search_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(rows, summary, out, command, machine)
+    text = report(rows, summary, out, command, machine, latency.get("latency_size", LATENCY_SIZE))
     plot(rows, os.path.join(out, "quality.png"))
     print(text)
     print(f"written: {os.path.join(out, 'quality.md')}, quality.json, quality.png")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
