@@ -1,60 +1,26 @@
 """The architecture: the vocabulary of a searched network and its file.
 
-This is where a searched architecture is named, written and read, and it
-depends on nothing else in rspnet but ``rspnet.files``: the building blocks
-(``rspnet.nn``), the search and the derived network (``rspnet.models``) all
-speak it.
+Named, written and read here, depending on nothing in rspnet but
+``rspnet.files``: the building blocks (``rspnet.nn``), the search and the
+derived network (``rspnet.models``) all speak it. The vocabulary is kept
+recognisable for DARTS readers (its ``genotypes.py``):
 
-Vocabulary (kept recognisable for DARTS readers, as its ``genotypes.py``):
+* ``PRIMITIVES`` (DARTS's eight), ``LIGHT_PRIMITIVES`` (inverted residuals
+  beside ``none`` and ``skip_connect``), ``CANDIDATE_SETS`` (the sets a search
+  can use) and ``OP_NAMES`` (every op a file may name).
+* ``Genotype``: a derived cell, ``normal`` = ``(op, source, target)`` per kept
+  edge and ``normal_concat`` the nodes concatenated into its output.
+* ``KeptNode``: a trellis node ``(layer, scale)`` with the paths it keeps,
+  ``((source node, weight), ...)`` summing to 1.
+* ``format_cell`` / ``format_paths``: the one-line forms the logs print;
+  ``edge_list``, ``partial_channels``, ``reaching_head``: which edges exist,
+  how many channels an RSP block sends through its cell, which nodes feed the
+  head; ``rescaled``: an architecture at other widths.
 
-* ``PRIMITIVES``: the candidate operations of a cell edge, DARTS's eight.
-* ``LIGHT_PRIMITIVES``: the light candidate set, inverted-residual blocks
-  (MobileNetV2 / ProxylessNAS: expand 3 or 6, depthwise 3×3 or 5×5) beside
-  ``none`` and ``skip_connect``; ``CANDIDATE_SETS`` names the sets a search
-  can use (``darts``, ``light``, ``both``) and ``OP_NAMES`` every op an
-  architecture file may name.
-* ``Genotype``: a derived *cell*; ``normal`` holds ``(op, source, target)`` for
-  each kept edge (target in 1..steps, source < target) and ``normal_concat``
-  the nodes concatenated into the cell's output. The field names are DARTS's
-  (a cell here has no reduction variant).
-* ``KeptNode``: a node of a derived *trellis* with the paths it keeps, ``node``
-  = (layer, scale) and ``paths`` = ((source node, weight), ...) summing to 1.
-  A tuple of them is the derived network's *paths*.
-* ``format_cell`` / ``format_paths``: the one-line text form of each, as the
-  search logs print them.
-* ``edge_list``, ``partial_channels``, ``reaching_head``: the rules that say
-  which cell edges exist, how many channels an RSP block sends through its
-  cell, and which trellis nodes feed the head.
-
-The file (``architecture.json``), validated on load; every error names the
-offending field, e.g. ``cell.normal[3].op``::
-
-    {
-      "schema_version": 1,
-      "cell":   {"steps": 4, "normal": [{"op": "sep_conv_3x3", "from": 0, "to": 1}, ...],
-                 "normal_concat": [1, 2, 3, 4]},
-      "widths": {"channels": 16, "scales": 4, "head_channels": 64},
-      "rsp":    {"ratio": 0.5, "depth": 1},
-      "macro":  {"layers": 8,
-                 "nodes": [{"node": [1, 0], "paths": [{"from": [0, 0], "weight": 1.0}]}, ...]},
-      "search": {...}
-    }
-
-``macro`` is ``null`` after a stage-1-only search: the network is then the
-stage-1 single-path topology with the derived cell at every scale. Trellis
-nodes are ``[layer, scale]``, the stem being ``[0, 0]``; a node reads nodes of
-the previous layer only, and the head reads every node of the last layer.
-``search`` is free-form provenance (settings, seed) and is not interpreted.
-``widths.head`` (optional, default ``"concat"``) names the head design, one of
-``HEAD_KINDS`` (``rspnet.nn.head``); ``macro.pool_first`` (optional, default false): trellis paths into a coarser node
-are average-pooled before their 1×1 projection instead of after it (same
-result in eval mode, a fraction of the FLOPs; ``rspnet.nn.pam``);
-``widths.scale_channels`` (optional) lists
-the channels of every scale, finest first, the first being ``channels``
-(default: ``channels * 2**s``, doubling with each halving of the resolution).
-
-There is one way to read an architecture: ``Architecture.load(source)``, where
-``source`` is a file path, its parsed JSON object, or an ``Architecture``.
+The file (``architecture.json``, schema in docs/design.md §8) is validated
+on load, every error naming the offending field (e.g. ``cell.normal[3].op``).
+There is one way to read an architecture: ``Architecture.load(source)``, a
+path, its parsed JSON or an ``Architecture``.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ __all__ = [
     "SyntheticScenes", "Cityscapes", "CamVid", "FolderDataset", "LabelledImages", "render_scene",
     "write_cityscapes_layout", "write_folder_layout", "write_camvid_layout",
     "TrainTransform", "ValTransform", "worker_init_fn", "DATASETS", "CachedDataset",
-    "SYNTHETIC_TRAINING_IMAGES", "check_source", "class_table", "ClassTable", "CITYSCAPES", "CAMVID",
+    "SYNTHETIC_IMAGES", "SYNTHETIC_TRAINING_IMAGES", "check_source", "class_table", "ClassTable", "CITYSCAPES", "CAMVID",
     "load_classes", "parse_classes", "read_image", "read_mask", "image_rgb", "image_size", "check_regular",
     "MAX_PIXELS", "IMAGE_EXTENSIONS", "to_tensors",
     "image_tensor", "SPLITS", "FOLDER_DEMO_CLASSES",
@@ -42,16 +42,16 @@ __all__ = [
 
 DATASETS = ("synthetic", "cityscapes", "camvid", "folder")
 SPLITS = ("train", "val", "test")
-_SYNTHETIC_LENGTH = {"train": 64, "val": 16}
 _ROOT_HELP = {"cityscapes": "the directory that holds leftImg8bit/ and gtFine/",
               "camvid": "the directory that holds train/ trainannot/ val/ valannot/",
               "folder": "the directory that holds images/ masks/ and classes.json"}
 
-# The synthetic scenes a training run uses by default. The generator is
-# unlimited: with the 64 default scenes a 0.1 M-parameter network overfits
-# (train loss keeps falling while val mIoU stalls, docs/train_evaluate_export.md);
-# 512 do not, and 64 validation scenes make the logged mIoU less noisy than 16.
-SYNTHETIC_TRAINING_IMAGES = {"train": 512, "val": 64}
+# The one table of how many synthetic scenes each use draws by default (the
+# generator is unlimited; why these counts: docs/train_evaluate_export.md and
+# docs/design.md): ``get_dataset`` without a length, a training run's train and
+# val splits, and a search (split in halves A / B).
+SYNTHETIC_IMAGES = {"dataset": {"train": 64, "val": 16}, "training": {"train": 512, "val": 64}, "search": 224}
+SYNTHETIC_TRAINING_IMAGES = SYNTHETIC_IMAGES["training"]
 
 
 def _split_dirs(name: str, root: str, split: str) -> tuple[str, str]:
@@ -130,7 +130,7 @@ def get_dataset(name: str = "synthetic", split: str = "train", root: str | None 
 
     if name == "synthetic":
         if length is None:
-            length = _SYNTHETIC_LENGTH.get(split, 0)
+            length = SYNTHETIC_IMAGES["dataset"].get(split, 0)
         return SyntheticScenes(split=split, size=size, length=length, seed=seed,
                                transform=transform if augment else None)
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 from rspnet.files import check_output_dir
 
-__all__ = ["RunOptions", "plain", "changed_settings", "check_device", "check_run_settings"]
+__all__ = ["RunOptions", "plain", "changed_settings", "check_device", "check_run_settings", "local_batch"]
 
 
 @dataclass
@@ -122,3 +122,12 @@ def check_run_settings(device: str, batch_size: int, size: Sequence[int]) -> Non
                          "channel at every scale)")
     if size[0] % 32 or size[1] % 32:
         raise ValueError(f"--size {size[0]}x{size[1]}: height and width must be multiples of 32")
+
+
+def local_batch(batch_size: int, world_size: int) -> int:
+    """Each process's share of the global ``--batch-size``; ``ValueError``
+    unless it divides evenly over the ``world_size`` processes."""
+    if batch_size % world_size:
+        raise ValueError(f"--batch-size {batch_size} is the global batch: it must be a multiple of the "
+                         f"{world_size} processes")
+    return batch_size // world_size

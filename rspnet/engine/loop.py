@@ -1,5 +1,4 @@
-"""``ResumableLoop``: the epoch/step loop that a search stage and a training
-run share, with everything that makes it resumable and safe.
+"""``ResumableLoop``: the epoch/step loop of a search stage and a training run.
 
 * Position: ``epoch`` (completed), ``batch`` (done in the current epoch),
   ``step`` (optimiser steps taken), ``elapsed`` (seconds over every
@@ -22,12 +21,8 @@ batches an epoch reads (``epoch_batches``), what happens at an epoch's end
 (``end_epoch``: evaluation, history, the log line) and what a checkpoint holds
 besides the position (``extra_state`` / ``load_extra_state``).
 
-BatchNorm statistics in a data-parallel run: at an epoch's end (``run``) they
-are the ranks' average, the same everywhere. Mid-epoch (always before the
-epoch's last step) the file holds rank 0's, which is exact too: in training
-mode the statistics do not enter the computation, and DDP hands rank 0's to
-every rank at the start of each forward, so the other ranks' own statistics
-matter only after the epoch's last step, which is never checkpointed mid-epoch.
+BatchNorm statistics of a data-parallel run are the ranks' average at an
+epoch's end and rank 0's mid-epoch, which is exact too (docs/design.md §11).
 """
 from __future__ import annotations
 

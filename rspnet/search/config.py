@@ -20,7 +20,7 @@ __all__ = ["SearchConfig", "SearchSpace", "RESUMABLE_CHANGES", "check_config", "
 
 # The synthetic images of a default search, split in halves A / B: enough
 # architecture steps for α to leave its initialisation (docs/design.md §13).
-SYNTHETIC_SEARCH_IMAGES = 224
+SYNTHETIC_SEARCH_IMAGES = data.SYNTHETIC_IMAGES["search"]
 
 # The architecture learning rate of the defaults: DARTS's 3e-4 barely moves α
 # in the few architecture steps of a default stage (docs/design.md, "Does the

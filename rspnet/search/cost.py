@@ -1,15 +1,10 @@
-"""The expected cost of the network a search derives: FLOPs or latency as a
-differentiable function of α and β (docs/design.md §6, "Cost-aware search").
+"""The expected cost of the derived network, differentiable in α and β (docs/design.md §6).
 
 A derived network is a sum of pieces whose cost does not depend on the
-architecture logits: the stem, the head, at every node an RSP block whose
-cell has kept edges (each one op of the candidate set) plus a fixed part
-(the cell's 1×1 projection, the split and the merge), and at every node the
-path projections it keeps (ReLU, 1×1 conv, BN at the source's resolution,
-then the fusion). ``CostTable`` measures each piece once per geometry, at its
-input shape, with a ``measure(fn, inputs)`` callable: ``count_flops_of``
-(FLOPs, counted as ``rspnet.models.count_flops`` counts them) or
-``LatencyMeter`` (milliseconds on the target device, cached on disk).
+architecture logits: the stem, the head, every node's RSP block (its cell's
+kept edges, each one op, plus a fixed part) and the path projections it keeps. ``CostTable`` measures each piece once per geometry with a
+``measure(fn, inputs)``: ``count_flops_of`` (FLOPs) or ``LatencyMeter`` (ms
+on the target device, cached on disk).
 
 The expectation follows the derivation (``derive.py``):
 
@@ -26,9 +21,8 @@ The expectation follows the derivation (``derive.py``):
   layer's nodes ``m`` that read it (the pruning of ``reaching_head``, with
   independent choices).
 
-Stage 1 has no β yet: its expected cost is the trellis's under uniform β (the
-network stage 2 starts from), so one budget means the same thing in both
-stages.
+Stage 1 has no β yet: its cost is the trellis's under uniform β, so one
+budget means the same in both stages.
 """
 from __future__ import annotations
 

@@ -8,9 +8,8 @@ kept edge takes its arg-max non-``none`` op.
 the cell has more ``skip_connect`` edges than that, the kept skip edge with
 the smallest skip weight loses its skip weight (set to 0) and the cell is
 derived again, so that edge takes its next-best op, or another edge of the
-node wins. DARTS's parameter-free ops win early in a search, while the
-convolutions are still untrained, and a cell of skip connections is cheap
-and shallow: the limit keeps some of the convolutions the search ranked next.
+node wins (parameter-free ops win early, while the convolutions are still
+untrained).
 
 Paths: each trellis node keeps its ``top_k`` incoming paths by ``softmax(β)``;
 nodes that cannot reach the head (which reads every last-layer node) are

@@ -22,7 +22,7 @@ from rspnet import data
 from rspnet.architecture import Architecture, Genotype, cell_from_dict, edge_list, format_cell, format_paths, rescaled
 from rspnet.engine import distributed
 from rspnet.engine.checkpoint import CheckpointError, refuse_existing, refuse_later
-from rspnet.engine.config import RunOptions, plain
+from rspnet.engine.config import RunOptions, local_batch, plain
 from rspnet.engine.session import RunError, RunSession
 from rspnet.files import write_json
 from rspnet.models import RSPNet, count_flops, count_params
@@ -117,14 +117,13 @@ def _resume_plan(options: RunOptions, stages: tuple[int, ...], log) -> dict[int,
     return plan
 
 
-def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cell: Genotype | None) -> Architecture:
-    ctx, options, log = session.ctx, session.options, session.log
-    device = ctx.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    if config.batch_size % ctx.world_size:
-        raise RunError(f"--batch-size {config.batch_size} is the global batch: it must be a multiple of "
-                       f"the {ctx.world_size} processes")
+def _search_data(config: SearchConfig, world_size: int):
+    """The classes and the training images a search reads (split A / B),
+    every problem a ``RunError`` before anything is written."""
+    try:
+        local_batch(config.batch_size, world_size)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     length = config.images if config.images is not None else (
         SYNTHETIC_SEARCH_IMAGES if config.data == "synthetic" else None)
     try:
@@ -135,34 +134,31 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
     if len(dataset) // 2 < config.batch_size:
         raise RunError(f"{len(dataset)} training images give halves A/B of {len(dataset) // 2}, "
                        f"fewer than --batch-size {config.batch_size}")
+    return classes, dataset
+
+
+def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cell: Genotype | None) -> Architecture:
+    ctx, options, log = session.ctx, session.options, session.log
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    classes, dataset = _search_data(config, ctx.world_size)
     plan = session.on_main(lambda: _resume_plan(options, stages, log))
     if 2 in stages and 2 in plan:   # the stage-2 checkpoint knows its cell
         cell = cell_from_dict(plan[2][1]["cell"])
     elif 2 in stages and cell is None and 1 not in stages:
         raise RunError("--stage 2 needs --cell ARCHITECTURE_JSON (the result of stage 1)")
     session.open_output()
-
     world = f", {ctx.world_size} processes ({ctx.backend})" if ctx.distributed else ""
     log(f"search: {config.data} data ({classes.num_classes} classes), {len(dataset)} training images at "
-        f"{config.size[0]}x{config.size[1]}, device {device}{world}, output {options.out}")
+        f"{config.size[0]}x{config.size[1]}, device {ctx.device}{world}, output {options.out}")
     files = {"architecture": os.path.join(options.out, "architecture.json"),
              "summary": os.path.join(options.out, "summary.json")}
     summary: dict[str, Any] = {"config": plain(config), "classes": classes.to_dict(), "stages": {}}
     current: list[StageSearch] = []
 
     def run_stage(stage: int, cell=None) -> StageSearch:
-        try:
-            search = StageSearch(stage, config, dataset, classes.num_classes, options.out, cell=cell, log=log,
-                                 progress=session.progress, ctx=ctx, checkpoint_every=options.checkpoint_every,
-                                 keep=options.keep, stop=session.stop, ignore_index=data.IGNORE_INDEX)
-            current[:] = [search]
-            if stage in plan:
-                path, state = plan[stage]
-                search.load_state_dict(state, path)
-                log(f"[stage {stage}] resumed from {path} at epoch {search.epoch + 1}, batch "
-                    f"{search.batch}/{search.steps_per_epoch}, step {search.step}")
-        except ValueError as exc:   # settings that differ from the checkpoint's
-            raise RunError(str(exc)) from None
+        search = _stage(session, config, stage, dataset, classes.num_classes, plan, cell)
+        current[:] = [search]
         search.run()
         last = search.history[-1]
         summary["stages"][str(stage)] = {"epochs": search.epoch, "steps": search.step,
@@ -170,9 +166,6 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
                                          "val_miou": last["val_miou"], "entropy": last["entropy"],
                                          "genotype": search.describe(), "history": search.history}
         return search
-
-    # imported here: matplotlib is only needed once there is something to draw
-    from .plots import plot_cell, plot_network, plot_probabilities_history
 
     architecture = None
     advice = "try a lower --arch-lr (or SearchConfig.w_lr) or --param-penalty 0"
@@ -182,61 +175,100 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
             cell = search.model.genotype()
             architecture = _architecture(config, cell)
             if ctx.is_main:
-                _save(config, architecture, files)
-                files["cell_picture"] = os.path.join(options.out, "cell.png")
-                files["alpha_plot"] = os.path.join(options.out, "alphas.png")
-                plot_cell(cell, files["cell_picture"])
-                plot_probabilities_history(search.history, "alpha", files["alpha_plot"],
-                                           [f"edge {s}->{t}" for s, t in edge_list(config.steps)],
-                                           op_names=config.primitives)
+                _stage_outputs(config, search, architecture, files)
             log(f"[stage 1] derived cell: {format_cell(cell)}")
         if 2 in stages:
             search = run_stage(2, cell)
             nodes = search.model.paths(config.top_k, config.same_scale_paths)
             architecture = _architecture(config, cell, nodes)
             if ctx.is_main:
-                _save(config, architecture, files)
-                files["network_picture"] = os.path.join(options.out, "network.png")
-                files["beta_plot"] = os.path.join(options.out, "betas.png")
-                plot_network(architecture, files["network_picture"])
-                if "cell_picture" not in files:
-                    files["cell_picture"] = os.path.join(options.out, "cell.png")
-                    plot_cell(cell, files["cell_picture"])
-                plot_probabilities_history(search.history, "beta", files["beta_plot"],
-                                           [f"node {l}.{s}" for l, s in search.model.nodes],
-                                           [[f"{l}.{s}" for l, s in src] for src in search.model.sources])
+                _stage_outputs(config, search, architecture, files)
             log(f"[stage 2] derived paths: {format_paths(nodes)}")
-
     if ctx.is_main:
-        model = RSPNet(architecture, classes.num_classes).eval()
-        cost = {"params": count_params(model), "flops": count_flops(model, config.size)}
-        # what the cost term's tables say of the derived network, beside the measured count
-        for metric, penalty in cost_penalties(config, classes.num_classes, device).items():
-            cost[f"table_{metric}"] = penalty.table.architecture(architecture)
-            cost[f"{metric}_budget"] = penalty.budget
-        if config.rescales:   # the network of architecture.json, beside the searched proxy's
-            written = RSPNet(_written(config, architecture), classes.num_classes).eval()
-            summary["written"] = {"params": count_params(written), "flops": count_flops(written, config.size)}
-        seconds = sum(s["seconds"] for s in summary["stages"].values())
-        summary.update({"derived": {**cost, "input": [1, 3, *config.size],
-                                    "topology": "single_path" if architecture.nodes is None else "trellis"},
-                        "search_seconds": round(seconds, 1), "peak_memory": _peak_memory(device),
-                        "world_size": ctx.world_size, "files": files})
-        write_json(files["summary"], summary)
-        peak = summary["peak_memory"]
-        print(f"\nderived network ({summary['derived']['topology']}): {cost['params'] / 1e6:.3f} M params, "
-              f"{cost['flops'] / 1e9:.3f} GFLOPs at {config.size[0]}x{config.size[1]}")
-        if "table_flops" in cost:
-            print(f"  cost table: {cost['table_flops'] / 1e9:.3f} GFLOPs (budget {cost['flops_budget'] / 1e9:.3f})")
-        if "table_latency" in cost:
-            print(f"  cost table: {cost['table_latency']:.1f} ms at {config.latency_size[0]}x{config.latency_size[1]} "
-                  f"(budget {cost['latency_budget']:.1f} ms)")
-        if "written" in summary:
-            print(f"written rescaled: {summary['written']['params'] / 1e6:.3f} M params, "
-                  f"{summary['written']['flops'] / 1e9:.3f} GFLOPs (the proxy: {files['proxy']})")
-        print(f"search time: {seconds:.1f} s; peak memory: {peak['bytes'] / 2**20:.0f} MiB ({peak['kind']})")
-        print(f"architecture file: {files['architecture']}")
-        print("pictures: " + ", ".join(v for k, v in files.items() if k.endswith(("picture", "plot"))))
-        print(f"summary: {files['summary']}")
+        _print_summary(config, _write_summary(config, architecture, classes.num_classes, ctx, summary, files),
+                       files)
     distributed.barrier()   # every rank returns once rank 0's files are written
     return architecture
+
+
+def _stage(session: RunSession, config: SearchConfig, stage: int, dataset, num_classes: int, plan,
+           cell) -> StageSearch:
+    """Stage ``stage``'s search, resumed from ``plan``'s checkpoint if it has one."""
+    options = session.options
+    try:
+        search = StageSearch(stage, config, dataset, num_classes, options.out, cell=cell, log=session.log,
+                             progress=session.progress, ctx=session.ctx, checkpoint_every=options.checkpoint_every,
+                             keep=options.keep, stop=session.stop, ignore_index=data.IGNORE_INDEX)
+        if stage in plan:
+            path, state = plan[stage]
+            search.load_state_dict(state, path)
+            session.log(f"[stage {stage}] resumed from {path} at epoch {search.epoch + 1}, batch "
+                        f"{search.batch}/{search.steps_per_epoch}, step {search.step}")
+    except ValueError as exc:   # settings that differ from the checkpoint's
+        raise RunError(str(exc)) from None
+    return search
+
+
+def _stage_outputs(config: SearchConfig, search: StageSearch, architecture: Architecture,
+                   files: dict[str, str]) -> None:
+    """Rank 0, after a stage: the architecture file and the stage's pictures."""
+    # imported here: matplotlib is only needed once there is something to draw
+    from .plots import plot_cell, plot_network, plot_probabilities_history
+
+    out = os.path.dirname(files["architecture"])
+    _save(config, architecture, files)
+    if "cell_picture" not in files:
+        files["cell_picture"] = os.path.join(out, "cell.png")
+        plot_cell(architecture.cell, files["cell_picture"])
+    if architecture.nodes is None:
+        files["alpha_plot"] = os.path.join(out, "alphas.png")
+        plot_probabilities_history(search.history, "alpha", files["alpha_plot"],
+                                   [f"edge {s}->{t}" for s, t in edge_list(config.steps)],
+                                   op_names=config.primitives)
+        return
+    files["network_picture"] = os.path.join(out, "network.png")
+    files["beta_plot"] = os.path.join(out, "betas.png")
+    plot_network(architecture, files["network_picture"])
+    plot_probabilities_history(search.history, "beta", files["beta_plot"],
+                               [f"node {l}.{s}" for l, s in search.model.nodes],
+                               [[f"{l}.{s}" for l, s in src] for src in search.model.sources])
+
+
+def _write_summary(config: SearchConfig, architecture: Architecture, num_classes: int, ctx, summary,
+                   files) -> dict[str, Any]:
+    """Rank 0: ``summary.json`` -- the settings, every stage's history, the
+    derived network's costs (measured, and as the cost tables see them)."""
+    model = RSPNet(architecture, num_classes).eval()
+    cost = {"params": count_params(model), "flops": count_flops(model, config.size)}
+    for metric, penalty in cost_penalties(config, num_classes, ctx.device).items():
+        cost[f"table_{metric}"] = penalty.table.architecture(architecture)
+        cost[f"{metric}_budget"] = penalty.budget
+    if config.rescales:   # the network of architecture.json, beside the searched proxy's
+        written = RSPNet(_written(config, architecture), num_classes).eval()
+        summary["written"] = {"params": count_params(written), "flops": count_flops(written, config.size)}
+    seconds = sum(s["seconds"] for s in summary["stages"].values())
+    summary.update({"derived": {**cost, "input": [1, 3, *config.size],
+                                "topology": "single_path" if architecture.nodes is None else "trellis"},
+                    "search_seconds": round(seconds, 1), "peak_memory": _peak_memory(ctx.device),
+                    "world_size": ctx.world_size, "files": files})
+    write_json(files["summary"], summary)
+    return summary
+
+
+def _print_summary(config: SearchConfig, summary: dict[str, Any], files: dict[str, str]) -> None:
+    cost, peak = summary["derived"], summary["peak_memory"]
+    print(f"\nderived network ({cost['topology']}): {cost['params'] / 1e6:.3f} M params, "
+          f"{cost['flops'] / 1e9:.3f} GFLOPs at {config.size[0]}x{config.size[1]}")
+    if "table_flops" in cost:
+        print(f"  cost table: {cost['table_flops'] / 1e9:.3f} GFLOPs (budget {cost['flops_budget'] / 1e9:.3f})")
+    if "table_latency" in cost:
+        print(f"  cost table: {cost['table_latency']:.1f} ms at {config.latency_size[0]}x{config.latency_size[1]} "
+              f"(budget {cost['latency_budget']:.1f} ms)")
+    if "written" in summary:
+        print(f"written rescaled: {summary['written']['params'] / 1e6:.3f} M params, "
+              f"{summary['written']['flops'] / 1e9:.3f} GFLOPs (the proxy: {files['proxy']})")
+    print(f"search time: {summary['search_seconds']:.1f} s; peak memory: {peak['bytes'] / 2**20:.0f} MiB "
+          f"({peak['kind']})")
+    print(f"architecture file: {files['architecture']}")
+    print("pictures: " + ", ".join(v for k, v in files.items() if k.endswith(("picture", "plot"))))
+    print(f"summary: {files['summary']}")

@@ -30,7 +30,7 @@ from rspnet.architecture import Genotype, cell_from_dict, cell_to_dict, format_c
 from rspnet.engine import distributed
 from rspnet.engine.scoring import class_scores
 from rspnet.engine.checkpoint import CheckpointSeries, load_checkpoint
-from rspnet.engine.config import changed_settings, plain
+from rspnet.engine.config import changed_settings, local_batch, plain
 from rspnet.engine.faults import NonFiniteError, first_nonfinite
 from rspnet.engine.loop import ResumableLoop
 from rspnet.engine.sampler import ShardSampler
@@ -118,10 +118,8 @@ class StageSearch(ResumableLoop):
         self.label = f"stage {stage} "
         ctx = ctx if ctx is not None else distributed.Context(device=torch.device(config.device))
         self.device = ctx.device
-        c, world = config, ctx.world_size
-        if c.batch_size % world:
-            raise ValueError(f"the global batch {c.batch_size} does not divide over {world} processes")
-        self.local_batch = c.batch_size // world
+        c = config
+        self.local_batch = local_batch(c.batch_size, ctx.world_size)
         # evaluation (no graph, eval-mode BN: per-image results) in batches of
         # at least EVAL_PIXELS pixels: small images in batches of 4 left the
         # per-operator overhead of the supernet's thousands of small ops to

@@ -21,7 +21,7 @@ from rspnet import data
 from rspnet.architecture import Architecture
 from rspnet.engine import distributed
 from rspnet.engine.checkpoint import CheckpointError, refuse_existing, refuse_later
-from rspnet.engine.config import RunOptions, changed_settings, plain
+from rspnet.engine.config import RunOptions, changed_settings, local_batch, plain
 from rspnet.engine.session import RunError, RunSession
 from rspnet.files import write_json
 
@@ -93,26 +93,35 @@ def _resume_state(config: TrainConfig, architecture: Architecture, arch_name: st
     return path, state
 
 
-def _run(session: RunSession, config: TrainConfig, architecture: Architecture, source: str,
-         datasets) -> dict[str, Any]:
-    ctx, options, log = session.ctx, session.options, session.log
-    if config.batch_size % ctx.world_size:
-        raise RunError(f"--batch-size {config.batch_size} is the global batch: it must be a multiple of "
-                       f"the {ctx.world_size} processes")
+def _trainer(session: RunSession, config: TrainConfig, architecture: Architecture, source: str, datasets):
+    """The data checked and the checkpoint to resume chosen before anything is
+    written, then the output directory and the ``Trainer``."""
+    options = session.options
+    try:
+        local_batch(config.batch_size, session.ctx.world_size)
+        if datasets is None:
+            try:
+                datasets = trainer_module.build_datasets(config)   # (looked up late: tests wrap it)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"--data {config.data}: {exc}") from None
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     arch_name = f"--arch {source}" if source else "--arch"
-    if datasets is None:   # before anything is written: a bad file is an error with nothing to clean up
-        try:
-            datasets = trainer_module.build_datasets(config)   # (looked up late: tests wrap it)
-        except (OSError, ValueError) as exc:
-            raise RunError(f"--data {config.data}: {exc}") from None
-    found = session.on_main(lambda: _resume_state(config, architecture, arch_name, options, log))
+    found = session.on_main(lambda: _resume_state(config, architecture, arch_name, options, session.log))
     session.open_output()
     try:
-        trainer = Trainer(config, architecture, options.out, source, log, progress=session.progress,
-                          datasets=datasets, ctx=ctx, checkpoint_every=options.checkpoint_every,
+        trainer = Trainer(config, architecture, options.out, source, session.log, progress=session.progress,
+                          datasets=datasets, ctx=session.ctx, checkpoint_every=options.checkpoint_every,
                           stop=session.stop, keep=options.keep)
     except ValueError as exc:
         raise RunError(str(exc)) from None
+    return trainer, found
+
+
+def _run(session: RunSession, config: TrainConfig, architecture: Architecture, source: str,
+         datasets) -> dict[str, Any]:
+    ctx, options, log = session.ctx, session.options, session.log
+    trainer, found = _trainer(session, config, architecture, source, datasets)
     if found is not None:
         path, state = found
         trainer.load_state_dict(state, f"checkpoint {path}")

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from rspnet import data
 from rspnet.architecture import Architecture
 from rspnet.engine import distributed
+from rspnet.engine.config import local_batch
 from rspnet.engine.checkpoint import CheckpointError
 from rspnet.engine.config import plain
 from rspnet.engine.faults import NonFiniteError
@@ -93,10 +94,7 @@ class Trainer(ResumableLoop):
         self.architecture_source = architecture_source
         ctx = ctx if ctx is not None else distributed.Context(device=torch.device(config.device))
         self.device = ctx.device
-        world = ctx.world_size
-        if config.batch_size % world:
-            raise ValueError(f"the global batch {config.batch_size} does not divide over {world} processes")
-        self.local_batch = config.batch_size // world
+        self.local_batch = local_batch(config.batch_size, ctx.world_size)
         seed_everything(config.seed)
         self.classes = data.class_table(config.data, config.data_root)
         model = self.build_model()
