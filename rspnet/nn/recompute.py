@@ -135,14 +135,19 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
         return out, None, None
 
 
-def labelled_cross_entropy(scores: torch.Tensor, labels: torch.Tensor,
-                           ignore_index: int = -100) -> torch.Tensor:
+def labelled_cross_entropy(scores: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
+                           weight: torch.Tensor | None = None) -> torch.Tensor:
     """The mean cross-entropy over the labelled pixels, as
-    ``F.cross_entropy(scores, labels, ignore_index=)``, except that a batch
-    with no labelled pixel has loss 0 with zero gradients (nothing to learn
-    from) instead of 0 / 0 = nan, which a run would take for a divergence."""
-    total = F.cross_entropy(scores, labels, ignore_index=ignore_index, reduction="sum")
-    return total / (labels != ignore_index).sum().clamp_min(1).to(total.dtype)
+    ``F.cross_entropy(scores, labels, ignore_index=, weight=)`` (with class
+    weights: the weighted mean), except that a batch with no labelled pixel
+    has loss 0 with zero gradients (nothing to learn from) instead of
+    0 / 0 = nan, which a run would take for a divergence."""
+    total = F.cross_entropy(scores, labels, weight=weight, ignore_index=ignore_index, reduction="sum")
+    labelled = labels != ignore_index
+    if weight is None:
+        return total / labelled.sum().clamp_min(1).to(total.dtype)
+    pixel_weights = weight.to(total.dtype)[labels.masked_fill(~labelled, 0)] * labelled
+    return total / pixel_weights.sum().clamp_min(torch.finfo(total.dtype).tiny)
 
 
 def upsampled_cross_entropy(scores: torch.Tensor, labels: torch.Tensor,

@@ -46,6 +46,10 @@ class TrainConfig:
     weight_decay: float = setting(5e-4, "SGD weight decay", group="optimisation")
     nesterov: bool = setting(False, "Nesterov momentum", group="optimisation")
     poly_power: float = setting(0.9, "lr = base * (1 - step/steps)^power", group="optimisation")
+    class_weights: str = setting("none", "weigh the loss per class, computed once from the training masks and "
+                                 "kept with the run: enet = 1/ln(1.02 + p), p the class's share of the "
+                                 "pixels; median = median frequency / the class's frequency",
+                                 group="optimisation", choices=("none", "enet", "median"))
     ohem: bool = setting(False, "online hard example mining", group="optimisation")
     ohem_thresh: float = setting(0.7, "OHEM keeps pixels whose true-class probability is below this",
                                  group="optimisation")
@@ -80,6 +84,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"--ohem-thresh must be in (0, 1), got {config.ohem_thresh}")
     if not 0 <= config.momentum < 1 or config.weight_decay < 0 or config.poly_power < 0:
         raise ValueError("need 0 <= --momentum < 1, --weight-decay >= 0, --poly-power >= 0")
+    if config.ohem and config.class_weights != "none":
+        raise ValueError("--class-weights and --ohem do not combine: OHEM chooses the pixels by their loss")
     if config.nesterov and config.momentum == 0:
         raise ValueError("--nesterov needs a non-zero --momentum")
     if not config.lr > 0 or config.epochs < 1 or config.val_every < 1 or config.workers < 0:

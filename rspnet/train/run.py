@@ -148,6 +148,7 @@ def _run(session: RunSession, config: TrainConfig, architecture: Architecture, s
                        "params": params, "epochs_done": trainer.epoch, "steps_done": trainer.step,
                        "train_seconds": round(trainer.elapsed, 1), "best_val_miou": trainer.best_miou,
                        "best_epoch": trainer.best_epoch, "history": trainer.history, "files": files,
+                       "class_weights": trainer.class_weights,
                        "world_size": ctx.world_size, "torch": torch.__version__})
         if final is not None:
             report["final_val"] = final

@@ -34,7 +34,7 @@ from rspnet.models import RSPNet
 
 from .checkpoint import TRAIN_FORMAT, check_architecture, checkpoint_series, load_model_weights
 from .config import TrainConfig
-from .losses import segmentation_loss
+from .losses import class_pixel_counts, class_weights, segmentation_loss
 from .schedule import poly_lambda
 from .validation import validate
 
@@ -120,7 +120,10 @@ class Trainer(ResumableLoop):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, poly_lambda(config.epochs * self.steps_per_epoch, config.poly_power))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.loss_fn = segmentation_loss(config)   # ignores label 255, as every rspnet data set marks void
+        self.class_weights = class_weights(config.class_weights, *class_pixel_counts(
+            self.train_set, self.classes.num_classes, data.IGNORE_INDEX)) if config.class_weights != "none" else None
+        # ignores label 255, as every rspnet data set marks void
+        self.loss_fn = segmentation_loss(config, data.IGNORE_INDEX, self.class_weights)
         self.best_miou: float | None = None
         self.best_epoch: int | None = None
         self.last_val: dict[str, Any] | None = None
@@ -145,6 +148,7 @@ class Trainer(ResumableLoop):
             "classes": self.classes.to_dict(),   # names and colours, for rspnet.predict
             "config": plain(self.config),
             "best_miou": self.best_miou, "best_epoch": self.best_epoch,
+            "class_weights": self.class_weights,
         }
 
     def load_extra_state(self, state: dict[str, Any], name: str) -> None:
@@ -162,6 +166,9 @@ class Trainer(ResumableLoop):
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.best_miou, self.best_epoch = state.get("best_miou"), state.get("best_epoch")
+        if state.get("class_weights") is not None:   # exactly the weights the run started with
+            self.class_weights = [float(w) for w in state["class_weights"]]
+            self.loss_fn = segmentation_loss(self.config, data.IGNORE_INDEX, self.class_weights)
         # the learning rate of the resumed step under this run's schedule (the
         # same expression LambdaLR evaluates, so an unchanged run is bit-exact)
         lam = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
