@@ -2,6 +2,10 @@
 
 Without a GPU, Triton kernels run on CPU tensors through the interpreter,
 which must be switched on before triton is first imported.
+
+Every test runs with one PyTorch CPU thread (``one_thread``, autouse), except
+the op tests under tests/ops/; the helpers the test modules share live in
+tests/helpers/.
 """
 import os
 
@@ -12,31 +16,32 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from rspnet.ops import _backend  # noqa: E402  (after TRITON_INTERPRET)
+# a failed assert inside a helper reports its values, as in a test module
+pytest.register_assert_rewrite("tests.helpers")
+
+from tests.helpers.threads import single_thread  # noqa: E402
+
+OPS_TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ops")
 
 
-@pytest.fixture
-def one_thread():
-    """One PyTorch CPU thread for the test (results and timings do not depend
-    on the machine's core count), restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """One PyTorch CPU thread for the test, restored after: the tests use tiny
+    tensors, for which one thread is faster, and it keeps them quick when
+    other processes busy the CPU (OpenMP workers spin-wait: on a shared
+    2-core machine two threads are 10x slower); results and timings do not
+    depend on the machine's core count. The tests that start a command in a
+    subprocess pass it ``--threads 1``; a module- or session-scoped fixture,
+    set up before this one, uses ``tests.helpers.threads.single_thread``.
 
-
-def cpu_backends(op: str) -> list[str]:
-    """Every backend that can run ``op`` on CPU tensors here. The C++ kernels
-    are expected whenever the extension is built: their absence fails the
-    tests that need them instead of silently testing less."""
-    names = ["reference", "cpp"]
-    if _backend.TRITON_OK and _backend.triton_interpreter():
-        names.append("triton")
-    return names
-
-
-def gpu_backends(op: str) -> list[str]:
-    return ["reference", "cuda", "triton"]
+    The op tests (tests/ops/) keep the machine's thread count: the C++
+    kernels split their work with at::parallel_for, and those tests are what
+    runs the split."""
+    if str(request.node.path).startswith(OPS_TESTS + os.sep):
+        yield
+        return
+    with single_thread():
+        yield
 
 
 def pytest_collection_modifyitems(config, items):
@@ -46,4 +51,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-

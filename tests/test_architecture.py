@@ -3,31 +3,14 @@ import json
 
 import pytest
 
-from rspnet.nn import Genotype
-from rspnet.architecture import Architecture, KeptNode
+from rspnet.architecture import Architecture
+from tests.helpers.architectures import fixed_architecture
 
 load_architecture = Architecture.load   # the one way to read an architecture
 
-CELL = Genotype(normal=(("sep_conv_3x3", 0, 1), ("skip_connect", 0, 2), ("dil_conv_3x3", 1, 2),
-                        ("max_pool_3x3", 1, 3), ("sep_conv_5x5", 2, 3),
-                        ("avg_pool_3x3", 0, 4), ("dil_conv_5x5", 3, 4)),
-                normal_concat=(1, 2, 3, 4))
-NODES = (KeptNode((1, 0), (((0, 0), 1.0),)),
-         KeptNode((1, 1), (((0, 0), 1.0),)),
-         KeptNode((2, 0), (((1, 0), 0.625), ((1, 1), 0.375))),
-         KeptNode((2, 1), (((1, 0), 0.5), ((1, 1), 0.5))),
-         KeptNode((2, 2), (((1, 1), 1.0),)))
-
-
-def _arch(**kw):
-    fields = dict(cell=CELL, channels=8, scales=4, head_channels=32, rsp_ratio=0.5, rsp_depth=1,
-                  layers=2, nodes=NODES, search={"seed": 3})
-    fields.update(kw)
-    return Architecture(**fields)
-
 
 def test_round_trip_through_a_file(tmp_path):
-    arch = _arch()
+    arch = fixed_architecture()
     path = tmp_path / "architecture.json"
     arch.save(path)
     data = json.loads(path.read_text())
@@ -39,23 +22,24 @@ def test_round_trip_through_a_file(tmp_path):
 
 
 def test_head_kind_round_trips_and_defaults_to_concat():
-    light = _arch(head="light")
+    light = fixed_architecture(head="light")
     data = json.loads(json.dumps(light.to_dict()))
     assert data["widths"]["head"] == "light"
     assert Architecture.load(data) == light
     # the default is not written: files of earlier versions read and write unchanged
-    plain = _arch().to_dict()
+    plain = fixed_architecture().to_dict()
     assert "head" not in plain["widths"]
     assert Architecture.load(plain).head == "concat"
 
 
 def test_scale_channels_round_trip_and_build_those_widths():
     from rspnet.models import RSPNet
-    arch = _arch(scale_channels=(8, 16, 24, 32))
+    arch = fixed_architecture(scale_channels=(8, 16, 24, 32))
     data = json.loads(json.dumps(arch.to_dict()))
     assert data["widths"]["scale_channels"] == [8, 16, 24, 32]
     assert Architecture.load(data) == arch and arch.widths == (8, 16, 24, 32)
-    assert "scale_channels" not in _arch().to_dict()["widths"] and _arch().widths == (8, 16, 32, 64)
+    assert ("scale_channels" not in fixed_architecture().to_dict()["widths"]
+            and fixed_architecture().widths == (8, 16, 32, 64))
     model = RSPNet(arch, 5)
     # every node's block and PAM run at its scale's width; the head reads the last layer's
     for (_, scale), pam in zip(model.backbone.nodes, model.backbone.pams):
@@ -66,14 +50,15 @@ def test_scale_channels_round_trip_and_build_those_widths():
 
 
 def test_pool_first_round_trips_and_defaults_to_false():
-    arch = _arch(pool_first=True)
+    arch = fixed_architecture(pool_first=True)
     data = json.loads(json.dumps(arch.to_dict()))
     assert data["macro"]["pool_first"] is True and Architecture.load(data) == arch
-    assert "pool_first" not in _arch().to_dict()["macro"] and not Architecture.load(_arch().to_dict()).pool_first
+    assert ("pool_first" not in fixed_architecture().to_dict()["macro"]
+            and not Architecture.load(fixed_architecture().to_dict()).pool_first)
 
 
 def test_round_trip_single_path():
-    arch = _arch(layers=None, nodes=None)
+    arch = fixed_architecture(layers=None, nodes=None)
     data = json.loads(json.dumps(arch.to_dict()))
     assert data["macro"] is None
     assert Architecture.load(data) == arch
@@ -137,7 +122,7 @@ MALFORMED = [
 
 @pytest.mark.parametrize("mutate, message", MALFORMED, ids=[m for _, m in MALFORMED])
 def test_malformed_files_name_the_bad_field(mutate, message):
-    data = copy.deepcopy(_arch().to_dict())
+    data = copy.deepcopy(fixed_architecture().to_dict())
     mutate(data)
     with pytest.raises(ValueError) as info:
         Architecture.load(data)
@@ -146,7 +131,7 @@ def test_malformed_files_name_the_bad_field(mutate, message):
 
 
 def test_unreachable_node_is_rejected():
-    data = _arch().to_dict()
+    data = fixed_architecture().to_dict()
     data["macro"]["layers"] = 3
     data["macro"]["nodes"].append({"node": [3, 0], "paths": [{"from": [2, 0], "weight": 1.0}]})
     with pytest.raises(ValueError, match=r"macro.nodes\[3\]: node \[2, 1\] does not reach the head"):

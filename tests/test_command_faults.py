@@ -17,7 +17,6 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from rspnet import data
@@ -27,10 +26,8 @@ from rspnet.export import main as export_main
 from rspnet.predict.__main__ import main as predict_main
 from rspnet.rescale import main as rescale_main
 from rspnet.train.__main__ import main as train_main
-
-from .test_train import make_architecture
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+from tests.helpers.architectures import make_architecture
+from tests.helpers.threads import single_thread
 
 SIZE = (32, 64)
 UNWRITABLE = "/proc/rspnet-no-such-dir"     # /proc takes no new files, not even from root
@@ -44,14 +41,10 @@ def trained(tmp_path_factory):
     data.write_folder_layout(root, {"train": 2, "val": 2}, size=SIZE, seed=1)
     arch = base / "architecture.json"
     arch.write_text(json.dumps(make_architecture(0)))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         assert train_main(["--arch", str(arch), "--data", "folder", "--data-root", str(root), "--size", "32x32",
                            "--batch-size", "2", "--epochs", "1", "--no-progress", "--threads", "1",
                            "--out", str(base / "train")]) == 0
-    finally:
-        torch.set_num_threads(threads)
     return {"root": str(root), "arch": str(arch), "checkpoint": str(base / "train" / "best.pt"),
             "images": str(root / "images" / "val")}
 

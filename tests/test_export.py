@@ -9,11 +9,9 @@ import torch
 from rspnet import export
 from rspnet.export import main
 from rspnet.train.__main__ import main as train_main
-
-from .test_train import TINY, make_architecture
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+from tests.helpers.architectures import make_architecture
+from tests.helpers.threads import single_thread
+from tests.helpers.training import TINY
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +19,9 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("export")
     arch = base / "architecture.json"
     arch.write_text(json.dumps(make_architecture(1)))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         assert train_main(["--arch", str(arch), "--out", str(base / "train"), "--epochs", "1",
                            *TINY]) == 0
-    finally:
-        torch.set_num_threads(threads)
     return {"arch": str(arch), "checkpoint": str(base / "train" / "best.pt"), "base": base}
 
 

@@ -8,14 +8,13 @@ import pytest
 from rspnet.architecture import Architecture
 from rspnet.models import RSPNet, count_flops, count_params
 from rspnet.rescale import main
-
-from .test_architecture import _arch
+from tests.helpers.architectures import fixed_architecture
 
 
 @pytest.fixture
 def searched(tmp_path):
     path = tmp_path / "architecture.json"
-    _arch().save(path)
+    fixed_architecture().save(path)
     return path
 
 
@@ -59,7 +58,7 @@ def test_impossible_rescales_are_refused_and_write_nothing(searched, tmp_path, c
 
 def test_single_path_has_no_paths_to_pool_and_out_is_not_replaced(tmp_path, capsys):
     single = tmp_path / "single.json"
-    _arch(layers=None, nodes=None).save(single)
+    fixed_architecture(layers=None, nodes=None).save(single)
     with pytest.raises(SystemExit):
         main(["--arch", str(single), "--out", str(tmp_path / "x.json"), "--pool-first"])
     assert "needs a trellis" in capsys.readouterr().err

@@ -15,11 +15,12 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from rspnet import data
 from rspnet.data import CamVid, Cityscapes, FolderDataset
+from tests.helpers.architectures import make_architecture
+from tests.helpers.threads import single_thread
 
 SIZE = (32, 32)
 WRITTEN = {}                  # path -> the array write_tree saved there
@@ -100,18 +101,13 @@ def test_a_truncated_image_fails_the_pre_check(kind, tmp_path):
 def checkpoint(tmp_path_factory):
     """A folder tree and a 1-epoch checkpoint trained on it."""
     from rspnet.train.__main__ import main as train_main
-    from ..test_train import make_architecture
     base = tmp_path_factory.mktemp("hostile")
     write_tree("folder", base / "data")
     arch = base / "arch.json"
     arch.write_text(json.dumps(make_architecture(0)))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         assert train_main(["--arch", str(arch), "--data", "folder", "--data-root", str(base / "data"),
                            *TRAIN, "--out", str(base / "train")]) == 0
-    finally:
-        torch.set_num_threads(threads)
     return {"root": str(base / "data"), "arch": str(arch), "checkpoint": str(base / "train" / "best.pt")}
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from rspnet.ops import channel_merge, channel_merge_ref
-from tests.aot import compile_for_sm90
-from tests.conftest import cpu_backends
-from tests.ops.test_path_fusion import CUDA_EMULATION_SHIM, build_cuda_emulation
+from tests.helpers.aot import compile_for_sm90
+from tests.helpers.cuda_emulation import CUDA_EMULATION_SHIM, build_cuda_emulation
+from tests.helpers.ops import cpu_backends
 
 CPU_BACKENDS = cpu_backends("channel_merge")
 

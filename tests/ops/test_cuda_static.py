@@ -6,7 +6,7 @@ instantiations really move 16 bytes per access."""
 import pytest
 
 from rspnet.ops import _backend
-from tests.cuda_static import cuobjdump, resources, sass_counts, short_name
+from tests.helpers.cuda_static import cuobjdump, resources, sass_counts, short_name
 
 pytestmark = [
     pytest.mark.skipif(not _backend.has_kernel("mixed_sum", "CUDA"), reason="rspnet._C has no CUDA kernels"),

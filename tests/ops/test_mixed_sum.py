@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from rspnet.ops import mixed_sum, mixed_sum_ref
-from tests.ops.accuracy import assert_as_accurate_as_reference, run_fwd_bwd
-from tests.aot import compile_for_sm90
-from tests.conftest import cpu_backends
-from tests.ops.test_path_fusion import CUDA_EMULATION_SHIM, build_cuda_emulation
+from tests.helpers.aot import compile_for_sm90
+from tests.helpers.cuda_emulation import CUDA_EMULATION_SHIM, build_cuda_emulation
+from tests.helpers.ops import assert_as_accurate_as_reference, cpu_backends, run_fwd_bwd
 
 CPU_BACKENDS = cpu_backends("mixed_sum")
 SHAPES = [(1,), (7,), (2, 3, 17, 33), (3, 5, 1, 9, 2)]

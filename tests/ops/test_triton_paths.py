@@ -9,7 +9,7 @@ import torch
 
 from rspnet.ops import _backend, channel_merge, channel_merge_ref, path_fusion
 from rspnet.ops.reference import path_fusion_ref
-from tests.conftest import cpu_backends
+from tests.helpers.ops import cpu_backends
 
 pytestmark = pytest.mark.skipif("triton" not in cpu_backends("path_fusion"), reason="Triton cannot run here")
 

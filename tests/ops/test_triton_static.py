@@ -1,7 +1,7 @@
 """Static checks of the Triton kernels as the runtime compiles them for sm_90
 (H100/H200), no GPU needed: AOT-compiled with the runtime's alignment hints
 (``tt.divisibility=16`` on 16-byte-aligned pointers and on sizes divisible
-by 16, see tests/aot.py), every kernel must have no spills (cuobjdump: STACK 0,
+by 16, see tests/helpers/aot.py), every kernel must have no spills (cuobjdump: STACK 0,
 LOCAL 0, no LDL/STL in the SASS), and the streaming kernels must move their
 data in 128-bit vectors (``ld.global.v4`` in the PTX). The shapes are the
 benchmark's: mixed_sum K=8 over 8x64x128x256, channel_merge of 2 x
@@ -10,7 +10,7 @@ benchmark's: mixed_sum K=8 over 8x64x128x256, channel_merge of 2 x
 import pytest
 
 from rspnet.ops import _backend
-from tests.aot import compile_batch
+from tests.helpers.aot import compile_batch
 
 pytestmark = pytest.mark.skipif(not _backend.TRITON_OK, reason="triton is not installed")
 

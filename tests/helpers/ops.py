@@ -1,6 +1,22 @@
-"""Helpers shared by the op tests: run an op forward+backward, and the
-accuracy rule for low-precision results."""
+"""Helpers shared by the op tests: the backends that can run an op here, run
+an op forward+backward, and the accuracy rule for low-precision results."""
 import torch
+
+from rspnet.ops import _backend
+
+
+def cpu_backends(op: str) -> list[str]:
+    """Every backend that can run ``op`` on CPU tensors here. The C++ kernels
+    are expected whenever the extension is built: their absence fails the
+    tests that need them instead of silently testing less."""
+    names = ["reference", "cpp"]
+    if _backend.TRITON_OK and _backend.triton_interpreter():
+        names.append("triton")
+    return names
+
+
+def gpu_backends(op: str) -> list[str]:
+    return ["reference", "cuda", "triton"]
 
 
 def run_fwd_bwd(fn, first, xs, g):

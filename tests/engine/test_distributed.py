@@ -1,6 +1,6 @@
 """Data parallelism (rspnet.engine.distributed) with two CPU processes and gloo,
 launched by ``torchrun --standalone --nproc_per_node=2`` (a free port) on
-``tests/dist_worker.py``, which runs the CLIs' own ``main`` and has every rank
+``tests/helpers/dist_worker.py``, which runs the CLIs' own ``main`` and has every rank
 dump its final state (see its docstring for the test-only hooks).
 
 One torchrun launch runs several searches in one process group, to pay the
@@ -18,10 +18,9 @@ from rspnet.engine import distributed
 from rspnet.engine.faults import StopSignal
 from rspnet.engine.sampler import ShardSampler
 from rspnet.search.stage import checkpoint_series, load_search_checkpoint
-from tests import dist_worker
+from tests.helpers import ROOT, dist_worker
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "dist_worker.py")
+WORKER = os.path.join(ROOT, "tests", "helpers", "dist_worker.py")
 
 # global batch 4 = 2 per rank; 16 images: halves of 8 -> 2 steps per epoch
 SEARCH = ["--size", "32x32", "--images", "16", "--batch-size", "4", "--epochs", "2", "--channels", "4",

@@ -1,6 +1,6 @@
 """Test-only entry point for data-parallel runs (not a test module).
 
-``torchrun --standalone --nproc_per_node=2 tests/dist_worker.py SPEC.json``
+``torchrun --standalone --nproc_per_node=2 tests/helpers/dist_worker.py SPEC.json``
 runs, in one process group, each run of SPEC (a JSON list of
 ``{"cli": "search"|"train", "argv": [...], "dump": DIR, "exact": bool}``)
 through the CLI's own ``main``. Production code writes files on rank 0 only;
@@ -39,7 +39,8 @@ import sys
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the checkout's root (tests/helpers/ -> tests/ -> root), importable when run as a script
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from rspnet.engine import distributed  # noqa: E402
 

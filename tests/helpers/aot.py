@@ -28,6 +28,8 @@ import os
 import subprocess
 import sys
 
+from tests.helpers import ROOT
+
 _SCRIPT = r"""
 import importlib, inspect, json, os, re, subprocess, sys, tempfile, time
 import triton
@@ -111,8 +113,7 @@ def compile_batch(specs: list[dict], timeout: float = 600) -> list[dict]:
     ``shared``, ``ldl_stl``, ``ld_global_v4``, ``ld_global_scalar``, ...)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     # The checkout these tests belong to comes first (not an installed copy).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     proc = subprocess.run([sys.executable, "-c", _SCRIPT], input=json.dumps(specs), capture_output=True,
                           text=True, env=env, timeout=timeout)
     if proc.returncode != 0:

@@ -24,15 +24,13 @@ from rspnet.predict.__main__ import main as predict_main
 from rspnet.search.__main__ import main as search_main
 from rspnet.train import load_train_checkpoint
 from rspnet.train.__main__ import main as train_main
+from tests.helpers.architectures import make_architecture
 
 SEARCH = ["--size", "32x32", "--images", "4", "--batch-size", "2", "--epochs", "1", "--channels", "4",
           "--layers", "2", "--no-progress", "--threads", "1"]
 TRAIN = ["--size", "32x32", "--batch-size", "2", "--epochs", "1", "--no-progress", "--threads", "1"]
 SIZE = (64, 96)          # multiples of 32: evaluate feeds them to the network as they are
 FOLDER_IGNORE = 250      # not 255, so that the mapping to rspnet's internal void is exercised
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_tree(kind, root):
@@ -251,7 +249,6 @@ def test_bad_data_is_a_one_line_error_before_anything_is_written(case, pristine,
     path = change(root)
     out = tmp_path / "out"
     arch = tmp_path / "arch.json"
-    from .test_train import make_architecture
     arch.write_text(json.dumps(make_architecture(0)))
     with pytest.raises(SystemExit) as exc:
         train_main(["--arch", str(arch), "--data", kind, "--data-root", root, *TRAIN, "--out", str(out)])
