@@ -9,7 +9,7 @@ from .backbone import STEM, SinglePathBackbone, Stem, TrellisBackbone, layer_nod
 from rspnet.architecture import PRIMITIVES, Genotype, edge_list, partial_channels
 
 from .cell import Cell, DerivedCell, edge_normalization
-from .head import HEADS, Head, LightHead, make_head
+from .head import HEADS, Head, LightHead, SegmentationHead, make_head, upsample_scores
 from .mixed_op import MixedOp
 from .pam import PathAttention
 from .primitives import OPS, ConvBNReLU, DilConv, InvertedResidual, ReLUConvBN, SepConv, Zero
@@ -21,6 +21,7 @@ __all__ = [
     "MixedOp", "MEMORY_MODES", "set_memory_mode", "Recomputable", "upsampled_cross_entropy",
     "labelled_cross_entropy",
     "Cell", "DerivedCell", "Genotype", "edge_list", "edge_normalization",
-    "RSPBlock", "partial_channels", "PathAttention", "Head", "LightHead", "HEADS", "make_head",
+    "RSPBlock", "partial_channels", "PathAttention", "SegmentationHead", "Head", "LightHead", "HEADS", "make_head",
+    "upsample_scores",
     "Stem", "SinglePathBackbone", "TrellisBackbone", "trellis_nodes", "layer_nodes", "STEM",
 ]

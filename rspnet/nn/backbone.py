@@ -107,9 +107,6 @@ class TrellisBackbone(Recomputable, nn.Module):
             PathAttention([width[s] for _, s in src], width[scale], affine, path_norm, pool_first)
             for (_, scale), src in zip(self.nodes, self.sources))
         self.blocks = nn.ModuleList(make_block(width[scale]) for _, scale in self.nodes)
-        # inference form (rspnet.models.simplify.share_relus): every node but the
-        # last layer's returns relu(output), its readers' projections skip their ReLU
-        self.relu_outputs = False
 
     def forward(self, stem: torch.Tensor, logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         h, w = stem.shape[-2:]
@@ -127,11 +124,6 @@ class TrellisBackbone(Recomputable, nn.Module):
                                            modules=(self.pams[i], self.blocks[i]))
             else:
                 current[node] = self._node(i, size, logits[i], *inputs)
-            if self.relu_outputs and node[0] != self.nodes[-1][0]:
-                # the block's output is a fresh map that nothing else holds:
-                # rectified in place when no graph is being recorded
-                y = current[node]
-                current[node] = torch.relu(y) if torch.is_grad_enabled() else y.relu_()
         return [current[n] for n in sorted(current)]
 
     def _node(self, i: int, size: tuple[int, int], logits: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,11 @@ def _upsampled(features: Sequence[torch.Tensor], size: tuple[int, int]) -> list[
             for f in features]
 
 
+def upsample_scores(scores: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
+    """A head's last step: bilinear upsampling of its scores to the image size."""
+    return F.interpolate(scores, size=tuple(image_size), mode="bilinear", align_corners=False)
+
+
 class _UpsampleConcatConv(torch.autograd.Function):
     """``conv(cat(upsample(features), 1))`` one image at a time, keeping only
     the features: the head's concatenation at 1/4 resolution (and the
@@ -87,28 +92,17 @@ class _UpsampleConcatConv(torch.autograd.Function):
         return (None, None, dw, *df)
 
 
-class _HeadBase(Recomputable, nn.Module):
-    """What every head shares: ``forward`` (class scores at the image size) and
-    ``loss`` on top of the subclass's ``scores`` (at 1/4 of the image).
-
-    ``upsample_channels_last`` (set by the inference form,
-    ``rspnet.models.simplify.channels_last_upsampling``): the final bilinear
-    upsampling reads a channels-last copy of the scores and so returns its
-    output channels-last (the same values; PyTorch's CPU kernel wrote the
-    19×512×1024 output in 23 ms that way against 31 ms from NCHW, and
-    converting the output back would cost more than it saves)."""
-
-    upsample_channels_last = False
+class SegmentationHead(Recomputable, nn.Module):
+    """What every head shares: ``forward`` (class scores at the image size,
+    ``upsample_scores`` of the subclass's ``scores`` at 1/4 of the image) and
+    ``loss``."""
 
     def scores(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
         """Class scores (pre-softmax) at 1/4 of ``image_size``: what each head defines."""
         raise NotImplementedError(f"{type(self).__name__} must define scores()")
 
     def forward(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
-        scores = self.scores(features, image_size)
-        if self.upsample_channels_last:
-            scores = scores.contiguous(memory_format=torch.channels_last)
-        return F.interpolate(scores, size=tuple(image_size), mode="bilinear", align_corners=False)
+        return upsample_scores(self.scores(features, image_size), image_size)
 
     def loss(self, features: Sequence[torch.Tensor], labels: torch.Tensor,
              ignore_index: int = -100) -> torch.Tensor:
@@ -120,7 +114,7 @@ class _HeadBase(Recomputable, nn.Module):
         return labelled_cross_entropy(self(features, image_size), labels, ignore_index)
 
 
-class Head(_HeadBase):
+class Head(SegmentationHead):
     """The ``concat`` head. Upsample every map to 1/4 of the input, concatenate, 3×3 conv + BN +
     ReLU, 1×1 classifier, bilinear upsampling to the input size.
 
@@ -152,7 +146,7 @@ class Head(_HeadBase):
         return self.classifier(self.fuse(torch.cat(_upsampled(features, size), 1)))
 
 
-class LightHead(_HeadBase):
+class LightHead(SegmentationHead):
     """The ``light`` head: per map ReLU, 1×1 conv and BN to ``channels`` at the
     map's own resolution; their mean at 1/4 of the input (``path_fusion``);
     ReLU, 3×3 conv + BN + ReLU; multiplied per channel by
@@ -200,7 +194,7 @@ assert tuple(HEADS) == HEAD_KINDS
 
 
 def make_head(kind: str, in_channels: Sequence[int], num_classes: int, channels: int,
-              memory: str = "store") -> _HeadBase:
+              memory: str = "store") -> SegmentationHead:
     """The head named ``kind`` (a key of ``HEADS``)."""
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}: expected one of {', '.join(HEADS)}")

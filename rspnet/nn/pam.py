@@ -6,16 +6,12 @@ and BN at the path's own resolution (cheaper than after resampling, and the
 resamples every path to the node's size and sums them weighted by
 ``softmax(logits)`` without materialising the resampled maps.
 
-``pool_first`` changes the order for a path into a *coarser* node: ReLU,
-average pooling to the node's size, then the 1×1 conv and BN. In eval mode
-it is the same function (the 1×1 conv and BN's affine map are per pixel, so
-they commute with the pooling), but the conv runs on 4^d times fewer pixels
-for a path d scales down: projecting at the source's resolution makes a
-path from 1/4 into a 1/32 node (F channels in, 8F out) cost 64 times what it
-would after pooling, and such paths were two thirds of a derived network's
-FLOPs. In training BN then normalises the pooled map, so every path reaches
-the fusion at unit scale (the imbalance ``normalize`` corrects, below, for
-the other order).
+``pool_first``: a path into a *coarser* node is ReLU, average pooling to the
+node's size, then the 1×1 conv and BN — in eval mode the same function (the
+conv and BN's affine map are per pixel), on 4^d times fewer pixels for a path
+d scales down (such paths were two thirds of a derived network's FLOPs). In
+training BN then normalises the pooled map, so every path reaches the fusion
+at unit scale.
 
 The logits are the node's architecture parameters β during the search and the
 logarithms of the fixed path weights in a derived network; the module does
@@ -23,10 +19,8 @@ not own them, so that architecture parameters stay apart from weights.
 
 ``normalize`` (a search option) divides each projected path by the root mean
 square it will have *after* resampling, measured on the batch without
-gradient: average pooling by a factor f shrinks a unit-variance map (to ~0.4
-for f = 8), bilinear upsampling smooths it a little, so without it β weighs a
-node's same-scale path against quieter resampled ones and compares
-resolutions as much as what the paths carry.
+gradient: pooling shrinks a unit-variance map (to ~0.4 for a factor 8), so
+without it β would compare resolutions as much as what the paths carry.
 """
 from __future__ import annotations
 
@@ -39,23 +33,6 @@ from rspnet.ops import path_fusion
 from rspnet.ops.reference import POOL, resample_mode, resample_ref
 
 from .primitives import ReLUConvBN
-
-
-def strided_mean(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
-    """``F.avg_pool2d(x, (kh, kw))`` for maps whose height and width are
-    multiples of the kernel: the sum of the ``kh`` row-strided views, then of
-    the ``kw`` column-strided views of that, times ``1 / (kh * kw)``. The same
-    numbers summed in another order (equal to fp rounding); PyTorch's CPU
-    average pooling ran 4-8 times slower at one thread (1.9 against 0.2-0.4 ms
-    for 32 channels at 128×256)."""
-    rows = x[..., 0::kh, :]
-    for a in range(1, kh):
-        rows = rows + x[..., a::kh, :]
-    out = rows[..., 0::kw]
-    for c in range(1, kw):
-        out = out + rows[..., c::kw]
-    # a fresh tensor as soon as one sum ran: scaled in place
-    return out.mul_(1.0 / (kh * kw)) if kh * kw > 1 else out.clone()
 
 
 class PathAttention(nn.Module):
@@ -72,9 +49,6 @@ class PathAttention(nn.Module):
                  normalize: bool = False, pool_first: bool = False):
         super().__init__()
         self.normalize, self.pool_first = normalize, pool_first
-        # inference form (rspnet.models.simplify.strided_pools): pool-first
-        # paths average with strided sums instead of F.avg_pool2d
-        self.strided_pool = False
         self.projections = nn.ModuleList(ReLUConvBN(c, out_channels, affine) for c in in_channels)
 
     def forward(self, inputs: Sequence[torch.Tensor], logits: torch.Tensor,
@@ -91,12 +65,10 @@ class PathAttention(nn.Module):
 
     def _project(self, projection: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.pool_first:
-            mode, kh, kw = resample_mode(x.shape[-2:], size)
+            mode, _, _ = resample_mode(x.shape[-2:], size)
             if mode == POOL:
                 relu, conv, bn = projection
-                x = relu(x)
-                pooled = strided_mean(x, kh, kw) if self.strided_pool else resample_ref(x, tuple(size))
-                return bn(conv(pooled))
+                return bn(conv(resample_ref(relu(x), tuple(size))))
         return projection(x)
 
     def extra_repr(self) -> str:

@@ -38,19 +38,8 @@ class RSPBlock(nn.Module):
         self.split = partial_channels(channels, rsp_ratio)
         self.inner = (inner_factory(self.split) if depth == 1
                       else RSPBlock(self.split, inner_factory, rsp_ratio, depth - 1))
-        # inference form (rspnet.models.simplify.unshuffle_merges): return
-        # cat(inner, x_b) without the shuffle, whose permutation the readers'
-        # weights then carry; the block owns its input and, when no graph is
-        # recorded, writes the inner result over x_a in place
-        self.unshuffled = False
 
     def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
         # slicing keeps both halves as views of x: no copy before the merge
         x_a, x_b = x[:, :self.split], x[:, self.split:]
-        inner = self.inner(x_a, *args)
-        if not self.unshuffled:
-            return channel_merge([inner, x_b], groups=2)
-        if torch.is_grad_enabled():
-            return torch.cat([inner, x_b], 1)
-        x_a.copy_(inner)
-        return x
+        return channel_merge([self.inner(x_a, *args), x_b], groups=2)

@@ -1,22 +1,22 @@
-"""rspnet.models.fold: BatchNorm folded into the preceding convolution gives
-the eval-mode network's outputs (fp32 rounding), with the folded weights of
-the textbook formula; BatchNorms that no convolution directly precedes are
-left and counted."""
+"""rspnet.models.fold, the first step of ``inference_form``: BatchNorm folded
+into the preceding convolution gives the eval-mode network's outputs (fp32
+rounding), with the folded weights of the textbook formula; BatchNorms that
+no convolution directly precedes are left and counted."""
 import random
 
 import pytest
 import torch
 import torch.nn as nn
 
-from rspnet.models import RSPNet, count_flops, fold_batchnorm
+from rspnet.models import RSPNet, count_flops, inference_form
 from rspnet.nn import Cell, Head, set_memory_mode
 from rspnet.search import SearchConfig
 from rspnet.search.baseline import random_architecture
 
-from .test_rspnet import _arch
+from .test_rspnet import small_arch
 
 
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial running statistics and affine parameters, as after training."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -36,10 +36,11 @@ def test_conv_bn_folds_to_the_formula(affine, bias, groups):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, 3, padding=1, bias=bias, groups=groups)
     bn = nn.BatchNorm2d(8, affine=affine, eps=1e-3)
-    model = _randomise_bn(nn.Sequential(conv, bn)).eval()
-    folded = fold_batchnorm(model)
+    model = randomise_bn(nn.Sequential(conv, bn)).eval()
+    folded = inference_form(model)
     assert isinstance(folded[1], nn.Identity) and isinstance(model[1], nn.BatchNorm2d)   # a copy
-    assert folded.bn_folding.folded == 1 and folded.bn_folding.left == 0
+    report = folded.inference_report
+    assert report.batchnorms_folded == 1 and report.batchnorms_left == 0
 
     # the formula, in float64 from the original tensors
     w, mean, var = conv.weight.double(), bn.running_mean.double(), bn.running_var.double()
@@ -71,10 +72,11 @@ def test_only_batchnorms_right_after_a_conv_are_folded():
         nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, track_running_stats=False),     # batch statistics: left
         nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6), nn.BatchNorm2d(6),              # the first folded only
     )
-    _randomise_bn(model)
-    folded = fold_batchnorm(model)
-    assert (folded.bn_folding.folded, folded.bn_folding.left) == (3, 4)
-    assert str(folded.bn_folding) == "3 BatchNorm folded, 4 left"
+    randomise_bn(model)
+    folded = inference_form(model)
+    report = folded.inference_report
+    assert (report.batchnorms_folded, report.batchnorms_left) == (3, 4)
+    assert str(folded.inference_report) == "3 BatchNorm folded, 4 left"
     kinds = [type(m).__name__ for m in folded]
     assert kinds == ["Conv2d", "Identity", "ReLU", "BatchNorm2d", "Sequential", "MaxPool2d", "BatchNorm2d",
                      "Conv2d", "BatchNorm2d", "Conv2d", "Identity", "BatchNorm2d"]
@@ -89,9 +91,10 @@ def test_search_cell_keeps_the_batchnorms_after_pooling_and_skip():
     convs (1 each) fold, the BN after each pooling and after skip_connect
     (not after a conv) stays; 10 edges and the projection's BN."""
     torch.manual_seed(0)
-    cell = _randomise_bn(Cell(4, steps=4)).eval()
-    folded = fold_batchnorm(cell)
-    assert (folded.bn_folding.folded, folded.bn_folding.left) == (10 * 6 + 1, 10 * 3)
+    cell = randomise_bn(Cell(4, steps=4)).eval()
+    folded = inference_form(cell)
+    report = folded.inference_report
+    assert (report.batchnorms_folded, report.batchnorms_left) == (10 * 6 + 1, 10 * 3)
     x = torch.randn(2, 4, 8, 8)
     weights = torch.softmax(torch.randn(10, 8), -1)
     with torch.no_grad():
@@ -99,8 +102,8 @@ def test_search_cell_keeps_the_batchnorms_after_pooling_and_skip():
 
 
 def _networks():
-    yield "trellis", _arch()
-    yield "single-path", _arch(nodes=None)
+    yield "trellis", small_arch()
+    yield "single-path", small_arch(nodes=None)
     config = SearchConfig(channels=4, layers=4)
     rng = random.Random(3)
     for i in range(3):
@@ -110,11 +113,12 @@ def _networks():
 @pytest.mark.parametrize("name, arch", list(_networks()), ids=[n for n, _ in _networks()])
 def test_folded_network_gives_the_eval_outputs(name, arch):
     torch.manual_seed(0)
-    model = _randomise_bn(RSPNet(arch, num_classes=5)).eval()
+    model = randomise_bn(RSPNet(arch, num_classes=5)).eval()
     bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    folded = fold_batchnorm(model)
+    folded = inference_form(model)
     # in the derived network every BatchNorm directly follows a convolution
-    assert (folded.bn_folding.folded, folded.bn_folding.left) == (bns, 0)
+    report = folded.inference_report
+    assert (report.batchnorms_folded, report.batchnorms_left) == (bns, 0)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
@@ -122,14 +126,14 @@ def test_folded_network_gives_the_eval_outputs(name, arch):
     torch.testing.assert_close(got, expected)
     # FlopCounterMode counts convolutions, not BatchNorms nor bias additions;
     # merging linear cell states (on by default) can only remove convolution work
-    bn_only = fold_batchnorm(model, cells=False)
+    bn_only = inference_form(model, batchnorm_only=True)
     assert count_flops(bn_only, (64, 96)) == count_flops(model, (64, 96)) >= count_flops(folded, (64, 96))
 
 
 def test_folded_head_in_recompute_mode_adds_the_folded_bias():
     torch.manual_seed(0)
-    head = _randomise_bn(Head([4, 8], num_classes=3, channels=6)).eval()
-    folded = set_memory_mode(fold_batchnorm(head), "recompute")
+    head = randomise_bn(Head([4, 8], num_classes=3, channels=6)).eval()
+    folded = set_memory_mode(inference_form(head), "recompute")
     features = [torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4)]
     with torch.no_grad():
         expected = head(features, (32, 32))

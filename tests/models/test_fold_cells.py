@@ -11,11 +11,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rspnet.architecture import Architecture, Genotype, KeptNode
-from rspnet.models import FoldedCell, RSPNet, count_flops, fold_batchnorm, fold_cells
+from rspnet.models import FoldedCell, RSPNet, count_flops, fold_cells, inference_form
+from rspnet.models.inference import InferenceTrellis
 from rspnet.models.simplify import MaxPool3x3
-from rspnet.nn import DerivedCell
+from rspnet.nn import DerivedCell, TrellisBackbone
 
-from .test_fold import _randomise_bn
+from .test_fold import randomise_bn
 from .test_rspnet import NODES
 
 ALL = (1, 2, 3, 4)
@@ -65,10 +66,10 @@ def _genotypes():
 
 def _eval_cell(genotype: Genotype, affine: bool = True, C: int = 6) -> DerivedCell:
     torch.manual_seed(0)
-    return _randomise_bn(DerivedCell(C, genotype, affine=affine)).eval()
+    return randomise_bn(DerivedCell(C, genotype, affine=affine)).eval()
 
 
-def _assert_same(got: torch.Tensor, expected: torch.Tensor) -> None:
+def assert_same(got: torch.Tensor, expected: torch.Tensor) -> None:
     """Equal to ~1e-5 of the output's scale (fp32 rounding)."""
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale)
@@ -78,15 +79,15 @@ def _assert_same(got: torch.Tensor, expected: torch.Tensor) -> None:
 @pytest.mark.parametrize("name, genotype", list(_genotypes()), ids=[n for n, _ in _genotypes()])
 def test_folded_cell_gives_the_eval_outputs(name, genotype, affine):
     cell = _eval_cell(genotype, affine)
-    folded = fold_batchnorm(cell)
+    folded = inference_form(cell)
     assert isinstance(folded, FoldedCell) and isinstance(cell, DerivedCell)   # a copy
     x = torch.randn(2, 6, 11, 13)
     with torch.no_grad():
-        _assert_same(folded(x), cell(x))
+        assert_same(folded(x), cell(x))
     # which edges still run: the non-skip ops of the nodes the output needs
     kept = sum(len(edges) for _, edges in folded.plan)
     assert kept + folded.dropped_edges == len(genotype.normal)
-    assert folded.bn_folding.cells == int(folded.dropped_edges > 0)
+    assert folded.inference_report.cells_merged == int(folded.dropped_edges > 0)
     if name in CELLS:
         assert kept == CELLS[name][2]
     skips = sum(op == "skip_connect" for op, _, _ in genotype.normal)
@@ -104,7 +105,7 @@ def test_cells_fold_without_batchnorm_folding(name):
     assert simplified == 1 and isinstance(folded.project[1], nn.BatchNorm2d)
     x = torch.randn(2, 6, 9, 7)
     with torch.no_grad():
-        _assert_same(folded(x), cell(x))
+        assert_same(folded(x), cell(x))
     assert isinstance(cell, DerivedCell) and torch.equal(cell.project[0].weight, weight)
 
 
@@ -112,19 +113,19 @@ def test_all_skip_cell_is_one_conv_of_the_merged_weight():
     normal, concat, _ = CELLS["all-skip"]
     C = 6
     cell = _eval_cell(Genotype(normal=normal, normal_concat=concat), C=C)
-    folded = fold_batchnorm(cell)
+    folded = inference_form(cell)
     convs = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 1 and convs[0].weight.shape == (C, C, 1, 1) and len(folded.ops) == 0
     assert folded.plan == () and folded.dropped_edges == len(normal)
     # x's weight: the BN-folded projection's blocks times 1, 2, 3, 3 (nodes x, 2x, 3x, 3x)
-    projection = fold_batchnorm(cell, cells=False).project[0]
+    projection = inference_form(cell, batchnorm_only=True).project[0]
     blocks = projection.weight.double().split(C, dim=1)
     expected = sum(c * w for c, w in zip((1, 2, 3, 3), blocks))
     torch.testing.assert_close(convs[0].weight.double(), expected, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(convs[0].bias, projection.bias)
 
 
-def _architecture(cell: str) -> Architecture:
+def cell_architecture(cell: str) -> Architecture:
     normal, concat, _ = CELLS[cell]
     return Architecture(cell=Genotype(normal=normal, normal_concat=concat), channels=4, scales=4,
                         head_channels=8, layers=2, nodes=NODES)
@@ -133,15 +134,15 @@ def _architecture(cell: str) -> Architecture:
 @pytest.mark.parametrize("cell", ["all-skip", "partly-skip"])
 def test_folded_network_with_linear_cells_gives_the_eval_outputs(cell):
     torch.manual_seed(0)
-    model = _randomise_bn(RSPNet(_architecture(cell), num_classes=5)).eval()
+    model = randomise_bn(RSPNet(cell_architecture(cell), num_classes=5)).eval()
     cells = sum(isinstance(m, DerivedCell) for m in model.modules())
-    folded = fold_batchnorm(model)
-    assert folded.bn_folding.cells == cells > 0
+    folded = inference_form(model)
+    assert folded.inference_report.cells_merged == cells > 0
     assert not any(isinstance(m, DerivedCell) for m in folded.modules())
     assert sum(isinstance(m, FoldedCell) for m in folded.modules()) == cells
     x = torch.randn(1, 3, 64, 128)
     with torch.no_grad():
-        _assert_same(folded(x), model(x))
+        assert_same(folded(x), model(x))
     assert count_flops(folded, (64, 128)) < count_flops(model, (64, 128))
 
 
@@ -159,7 +160,7 @@ def test_folded_cells_run_the_inference_max_pool():
     genotype = Genotype(normal=(("max_pool_3x3", 0, 1), ("skip_connect", 0, 2), ("max_pool_3x3", 1, 2)),
                         normal_concat=(1, 2))
     cell = DerivedCell(4, genotype).eval()
-    folded = fold_batchnorm(cell)
+    folded = inference_form(cell)
     assert [type(op).__name__ for op in folded.ops] == ["MaxPool3x3", "MaxPool3x3"]
     x = torch.randn(2, 4, 9, 11)
     torch.testing.assert_close(folded(x), cell(x))
@@ -172,14 +173,16 @@ def test_folded_network_shares_the_path_relus(head, pool_first):
     projections start without a ReLU; the outputs are the eval network's."""
     nodes = NODES + (KeptNode((3, 0), (((2, 0), 0.6), ((2, 2), 0.4))),
                      KeptNode((3, 1), (((2, 0), 0.5), ((2, 2), 0.5))))
-    arch = dataclasses.replace(_architecture("partly-skip"), layers=3, nodes=nodes, head=head,
+    arch = dataclasses.replace(cell_architecture("partly-skip"), layers=3, nodes=nodes, head=head,
                                pool_first=pool_first)
     torch.manual_seed(0)
-    model = _randomise_bn(RSPNet(arch, num_classes=5)).eval()
-    folded = fold_batchnorm(model)
-    assert folded.backbone.relu_outputs and not model.backbone.relu_outputs
-    assert all(isinstance(p[0], nn.Identity) for pam in folded.backbone.pams for p in pam.projections)
+    model = randomise_bn(RSPNet(arch, num_classes=5)).eval()
+    folded = inference_form(model)
+    assert isinstance(folded.backbone, InferenceTrellis) and isinstance(model.backbone, TrellisBackbone)
+    assert not any(isinstance(m, nn.ReLU) for pam in folded.backbone.pams for m in pam.modules())
+    paths = sum(len(pam.projections) for pam in model.backbone.pams)
+    assert folded.inference_report.relus_shared == paths == sum(len(p.projections) for p in folded.backbone.pams)
     assert all(isinstance(p[0], nn.ReLU) for pam in model.backbone.pams for p in pam.projections)
     x = torch.randn(2, 3, 64, 128)
     with torch.no_grad():
-        _assert_same(folded(x), model(x))
+        assert_same(folded(x), model(x))

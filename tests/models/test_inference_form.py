@@ -1,9 +1,10 @@
-"""The layout and kernel choices of the inference form
-(``rspnet.models.simplify``): strided-sum average pooling against
+"""The inference-only modules of the inference form
+(``rspnet.models.inference``): strided-sum average pooling against
 ``F.avg_pool2d``, the channels-last stem against the stem as it is, the
 channels-last final upsampling, in-place ReLUs, RSP blocks without their
 channel shuffle; each folded network against
-the eval-mode original (the unfolded network is the reference)."""
+the eval-mode original (the unfolded network is the reference); the training
+network is left as it was."""
 import dataclasses
 
 import pytest
@@ -11,15 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from rspnet.architecture import KeptNode
-from rspnet.models import RSPNet, fold_batchnorm
+from rspnet.models import RSPNet, inference_form
 import rspnet.nn.rsp as rsp_module
-from rspnet.models.simplify import ChannelsLast, shuffle_permutation
-from rspnet.nn import PathAttention, Stem
-from rspnet.nn.pam import strided_mean
+from rspnet.models.inference import (ChannelsLast, InferenceHead, InferencePathAttention, UnshuffledRSPBlock,
+                                     shuffle_permutation, strided_mean)
+from rspnet.nn import LightHead, PathAttention, RSPBlock, Stem
 from rspnet.ops.reference import channel_shuffle_ref
 
-from .test_fold import _randomise_bn
-from .test_fold_cells import _architecture, _assert_same
+from .test_fold import randomise_bn
+from .test_fold_cells import cell_architecture, assert_same
 from .test_rspnet import NODES
 
 
@@ -50,8 +51,8 @@ def test_strided_mean_does_not_write_into_its_input():
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_channels_last_wrapper_gives_the_same_output_in_the_input_layout(layout):
     torch.manual_seed(0)
-    stem = _randomise_bn(Stem(8)).eval()
-    wrapped = ChannelsLast(_randomise_bn(Stem(8)).eval())
+    stem = randomise_bn(Stem(8)).eval()
+    wrapped = ChannelsLast(randomise_bn(Stem(8)).eval())
     wrapped.module.load_state_dict(stem.state_dict())
     x = torch.randn(2, 3, 32, 48).contiguous(memory_format=layout)
     with torch.no_grad():
@@ -71,7 +72,7 @@ def _forbid(monkeypatch, module, name: str) -> None:
 def _pool_first_light(layers: int = 3):
     nodes = NODES + (KeptNode((3, 0), (((2, 0), 0.6), ((2, 2), 0.4))),
                      KeptNode((3, 1), (((2, 0), 0.5), ((2, 2), 0.5))))
-    return dataclasses.replace(_architecture("partly-skip"), layers=layers, nodes=nodes, head="light",
+    return dataclasses.replace(cell_architecture("partly-skip"), layers=layers, nodes=nodes, head="light",
                                pool_first=True)
 
 
@@ -80,27 +81,28 @@ def test_folded_network_runs_the_inference_choices(monkeypatch):
     strided sums (``F.avg_pool2d`` is not called), upsamples channels-last,
     and gives the eval network's outputs."""
     torch.manual_seed(0)
-    model = _randomise_bn(RSPNet(_pool_first_light(), num_classes=5)).eval()
-    folded = fold_batchnorm(model)
+    model = randomise_bn(RSPNet(_pool_first_light(), num_classes=5)).eval()
+    folded = inference_form(model)
     assert isinstance(folded.stem, ChannelsLast) and isinstance(model.stem, Stem)
-    pams = [m for m in folded.modules() if isinstance(m, PathAttention)]
-    assert pams and all(p.strided_pool for p in pams)
-    assert folded.head.upsample_channels_last and not model.head.upsample_channels_last
+    pams = [m for m in folded.modules() if isinstance(m, InferencePathAttention)]
+    assert pams and all(p.pool_first for p in pams)
+    assert not any(isinstance(m, PathAttention) for m in folded.modules())
+    assert isinstance(folded.head, InferenceHead) and isinstance(model.head, LightHead)
     x = torch.randn(2, 3, 64, 128)
     with torch.no_grad():
         expected = model(x)
         _forbid(monkeypatch, F, "avg_pool2d")
         got = folded(x)
-    _assert_same(got, expected)
+    assert_same(got, expected)
     assert got.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_bn_folding_alone_keeps_layouts_and_kernels():
     model = RSPNet(_pool_first_light(), num_classes=5).eval()
-    bn_only = fold_batchnorm(model, cells=False)
+    bn_only = inference_form(model, batchnorm_only=True)
     assert isinstance(bn_only.stem, Stem)
-    assert not any(p.strided_pool for p in bn_only.modules() if isinstance(p, PathAttention))
-    assert not bn_only.head.upsample_channels_last
+    assert not any(isinstance(p, InferencePathAttention) for p in bn_only.modules())
+    assert isinstance(bn_only.head, LightHead)
 
 
 def test_in_place_relus_only_without_a_graph():
@@ -108,8 +110,8 @@ def test_in_place_relus_only_without_a_graph():
     out of place when autograd records: the outputs agree, and a backward
     through the folded network runs."""
     torch.manual_seed(0)
-    model = _randomise_bn(RSPNet(_pool_first_light(), num_classes=5)).eval()
-    folded = fold_batchnorm(model)
+    model = randomise_bn(RSPNet(_pool_first_light(), num_classes=5)).eval()
+    folded = inference_form(model)
     x = torch.randn(1, 3, 64, 128)
     with torch.no_grad():
         quiet = folded(x)
@@ -137,17 +139,18 @@ def test_unshuffled_blocks_give_the_eval_outputs(monkeypatch, head, grad):
     network's outputs, in place (no graph) and out of place (autograd on)."""
     arch = dataclasses.replace(_pool_first_light(), head=head, pool_first=head == "light")
     torch.manual_seed(0)
-    model = _randomise_bn(RSPNet(arch, num_classes=5)).eval()
-    folded = fold_batchnorm(model)
-    assert all(b.unshuffled for b in folded.backbone.blocks)
-    assert not any(b.unshuffled for b in model.backbone.blocks)
+    model = randomise_bn(RSPNet(arch, num_classes=5)).eval()
+    folded = inference_form(model)
+    assert all(isinstance(b, UnshuffledRSPBlock) for b in folded.backbone.blocks)
+    assert all(isinstance(b, RSPBlock) for b in model.backbone.blocks)
+    assert folded.inference_report.shuffles_moved == len(model.backbone.blocks)
     x = torch.randn(2, 3, 64, 128)
     with torch.no_grad():
         expected = model(x)
     _forbid(monkeypatch, rsp_module, "channel_merge")
     with torch.set_grad_enabled(grad):
         got = folded(x)
-    _assert_same(got.detach(), expected)
+    assert_same(got.detach(), expected)
 
 
 def test_nested_rsp_blocks_keep_their_shuffle():
@@ -155,15 +158,89 @@ def test_nested_rsp_blocks_keep_their_shuffle():
     the cell's, so it keeps its shuffle; the outputs are the eval network's."""
     arch = dataclasses.replace(_pool_first_light(), rsp_depth=2)
     torch.manual_seed(0)
-    model = _randomise_bn(RSPNet(arch, num_classes=5)).eval()
-    folded = fold_batchnorm(model)
-    assert not any(b.unshuffled for b in folded.backbone.blocks)
+    model = randomise_bn(RSPNet(arch, num_classes=5)).eval()
+    folded = inference_form(model)
+    assert not any(isinstance(b, UnshuffledRSPBlock) for b in folded.backbone.blocks)
+    assert folded.inference_report.shuffles_moved == 0
     x = torch.randn(1, 3, 64, 128)
     with torch.no_grad():
-        _assert_same(folded(x), model(x))
+        assert_same(folded(x), model(x))
 
 
 def test_folding_twice_wraps_the_stem_once():
     model = RSPNet(_pool_first_light(), num_classes=5).eval()
-    twice = fold_batchnorm(fold_batchnorm(model))
+    twice = inference_form(inference_form(model))
     assert isinstance(twice.stem, ChannelsLast) and isinstance(twice.stem.module, Stem)
+
+
+# what the training blocks carried before issue 19, set by the inference form
+INFERENCE_FLAGS = ("unshuffled", "strided_pool", "relu_outputs", "upsample_channels_last")
+
+
+@pytest.mark.parametrize("head", ["concat", "light"])
+def test_the_training_network_is_left_as_it_was(head):
+    """Building and running the inference form changes nothing of the
+    network it was built from: the same modules, bit-identical parameters,
+    buffers and outputs, no storage shared, and no inference flag on the
+    training blocks."""
+    arch = dataclasses.replace(_pool_first_light(), head=head, pool_first=head == "light")
+    torch.manual_seed(0)
+    model = randomise_bn(RSPNet(arch, num_classes=5)).eval()
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        before = model(x)
+    modules = [(name, type(m)) for name, m in model.named_modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = inference_form(model)
+    with torch.no_grad():   # the folded network writes in place without a graph
+        folded(x)
+    with torch.inference_mode():
+        folded(x)
+    assert [(name, type(m)) for name, m in model.named_modules()] == modules
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    ours = {t.data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    assert not ours & {t.data_ptr() for t in [*folded.parameters(), *folded.buffers()]}
+    assert not any(hasattr(m, flag) for m in model.modules() for flag in INFERENCE_FLAGS)
+    assert model.training is False and all(not m.training for m in folded.modules())
+
+
+def test_inplace_converts_the_network_itself():
+    model = RSPNet(_pool_first_light(), num_classes=5).eval()
+    folded = inference_form(model, inplace=True)
+    assert folded is model and isinstance(model.stem, ChannelsLast)
+
+
+def test_the_report_counts_each_rewrite():
+    torch.manual_seed(0)
+    model = randomise_bn(RSPNet(_pool_first_light(), num_classes=5)).eval()
+    backbone = model.backbone
+    report = inference_form(model).inference_report
+    coarser = sum(source[1] < node[1] for node, sources in zip(backbone.nodes, backbone.sources)
+                  for source in sources)
+    assert coarser > 0
+    assert (report.relus_shared, report.shuffles_moved, report.pools_strided) == (
+        sum(len(pam.projections) for pam in backbone.pams), len(backbone.blocks), coarser)
+    assert (report.stems_channels_last, report.heads_channels_last) == (1, 1)
+    assert report.cells_merged == len(backbone.blocks) and report.batchnorms_left == 0
+    assert f"pools strided: {coarser}" in str(report)
+
+
+def test_fold_batchnorm_is_the_inference_form_under_its_former_name():
+    """``fold_batchnorm`` and ``FoldCount`` (the names before issue 19): the
+    same network, its report also as ``bn_folding`` with FoldCount's fields."""
+    from rspnet.models import FoldCount, InferenceFormReport, fold_batchnorm
+
+    torch.manual_seed(0)
+    model = randomise_bn(RSPNet(_pool_first_light(), num_classes=5)).eval()
+    old, new = fold_batchnorm(model), inference_form(model)
+    assert FoldCount is InferenceFormReport and old.bn_folding == new.inference_report
+    report = new.inference_report
+    assert (old.bn_folding.folded, old.bn_folding.left, old.bn_folding.cells) == (
+        report.batchnorms_folded, report.batchnorms_left, report.cells_merged)
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(old(x), new(x), rtol=0, atol=0)
+    assert isinstance(fold_batchnorm(model, cells=False).stem, Stem)

@@ -15,14 +15,14 @@ NODES = (KeptNode((1, 0), (((0, 0), 1.0),)),
          KeptNode((2, 2), (((1, 1), 1.0),)))
 
 
-def _arch(nodes=NODES):
+def small_arch(nodes=NODES):
     return Architecture(cell=CELL, channels=4, scales=4, head_channels=8, layers=2 if nodes else None,
                         nodes=nodes)
 
 
 @pytest.mark.parametrize("source", ["object", "dict", "file"])
 def test_from_architecture_builds_a_trainable_network(source, tmp_path):
-    arch = _arch()
+    arch = small_arch()
     if source == "dict":
         arch = arch.to_dict()
     elif source == "file":
@@ -39,7 +39,7 @@ def test_from_architecture_builds_a_trainable_network(source, tmp_path):
 
 
 def test_trellis_keeps_only_the_listed_paths_with_fixed_weights():
-    model = RSPNet(_arch(), 7)
+    model = RSPNet(small_arch(), 7)
     assert model.backbone.nodes == [(1, 0), (1, 1), (2, 0), (2, 2)]
     assert model.backbone.sources[2] == [(1, 0), (1, 1)]
     torch.testing.assert_close(torch.softmax(model.path_logits_2, 0), torch.tensor([0.7, 0.3]))
@@ -54,7 +54,7 @@ def test_trellis_keeps_only_the_listed_paths_with_fixed_weights():
 
 
 def test_single_path_topology_when_there_is_no_macro_part():
-    model = RSPNet(_arch(nodes=None), 7)
+    model = RSPNet(small_arch(nodes=None), 7)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7, 32, 32)
     cells = [m for m in model.modules() if isinstance(m, DerivedCell)]
     assert [c.project[0].out_channels for c in cells] == [2, 4, 8, 16]   # half of F·2^s
