@@ -52,7 +52,7 @@ from rspnet.engine.precision import AMP_MODES, autocast
 from rspnet.engine.session import set_threads
 from rspnet.files import check_output_dir, check_output_file, write_json, write_png
 from rspnet.metrics import ConfusionMatrix, format_table, summarize
-from rspnet.models import fold_batchnorm
+from rspnet.models import inference_form
 from rspnet.train.checkpoint import load_trained_model
 from rspnet import cli
 from rspnet.engine.scoring import class_probabilities
@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     set_threads(args.threads, device)
     # BatchNorm folded into the convolutions: the same outputs to fp32 rounding, fewer passes over the maps
-    model = fold_batchnorm(args.model).to(device)
+    model = inference_form(args.model).to(device)
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -3,8 +3,7 @@ inference form (``inference_form``: BatchNorms folded, linear cell states
 merged, inference-only modules), and the hand-designed reference they are
 compared with."""
 from .cost import count_flops, count_flops_of, count_params
-from .fold import fold_batchnorm
-from .inference import FoldCount, InferenceFormReport, inference_form
+from .inference import FoldCount, InferenceFormReport, fold_batchnorm, inference_form
 from .rspnet import RSPNet
 from .simplify import FoldedCell, fold_cells
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["fold_batchnorm", "fold_conv_batchnorms"]
+__all__ = ["fold_conv_batchnorms"]
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
@@ -68,15 +68,3 @@ def fold_conv_batchnorms(model: nn.Module) -> tuple[int, int]:
                 folded += 1
     left = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     return folded, left
-
-
-def fold_batchnorm(model: nn.Module, inplace: bool = False, cells: bool = True) -> nn.Module:
-    """The name before issue 19 of ``rspnet.models.inference_form`` (all of
-    the inference form, not BatchNorm folding alone; ``cells=False`` is
-    ``batchnorm_only=True``). The returned network's report is also its
-    ``bn_folding`` (an ``InferenceFormReport``, whose ``folded``, ``left`` and
-    ``cells`` are the fields of the former ``FoldCount``)."""
-    from .inference import inference_form   # it builds on this module
-    net = inference_form(model, batchnorm_only=not cells, inplace=inplace)
-    net.bn_folding = net.inference_report
-    return net

@@ -40,7 +40,8 @@ from .fold import fold_conv_batchnorms
 from .simplify import MaxPool3x3, fold_cells
 
 __all__ = ["ChannelsLast", "FoldCount", "InferenceFormReport", "InferenceHead", "InferencePathAttention",
-           "InferenceTrellis", "UnshuffledRSPBlock", "inference_form", "shuffle_permutation", "strided_mean"]
+           "InferenceTrellis", "UnshuffledRSPBlock", "inference_form", "fold_batchnorm", "shuffle_permutation",
+           "strided_mean"]
 
 
 @dataclass(frozen=True)
@@ -310,4 +311,15 @@ def inference_form(model: nn.Module, *, batchnorm_only: bool = False, inplace: b
         net, counts["heads_channels_last"] = _wrap(net, SegmentationHead, InferenceHead)
         net.eval()
     net.inference_report = InferenceFormReport(folded, left, **counts)
+    return net
+
+
+def fold_batchnorm(model: nn.Module, inplace: bool = False, cells: bool = True) -> nn.Module:
+    """The name before issue 19 of ``rspnet.models.inference_form`` (all of
+    the inference form, not BatchNorm folding alone; ``cells=False`` is
+    ``batchnorm_only=True``). The returned network's report is also its
+    ``bn_folding`` (an ``InferenceFormReport``, whose ``folded``, ``left`` and
+    ``cells`` are the fields of the former ``FoldCount``)."""
+    net = inference_form(model, batchnorm_only=not cells, inplace=inplace)
+    net.bn_folding = net.inference_report
     return net

@@ -35,7 +35,7 @@ from rspnet.engine.precision import AMP_MODES, amp_dtype
 from rspnet.engine.session import set_threads
 from rspnet.files import check_output_dir, write_png
 from rspnet.predict import MULTIPLE, padded_size, predict_batch
-from rspnet.models import fold_batchnorm
+from rspnet.models import inference_form
 from rspnet.train.checkpoint import load_trained_model
 from rspnet import cli
 
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     set_threads(args.threads, device)
     # BatchNorm folded into the convolutions: the same outputs to fp32 rounding, fewer passes over the maps
-    model = fold_batchnorm(args.model).to(device)
+    model = inference_form(args.model).to(device)
     dtype = amp_dtype(args.amp, device) if device.type == "cuda" else None   # CPU: always fp32
     bar = tqdm(total=len(args.images), desc="predict", unit="img", disable=args.no_progress, dynamic_ncols=True)
     for batch in _batches(args.images, args.batch_size):
