@@ -107,7 +107,7 @@ def costs(model, size, latency_size=LATENCY_SIZE, warmup: int = 2, iters: int = 
     """Parameters, FLOPs at ``size`` and median one-thread CPU latency at ``latency_size``."""
     import torch
 
-    from rspnet.export import measure_latency
+    from rspnet.ops.timing import measure_latency
     from rspnet.models import count_flops, count_params
 
     model = model.eval()

@@ -11,13 +11,13 @@ in place once it passes.
 
 ``--report [PATH]`` prints and writes (JSON) the parameters, the forward FLOPs
 (``torch.utils.flop_counter``, a multiply-add counting 2) and the batch-1
-latency and FPS at ``--size HxW`` (default 512x1024) on ``--device``, of
-the network as trained and folded (``rspnet.models.fold``), each in the memory
-layout its warm-up found faster, beside torchvision's LRASPP-MobileNetV3-Large
-(random weights, the same classes; ``pip install -e .[bench]``) timed alike, and
-the ratios; the folded pair also alternately (``interleaved_latency``), the ratio
-a shared machine's drifting load biases least. Both outputs are checked before
-any work: no input, and an existing default report is only replaced when named.
+latency and FPS (``rspnet.ops.timing.measure_latency``) at ``--size HxW``
+(default 512x1024) on ``--device``, of the network as trained and folded
+(``rspnet.models.fold``), each in the memory layout its warm-up found faster,
+and how far the folded network's output lies from the trained one's. Both
+outputs are checked before any work: no input, and an existing default report
+is only replaced when named. The comparison with torchvision's
+LRASPP-MobileNetV3-Large is ``benchmarks/latency_vs_lraspp.py``.
 
 Example::
 
@@ -30,8 +30,6 @@ import argparse
 import contextlib
 import logging
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -47,8 +45,8 @@ from rspnet.engine.checkpoint import CheckpointError
 from rspnet.engine.session import set_threads
 from rspnet.files import check_output_file, write_json
 from rspnet.models import RSPNet, count_flops, count_params, fold_batchnorm
-from rspnet.models.reference import REFERENCE_NAME, lraspp_mobilenet_v3, reference_unavailable
 from rspnet.ops import _backend
+from rspnet.ops.timing import MEMORY_FORMATS, device_name, measure_latency, median_ms
 from rspnet.train.checkpoint import load_trained_model
 from rspnet import cli
 
@@ -179,89 +177,10 @@ def onnx_latency(path: str, resolution: Sequence[int], warmup: int, iters: int) 
     options.log_severity_level = 3
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     x = {session.get_inputs()[0].name: np.zeros((1, 3, *resolution), dtype=np.float32)}
-    for _ in range(warmup):
-        session.run(None, x)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        session.run(None, x)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return median_ms(lambda: session.run(None, x), repeats=iters, warmup=warmup)
 
 
 # -------------------------------------------------------------------- report
-MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-
-
-def _timed(run, x, n: int, cuda: bool) -> list[float]:
-    times = []
-    for _ in range(n):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run(x)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            start = time.perf_counter()
-            run(x)
-            times.append(1000 * (time.perf_counter() - start))
-    return times
-
-
-def measure_latency(model: torch.nn.Module, resolution: Sequence[int], device: torch.device,
-                    dtype: torch.dtype = torch.float32, compile: bool = False, warmup: int = 5,
-                    iters: int = 20, memory_format: str = "auto") -> dict[str, Any]:
-    """Batch-1 forward latency in ms (median, p20, p80) on ``device``; the
-    model is cast to ``dtype`` (in place) and optionally compiled. GPU timings
-    use CUDA events.
-
-    ``memory_format``: ``contiguous`` (NCHW), ``channels_last`` (NHWC), or
-    ``auto``: the ``warmup`` runs are made in each layout and the one whose
-    warm-up runs (the first left out) were faster is timed. With ``compile``,
-    ``auto`` does not compile twice: it takes channels-last on GPU and
-    contiguous on CPU. The layout timed is in the result."""
-    model = model.to(device=device, dtype=dtype).eval()
-    cuda = device.type == "cuda"
-    x = torch.zeros(1, 3, *resolution, device=device, dtype=dtype)
-    if memory_format not in MEMORY_FORMATS:
-        raise ValueError(f"memory_format: one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
-    trials: dict[str, float] = {}
-    chosen = memory_format
-    with torch.inference_mode():
-        if memory_format == "auto" and compile:
-            chosen = "channels_last" if cuda else "contiguous"
-        elif memory_format == "auto":
-            for name, fmt in _FORMATS.items():
-                model.to(memory_format=fmt)
-                times = _timed(model, x.contiguous(memory_format=fmt), max(warmup, 2), cuda)
-                trials[name] = statistics.median(times[1:])
-            chosen = min(trials, key=trials.get)
-        fmt = _FORMATS[chosen]
-        model = model.to(memory_format=fmt)
-        x = x.contiguous(memory_format=fmt)
-        run = torch.compile(model) if compile else model
-        # after a layout trial: one more run so that the timed layout is warm again
-        _timed(run, x, 1 if trials else warmup, cuda)
-        times = sorted(_timed(run, x, iters, cuda))
-    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    median = statistics.median(times)
-    result = {"median_ms": median, "p20_ms": q(0.2), "p80_ms": q(0.8), "fps": 1000.0 / median,
-              "memory_format": chosen}
-    if trials:
-        result["warmup_median_ms"] = trials
-    return result
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    threads = torch.get_num_threads()
-    return f"{platform.processor() or platform.machine()} CPU, {threads} thread{'s' if threads != 1 else ''}"
-
-
 @torch.no_grad()
 def folding_difference(model: torch.nn.Module, folded: torch.nn.Module, resolution: Sequence[int],
                        seed: int = 0) -> tuple[float, float]:
@@ -298,55 +217,24 @@ def network_costs(model: torch.nn.Module, resolution: Sequence[int], device: tor
     return rows
 
 
-def interleaved_latency(ours: torch.nn.Module, ours_input: torch.Tensor, reference: torch.nn.Module,
-                        reference_input: torch.Tensor, rounds: int, cuda: bool = False) -> dict[str, Any]:
-    """Time ``ours`` and ``reference`` alternately, one run each per round
-    (the order swapped every round), so that a shared machine's drift in
-    load falls on both alike: each one's median, the median over rounds of
-    ``ours / reference`` in the same round, and in how many rounds ``ours``
-    was faster. The models run as given (warmed up already)."""
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    times: dict[str, list[float]] = {"ours": [], "reference": []}
-    runs = {"ours": (ours, ours_input), "reference": (reference, reference_input)}
-    with torch.inference_mode():
-        for r in range(rounds):
-            for name in (("ours", "reference") if r % 2 == 0 else ("reference", "ours")):
-                model, x = runs[name]
-                times[name] += _timed(model, x, 1, cuda)
-    ratios = [a / b for a, b in zip(times["ours"], times["reference"])]
-    return {"rounds": rounds, "median_ratio": statistics.median(ratios),
-            "ours_faster_rounds": sum(q < 1 for q in ratios),
-            "ours_median_ms": statistics.median(times["ours"]),
-            "reference_median_ms": statistics.median(times["reference"])}
-
-
-def _timing_input(model_row: dict[str, Any], resolution: Sequence[int], device: torch.device,
-                  dtype: torch.dtype) -> torch.Tensor:
-    fmt = _FORMATS[model_row["latency"]["memory_format"]]
-    return torch.zeros(1, 3, *resolution, device=device, dtype=dtype).contiguous(memory_format=fmt)
-
-
-def model_classes(model: torch.nn.Module) -> int:
-    return model.head.classifier.out_channels
-
-
-def _torchvision_version() -> str:
-    import torchvision
-
-    return torchvision.__version__
-
-
-def _ratios(ours: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
-    return {"params": ours["params"] / reference["params"], "flops": ours["flops"] / reference["flops"],
-            "latency": ours["latency"]["median_ms"] / reference["latency"]["median_ms"]}
-
-
 def format_report(report: dict[str, Any]) -> str:
+    """The report as printed: the settings, the cost table (as trained and
+    folded) and the ONNX file's entry."""
+    lines = _aligned(_settings_rows(report)) + [""] + _cost_table(report)
+    if report.get("onnx"):
+        lines += [""] + _aligned(_onnx_rows(report["onnx"]))
+    return "\n".join(lines)
+
+
+def _aligned(rows: list[tuple[str, str]]) -> list[str]:
+    width = max(len(k) for k, _ in rows)
+    return [f"{k:<{width}}  {v}" for k, v in rows]
+
+
+def _settings_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     h, w = report["resolution"]
     rows = [("resolution", f"{h}x{w}, batch 1; FLOPs by torch.utils.flop_counter (multiply-add = 2)")]
-    lat = report.get("latency")
-    if lat:
+    if report.get("latency"):
         rows += [("device", report["device_name"]),
                  ("settings", f"{report['dtype']}, {'torch.compile' if report['compile'] else 'eager'}, "
                               f"median of {report['iters']} runs after {report['warmup']} warm-up, "
@@ -354,62 +242,38 @@ def format_report(report: dict[str, Any]) -> str:
     folded = report.get("folded")
     if folded:
         cells = folded.get("cells_folded", 0)
-        text = f"rspnet {folded['bn_folded']} BatchNorm folded, {folded['bn_left']} left" \
-               + (f", linear states of {cells} cell{'s' if cells != 1 else ''} merged" if cells else "") \
-               + f" (max |folded - unfolded| {folded['max_abs_diff_vs_unfolded']:.1e} " \
-               f"of max |output| {folded['max_abs_output']:.3g})"
-        ref = report.get("reference")
-        if ref:
-            text += f"; {ref['name']} {ref['folded']['bn_folded']} folded, {ref['folded']['bn_left']} left " \
-                    f"({ref['folded']['max_abs_diff_vs_unfolded']:.1e} of {ref['folded']['max_abs_output']:.3g})"
-        rows.append(("BN folding", text))
-    width = max(len(k) for k, _ in rows)
-    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+        rows.append(("BN folding", f"rspnet {folded['bn_folded']} BatchNorm folded, {folded['bn_left']} left"
+                     + (f", linear states of {cells} cell{'s' if cells != 1 else ''} merged" if cells else "")
+                     + f" (max |folded - unfolded| {folded['max_abs_diff_vs_unfolded']:.1e} "
+                       f"of max |output| {folded['max_abs_output']:.3g})"))
+    return rows
 
+
+def _cost_table(report: dict[str, Any]) -> list[str]:
+    """The network as trained and folded: parameters, GFLOPs, latency (p20-p80), FPS, layout."""
     table = [("network", "parameters", "GFLOPs", "latency ms (p20-p80)", "FPS", "layout")]
-
-    def row(name, r):
+    rows = [("rspnet", {"params": report["params"], "flops": report["flops"], "latency": report.get("latency")})]
+    if report.get("folded"):
+        rows.append(("rspnet, BN folded", report["folded"]))
+    for name, r in rows:
         la = r.get("latency")
         timing = (f"{la['median_ms']:.2f} ({la['p20_ms']:.2f}-{la['p80_ms']:.2f})", f"{la['fps']:.2f}",
                   la.get("memory_format", "")) if la else ("-", "-", "")
         table.append((name, f"{r['params']:,}", f"{r['flops'] / 1e9:.3f}", *timing))
-
-    row("rspnet", {"params": report["params"], "flops": report["flops"], "latency": lat})
-    if folded:
-        row("rspnet, BN folded", folded)
-    ref = report.get("reference")
-    if ref:
-        row(ref["name"], ref["unfolded"])
-        row(f"{ref['name']}, BN folded", ref["folded"])
-        for key, name in (("unfolded", "rspnet / LRASPP"), ("folded", "rspnet / LRASPP, both folded")):
-            r = report["ratios"][key]
-            table.append((name, f"{r['params']:.3f}x", f"{r['flops']:.3f}x", f"{r['latency']:.3f}x",
-                          f"{1 / r['latency']:.3f}x", ""))
-        inter = report["ratios"].get("folded_interleaved")
-        if inter:
-            table.append(("  the same, interleaved", "", "", f"{inter['median_ratio']:.3f}x",
-                          f"{1 / inter['median_ratio']:.3f}x",
-                          f"rspnet faster in {inter['ours_faster_rounds']}/{inter['rounds']} rounds"))
     widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
-    lines.append("")
-    for t in table:
-        lines.append("  ".join(f"{c:<{wd}}" if i in (0, 5) else f"{c:>{wd}}"
-                               for i, (c, wd) in enumerate(zip(t, widths))).rstrip())
-    if report.get("reference_note"):
-        lines.append(report["reference_note"])
+    return ["  ".join(f"{c:<{wd}}" if i in (0, 5) else f"{c:>{wd}}" for i, (c, wd) in enumerate(zip(t, widths)))
+            .rstrip() for t in table]
 
-    onnx = report.get("onnx")
-    if onnx:
-        rows = [("ONNX file", f"{onnx['path']} ({onnx['bytes'] / 2**20:.2f} MiB, opset {onnx['opset']}, "
-                              f"dynamic {onnx['dynamic']})"),
-                ("ONNX parity", f"max |onnxruntime - torch| = {onnx['max_abs_diff']:.2e} "
-                                f"(tolerance {onnx['tolerance']:.0e})")]
-        if onnx.get("onnxruntime_latency_ms") is not None:
-            rows.append(("ONNX latency", f"{onnx['onnxruntime_latency_ms']:.2f} ms median (onnxruntime CPU, "
-                                         f"{onnx['resolution'][0]}x{onnx['resolution'][1]})"))
-        width = max(len(k) for k, _ in rows)
-        lines += [""] + [f"{k:<{width}}  {v}" for k, v in rows]
-    return "\n".join(lines)
+
+def _onnx_rows(onnx: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("ONNX file", f"{onnx['path']} ({onnx['bytes'] / 2**20:.2f} MiB, opset {onnx['opset']}, "
+                          f"dynamic {onnx['dynamic']})"),
+            ("ONNX parity", f"max |onnxruntime - torch| = {onnx['max_abs_diff']:.2e} "
+                            f"(tolerance {onnx['tolerance']:.0e})")]
+    if onnx.get("onnxruntime_latency_ms") is not None:
+        rows.append(("ONNX latency", f"{onnx['onnxruntime_latency_ms']:.2f} ms median (onnxruntime CPU, "
+                                     f"{onnx['resolution'][0]}x{onnx['resolution'][1]})"))
+    return rows
 
 
 # ----------------------------------------------------------------------- CLI
@@ -438,8 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                    help="tensor layout timed: contiguous (NCHW), channels_last (NHWC), or auto: each "
                         "network in the layout its warm-up runs found faster (default)")
-    p.add_argument("--no-reference", action="store_true",
-                   help=f"leave out the {REFERENCE_NAME} reference (torchvision) from the report")
     p.add_argument("--warmup", type=positive_int, default=5)
     p.add_argument("--iters", type=positive_int, default=20)
     return p
@@ -567,9 +429,9 @@ def write_onnx(model: torch.nn.Module, args) -> dict[str, Any]:
 
 
 def cost_report(model: torch.nn.Module, args, report: dict[str, Any]) -> None:
-    """Add ``--report``'s measurements to ``report``: settings, parameters,
-    FLOPs and latency of the network (and folded), of the LRASPP reference and
-    the ratios, and the ONNX file's onnxruntime latency."""
+    """Add ``--report``'s measurements to ``report``: the settings, the
+    parameters, FLOPs and latency of the network and of its folded form, and
+    the ONNX file's onnxruntime latency."""
     device = torch.device(args.device)
     report.update({"device": str(device), "device_name": device_name(device),
                    "cpu_threads": torch.get_num_threads(), "dtype": args.dtype,
@@ -581,30 +443,10 @@ def cost_report(model: torch.nn.Module, args, report: dict[str, Any]) -> None:
         report["onnx"]["resolution"] = list(args.resolution)
         report["onnx"]["onnxruntime_latency_ms"] = onnx_latency(args.onnx, tuple(args.resolution),
                                                                 args.warmup, args.iters)
-    settings = (device, DTYPES[args.dtype], args.compile, args.warmup, args.iters, args.memory_format)
-    kept: dict[str, dict[str, torch.nn.Module]] = {"ours": {}, "reference": {}}
-    ours = network_costs(model, resolution, *settings, keep=kept["ours"])
-    report.update({"flops": ours["unfolded"]["flops"], "latency": ours["unfolded"]["latency"],
-                   "folded": ours["folded"]})
-    note = None if args.no_reference else reference_unavailable()
-    report["reference"] = report["ratios"] = None
-    if note:
-        report["reference_note"] = note
-    if note or args.no_reference:
-        return
-    torch.manual_seed(0)   # from scratch, seeded: the same network in every report
-    reference = network_costs(lraspp_mobilenet_v3(model_classes(model)), resolution, *settings,
-                              keep=kept["reference"])
-    report["reference"] = {"name": REFERENCE_NAME, "source": "torchvision, random weights",
-                           "torchvision": _torchvision_version(), **reference}
-    report["ratios"] = {key: _ratios(ours[key], reference[key]) for key in ("unfolded", "folded")}
-    if not args.compile:
-        # the two folded networks once more, alternately: the ratio a drifting load biases least
-        dtype = DTYPES[args.dtype]
-        report["ratios"]["folded_interleaved"] = interleaved_latency(
-            kept["ours"]["folded"], _timing_input(ours["folded"], resolution, device, dtype),
-            kept["reference"]["folded"], _timing_input(reference["folded"], resolution, device, dtype),
-            args.iters, device.type == "cuda")
+    rows = network_costs(model, resolution, device, DTYPES[args.dtype], args.compile, args.warmup, args.iters,
+                         args.memory_format)
+    report.update({"flops": rows["unfolded"]["flops"], "latency": rows["unfolded"]["latency"],
+                   "folded": rows["folded"]})
 
 
 if __name__ == "__main__":

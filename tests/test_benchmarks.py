@@ -13,6 +13,7 @@ runs on the device (``gpu`` marker).
 import importlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -237,14 +238,86 @@ def test_cost_vs_lraspp_quick(smoke, arch_file):
 
 
 def test_latency_vs_lraspp_quick(smoke, arch_file):
+    """The comparison the export report used to carry: every network as built
+    and folded, against counts made here (torchvision's LRASPP built afresh),
+    the ratios from those rows, and the interleaved rounds."""
+    tv = pytest.importorskip("torchvision.models.segmentation")
+    from rspnet.models import RSPNet, count_flops
     done, out = smoke("latency_vs_lraspp")
     assert done.returncode == 0, done.log
     result = json.loads((out / "latency.json").read_text())
-    nets = result["networks"]
-    assert set(nets) == {"LRASPP-MobileNetV3-Large", arch_file}
-    assert all(len(n["ms"]) == result["rounds"] and n["median_ms"] > 0 for n in nets.values())
-    assert 0 <= nets[arch_file]["faster_rounds"] <= result["rounds"] and nets[arch_file]["median_ratio"] > 0
-    assert "/ LRASPP in the same round" in done.stdout
+    nets, ref = result["networks"], "LRASPP-MobileNetV3-Large"
+    assert set(nets) == {ref, arch_file} and result["size"] == [64, 128] and result["threads"] == 1
+    for name in (ref, f"{ref}, BN folded", arch_file, f"{arch_file}, BN folded", f"{arch_file} / LRASPP",
+                 f"{arch_file} / LRASPP, both folded"):
+        assert any(line.startswith(name + "  ") or line.startswith(name + " (") for line in
+                   done.stdout.splitlines()), name
+    lraspp = tv.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=19)
+    ours = RSPNet(arch_file, 19)
+    for name, model in ((ref, lraspp), (arch_file, ours)):
+        row, bns = nets[name], [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        params = sum(p.numel() for p in model.parameters())
+        assert row["unfolded"]["params"] == params
+        assert row["folded"]["params"] == params - sum(bn.num_features for bn in bns)  # gamma, beta -> a bias
+        assert (row["folded"]["bn_folded"], row["folded"]["bn_left"]) == (len(bns), 0)
+        assert row["folded"]["max_abs_diff_vs_unfolded"] <= 1e-4 * max(1.0, row["folded"]["max_abs_output"])
+        assert row["folded"]["flops"] <= row["unfolded"]["flops"] == count_flops(model.eval(), (64, 128))
+        for key in ("unfolded", "folded"):
+            assert row[key]["latency"]["median_ms"] > 0
+            assert row[key]["latency"]["memory_format"] in ("contiguous", "channels_last")
+        inter = row["interleaved"]
+        assert len(inter["ms"]) == result["rounds"] and inter["median_ms"] > 0
+        assert inter["layout"] == row["folded"]["latency"]["memory_format"]
+    for key in ("unfolded", "folded"):
+        mine, theirs, q = nets[arch_file][key], nets[ref][key], nets[arch_file]["ratios"][key]
+        assert q["params"] == pytest.approx(mine["params"] / theirs["params"])
+        assert q["flops"] == pytest.approx(mine["flops"] / theirs["flops"])
+        assert q["latency"] == pytest.approx(mine["latency"]["median_ms"] / theirs["latency"]["median_ms"])
+    inter = nets[arch_file]["interleaved"]
+    paired = [a / b for a, b in zip(inter["ms"], nets[ref]["interleaved"]["ms"])]
+    assert inter["median_ratio"] == pytest.approx(statistics.median(paired))
+    assert inter["faster_rounds"] == sum(q < 1 for q in paired)
+    assert "/ LRASPP in the same round" in done.stdout and "ratios" not in nets[ref]
+
+
+def test_latency_vs_lraspp_interleaves_and_pairs_the_rounds(monkeypatch):
+    """Each round runs every network once, the order rotated every round, and
+    a ratio is taken within a round (an injected clock: ours costs 2 units,
+    the reference 3, except in round 1 where the reference costs 1)."""
+    from rspnet.ops import timing
+    lv = _bench("latency_vs_lraspp")
+    calls, now = [], [0.0]
+    cost = {"ours": [2, 2, 2, 2], "reference": [3, 1, 3, 3], "third": [5, 5, 5]}
+
+    def net(name):
+        def run():
+            calls.append(name)
+            now[0] += cost[name][calls.count(name) - 1] / 1000
+        return run
+
+    monkeypatch.setattr(timing, "perf_counter", lambda: now[0])
+    times = lv.interleaved({"reference": net("reference"), "ours": net("ours")}, rounds=4)
+    assert calls == ["reference", "ours", "ours", "reference"] * 2
+    assert times["ours"] == pytest.approx([2, 2, 2, 2]) and times["reference"] == pytest.approx([3, 1, 3, 3])
+    v = lv.versus(times["ours"], times["reference"])
+    assert v["median_ratio"] == pytest.approx(2 / 3) and v["faster_rounds"] == 3
+    calls.clear()
+    cost.update(ours=[2] * 3, reference=[3] * 3)
+    lv.interleaved({n: net(n) for n in ("reference", "ours", "third")}, rounds=3)
+    assert calls == ["reference", "ours", "third", "ours", "third", "reference", "third", "reference", "ours"]
+    with pytest.raises(ValueError, match="rounds"):
+        lv.interleaved({"ours": net("ours")}, rounds=0)
+
+
+def test_latency_vs_lraspp_without_torchvision_says_how_to_install_it(monkeypatch, capsys, arch_file):
+    lv = _bench("latency_vs_lraspp")
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")] + ["torchvision"]:
+        monkeypatch.setitem(sys.modules, name, None)     # `import torchvision` fails
+    with pytest.raises(SystemExit) as exc:
+        lv.parse(["--quick", arch_file])
+    assert exc.value.code == 2
+    assert "LRASPP-MobileNetV3-Large reference skipped: torchvision is not installed; pip install -e .[bench]" \
+        in capsys.readouterr().err
 
 
 # ------------------------------------------------------------- GPU-only scripts

@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 
 from .. import _extension
+from . import timing
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 _CPP_DTYPES = (torch.float32, torch.float64)
@@ -272,20 +273,11 @@ def call(op: str, name: str, automatic_choice: bool, impls: dict, x: torch.Tenso
         return impls[triton_failed(op, exc, x.device, x.dtype)]()
 
 
-def _time_cuda(run, reps: int = 5, repeats: int = 3) -> float:
-    """Milliseconds per call of ``run``: the best of ``repeats`` event-timed
-    batches of ``reps`` calls, after one warm-up call (Triton compiles there)."""
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            run()
-        end.record()
-        end.synchronize()
-        best = min(best, start.elapsed_time(end) / reps)
-    return best
+def _time_cuda(run) -> float:
+    """Milliseconds per call of ``run`` on the GPU (``timing.best_ms``): the
+    best of 3 event-timed batches of 5 calls, after one warm-up call (Triton
+    compiles there)."""
+    return timing.best_ms(run, batch=5, repeats=3, cuda=True)
 
 
 def _fastest(op: str, runners: dict, timer=None) -> str:

@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import statistics
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -43,6 +40,7 @@ from rspnet.files import atomic_open
 from rspnet.models.cost import count_flops_of
 from rspnet.nn import OPS, DerivedCell, PathAttention, RSPBlock, Stem, layer_nodes, make_head, trellis_nodes
 from rspnet.nn.primitives import ConvBNReLU
+from rspnet.ops.timing import device_name, median_ms  # device_name: the latency table's key
 
 from .derive import same_scale_source
 
@@ -316,23 +314,6 @@ class CostTable:
 
 
 # -------------------------------------------------------------- latency
-def device_name(device: torch.device) -> str:
-    """What the latency table is keyed by: the GPU's name, or the CPU model
-    and the thread count."""
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"cpu:{model}:threads={torch.get_num_threads()}"
-
-
 def default_latency_table_path() -> str:
     """``$RSPNET_LATENCY_TABLE``, else ``~/.cache/rspnet/latency.json``."""
     return os.environ.get("RSPNET_LATENCY_TABLE") or os.path.join(
@@ -340,24 +321,9 @@ def default_latency_table_path() -> str:
 
 
 def time_ms(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], repeats: int = 5, warmup: int = 2) -> float:
-    """Median wall time of ``fn(*inputs)`` in ms (CUDA: events, synchronised)."""
-    cuda = inputs[0].is_cuda
-    times = []
-    for i in range(warmup + repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(*inputs)
-            end.record()
-            torch.cuda.synchronize()
-            elapsed = start.elapsed_time(end)
-        else:
-            t0 = time.perf_counter()
-            fn(*inputs)
-            elapsed = (time.perf_counter() - t0) * 1e3
-        if i >= warmup:
-            times.append(elapsed)
-    return statistics.median(times)
+    """The median ms of ``fn(*inputs)`` over ``repeats`` calls after ``warmup``
+    (``rspnet.ops.timing.median_ms``; CUDA events when the inputs are on a GPU)."""
+    return median_ms(lambda: fn(*inputs), repeats, warmup, cuda=inputs[0].is_cuda)
 
 
 class LatencyMeter:

@@ -124,6 +124,16 @@ def test_choice_is_never_timed_while_compiling(clean_choices, monkeypatch):
     assert clock.calls == []
 
 
+def test_choice_is_timed_by_the_shared_clock(monkeypatch):
+    """The CUDA/Triton timer is ``timing.best_ms`` on CUDA events: the best
+    of 3 batches of 5 calls (tests/ops/test_timing.py checks its arithmetic)."""
+    seen = []
+    monkeypatch.setattr(_backend.timing, "best_ms", lambda run, **kw: seen.append((run, kw)) or 1.5)
+    run = lambda: None  # noqa: E731
+    assert _backend._time_cuda(run) == 1.5
+    assert seen == [(run, {"batch": 5, "repeats": 3, "cuda": True})]
+
+
 def test_set_tuning_rejects_unknown_mode():
     with pytest.raises(ValueError, match="tuning must be one of measure, off"):
         _backend.set_tuning("fast")

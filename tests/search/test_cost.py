@@ -240,6 +240,26 @@ def test_latency_table_is_close_to_a_direct_measurement():
     assert direct / 3 < table["stem"] < direct * 3
 
 
+def test_time_ms_is_the_median_after_the_warmup(monkeypatch):
+    """The latency table's timer on a fake clock: ``fn(*inputs)`` called
+    warmup + repeats times, the median of the timed calls in ms; the table's
+    key names the device as ``rspnet.ops.timing`` does."""
+    from rspnet.ops import timing
+    from rspnet.search import cost
+
+    now, costs, calls = [0.0], [100.0, 100.0, 4.0, 1.0, 3.0], []
+    monkeypatch.setattr(timing, "perf_counter", lambda: now[0])
+
+    def fn(*inputs):
+        calls.append(inputs)
+        now[0] += costs[len(calls) - 1] / 1000
+
+    x = torch.zeros(1)
+    assert time_ms(fn, [x, x], repeats=3, warmup=2) == pytest.approx(3.0)
+    assert len(calls) == 5 and all(c == (x, x) for c in calls)
+    assert cost.device_name is timing.device_name
+
+
 def test_penalty_is_the_relative_excess_only():
     from rspnet.search import CostPenalty
     table = flops_table(GEOMETRY)
