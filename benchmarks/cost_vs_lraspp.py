@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from search_quality import QUICK_LATENCY, costs, lraspp_model  # noqa: E402
 
-from rspnet.models.fold import fold_batchnorm  # noqa: E402
+from rspnet.models import fold_batchnorm  # noqa: E402
 from rspnet.models.rspnet import RSPNet  # noqa: E402
 
 

@@ -300,7 +300,7 @@ def test_rescale_never_writes_over_its_input(fresh, capsys):
 
 
 # -------------------------------------------------------------------- export
-REPORT = ["--size", "32x32", "--warmup", "1", "--iters", "1", "--no-reference"]
+REPORT = ["--size", "32x32", "--warmup", "1", "--iters", "1"]
 
 
 @pytest.mark.parametrize("flag, path", [("--report", "{file}/r.json"), ("--report", UNWRITABLE + "/r.json"),
