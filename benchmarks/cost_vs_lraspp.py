@@ -2,7 +2,7 @@
 RSPNet architecture files beside torchvision's LRASPP-MobileNetV3-Large, all in
 one process (LRASPP measured first and last, to show the drift of a shared
 machine), each as built and in its folded inference form
-(``rspnet.models.fold_batchnorm``: BatchNorms and linear cell states merged,
+(``rspnet.models.inference_form``: BatchNorms and linear cell states merged,
 what evaluate, predict and the export report run). Usage::
 
     python benchmarks/cost_vs_lraspp.py [--quick] OUT.json ARCH.json [ARCH.json ...]
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from search_quality import QUICK_LATENCY, costs, lraspp_model  # noqa: E402
 
-from rspnet.models import fold_batchnorm  # noqa: E402
+from rspnet.models import inference_form  # noqa: E402
 from rspnet.models.rspnet import RSPNet  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(name, model):
         c = costs(model, (64, 128), **latency)
-        folded = costs(fold_batchnorm(model.eval()), (64, 128), **latency)
+        folded = costs(inference_form(model.eval()), (64, 128), **latency)
         c.update({f"folded_{k}": v for k, v in folded.items()})
         rows.setdefault(name, []).append(c)
         print(f"{name}: {c['params'] / 1e6:.3f} M params, {c['flops'] / 1e9:.3f} GFLOPs at 64x128, "

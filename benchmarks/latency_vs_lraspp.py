@@ -1,7 +1,7 @@
 """RSPNet architecture files against torchvision's LRASPP-MobileNetV3-Large, in one process.
 
 Each network (random weights: the costs do not depend on them; ``--classes``
-19) as built and in its inference form (``rspnet.models.fold_batchnorm``, what
+19) as built and in its inference form (``rspnet.models.inference_form``, what
 evaluate, predict and ``python -m rspnet.export --report`` run), with the rows
 of the export report (``rspnet.export.network_costs``): parameters, forward
 FLOPs at ``--size`` (a multiply-add = 2), batch-1 latency (median, p20-p80 of

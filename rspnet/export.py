@@ -44,7 +44,7 @@ from rspnet.cli import checked, parse_size, positive_int, trained_model_args
 from rspnet.engine.checkpoint import CheckpointError
 from rspnet.engine.session import set_threads
 from rspnet.files import check_output_file, write_json
-from rspnet.models import RSPNet, count_flops, count_params, fold_batchnorm
+from rspnet.models import RSPNet, count_flops, count_params, inference_form
 from rspnet.ops import _backend
 from rspnet.ops.timing import MEMORY_FORMATS, device_name, measure_latency, median_ms
 from rspnet.train.checkpoint import load_trained_model
@@ -196,18 +196,19 @@ def network_costs(model: torch.nn.Module, resolution: Sequence[int], device: tor
                   compile: bool, warmup: int, iters: int, memory_format: str,
                   keep: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
     """A report row for ``model`` (fp32 on CPU): the network as it is and
-    folded (``fold_batchnorm``: BatchNorms, and linear cell states), each
+    in its inference form (``inference_form``: BatchNorms and linear cell states folded, inference-only modules), each
     with its parameters, FLOPs at ``resolution`` and latency on ``device``
     (the models are measured last: the latency casts them). ``keep``, if
     given, receives the folded model under ``"folded"``, as timed (device,
     dtype and memory layout)."""
     model.eval()   # before anything runs it: a forward in training mode would update BN statistics
-    folded = fold_batchnorm(model)
+    folded = inference_form(model)
     diff, scale = folding_difference(model, folded, resolution)
     rows = {"unfolded": {"params": count_params(model), "flops": count_flops(model, resolution)},
             "folded": {"params": count_params(folded), "flops": count_flops(folded, resolution),
-                       "bn_folded": folded.bn_folding.folded, "bn_left": folded.bn_folding.left,
-                       "cells_folded": folded.bn_folding.cells,
+                       "bn_folded": folded.inference_report.batchnorms_folded,
+                       "bn_left": folded.inference_report.batchnorms_left,
+                       "cells_folded": folded.inference_report.cells_merged,
                        "max_abs_diff_vs_unfolded": diff, "max_abs_output": scale}}
     for key, net in (("unfolded", model), ("folded", folded)):
         rows[key]["latency"] = measure_latency(net, resolution, device, dtype, compile, warmup, iters,
