@@ -119,8 +119,8 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(arch_
     import rspnet.train.trainer as train_module
     real = train_module.segmentation_loss
 
-    def poisoned(config):
-        loss_fn, calls = real(config), []
+    def poisoned(config, *args, **kwargs):
+        loss_fn, calls = real(config, *args, **kwargs), []
 
         def fn(logits, target):
             calls.append(1)
