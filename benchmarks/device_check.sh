@@ -41,7 +41,7 @@ echo "build took $(( $(date +%s) - t0 )) s"
 "$PY" -m rspnet.info | tee "$OUT/info.txt" || failed "rspnet.info"
 
 echo "== static facts of the CUDA kernels (registers, stack, spills, 16-byte accesses)"
-"$PY" -m tests.cuda_static 2>&1 | tee "$OUT/cuda_static.txt" || failed "tests.cuda_static"
+"$PY" -m tests.helpers.cuda_static 2>&1 | tee "$OUT/cuda_static.txt" || failed "tests.helpers.cuda_static"
 
 echo "== GPU tests"
 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" 2>&1 | tail -40 \

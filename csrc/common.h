@@ -5,7 +5,7 @@
 //
 // The first section is plain C++: csrc/cuda/*.cu include this header also when
 // compiled with RSPNET_CUDA_EMULATION (by g++, without torch; see
-// tests/ops/test_path_fusion.py), and their kernels use its enum.
+// tests/helpers/cuda_emulation.py), and their kernels use its enum.
 #pragma once
 #include <cstdint>
 

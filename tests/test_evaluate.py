@@ -12,12 +12,8 @@ from rspnet import data
 from rspnet.evaluate import main, official_evaluation
 from rspnet.architecture import Architecture
 from rspnet.train.__main__ import main as train_main
-
-
-def architecture_fingerprint(architecture):
-    return Architecture.load(architecture).fingerprint()
-
-from .test_train import TINY, make_architecture
+from tests.helpers.architectures import architecture_fingerprint, make_architecture
+from tests.helpers.training import TINY
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

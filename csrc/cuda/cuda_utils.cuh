@@ -1,7 +1,7 @@
 // Small device helpers shared by the CUDA kernels.
 //
 // Under RSPNET_CUDA_EMULATION (a CPU test compiles the kernels with g++, see
-// tests/ops/test_path_fusion.py) the test's shim provides acc_t, warp_sum and
+// tests/helpers/cuda_emulation.py) the test's shim provides acc_t, warp_sum and
 // the CUDA built-ins; the rest of this header is plain C++.
 #pragma once
 #ifndef RSPNET_CUDA_EMULATION

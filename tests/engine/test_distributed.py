@@ -222,6 +222,7 @@ def test_stop_signal_sets_a_flag_and_a_second_ctrl_c_interrupts():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop() and stop.name == "SIGTERM"
     with StopSignal() as stop:
+        assert not stop()   # the loop has polled: a signal is now a request (before, it stops set-up)
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):

@@ -144,4 +144,9 @@ if __name__ == "__main__":
         codes = [run_one(spec) for spec in specs]
     finally:
         distributed.cleanup(ctx)
-    sys.exit(max(codes))
+    # a run asked to stop exits with the resumable-stop status, every other one with 0
+    from rspnet.engine.session import EXIT_OK, EXIT_STOPPED
+    expected = [EXIT_STOPPED if spec.get("stop_at") else EXIT_OK for spec in specs]
+    if codes != expected:
+        print(f"dist_worker: exit statuses {codes}, expected {expected}", file=sys.stderr)
+    sys.exit(0 if codes == expected else 1)
