@@ -92,7 +92,7 @@ def train_lraspp(out: str, seed: int, train_args: list[str], arch: str) -> int:
 def lraspp_model():
     """torchvision's LRASPP-MobileNetV3-Large for 19 classes, no pretrained
     weights, returning the class scores as a tensor (the reference of
-    ``python -m rspnet.export --report`` too)."""
+    ``benchmarks/latency_vs_lraspp.py`` too)."""
     from rspnet.models.reference import lraspp_mobilenet_v3
 
     return lraspp_mobilenet_v3(19)
