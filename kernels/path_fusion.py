@@ -1,62 +1,28 @@
 """Triton kernels for ``path_fusion``: ``y = sum_p w_p * resample_p(x_p)`` and
 its backward, where ``resample_p`` is the identity, bilinear upsampling
-(``align_corners=False``) or average pooling by integer factors.
+(``align_corners=False``) or average pooling by integer factors. The layout,
+the tiling and the bytes moved are in docs/kernels_fusion.md ("Triton").
 
 Both kernels are gathers: every output element is written by exactly one
 program and no atomics are used, so results are deterministic.
 
 Compile-time specialisation: besides ``MODE<k>`` (0 identity, 1 bilinear,
-2 average pool, as decided and numbered by
-``rspnet.ops.reference.resample_mode``; the kernels never decide it) each
-path has a constexpr ``SCALE<k>``: S in ``SCALES`` (2, 4, 8) when the path is
-bilinear up by exactly S in both dimensions (``H = S h, W = S w``: the PAM
-case) or pooled by S x S, else 0, the generic code for any ratio (e.g.
-5x7 -> 12x16). The host (rspnet/ops/path_fusion.py) picks it, so at most
-{generic, 2, 4, 8} variants per path. With S, all tap indices are shifts and
-the bilinear weights are exact dyadic constants (``l1 = ((2r + 1 + S) % 2S)
-/ 2S`` for output ``S q + r``: the same values PyTorch computes, 1/S being
-exact).
+2 average pool, decided by ``rspnet.ops.reference.resample_mode``; the
+kernels never decide it) each path has a constexpr ``SCALE<k>``: S in
+``SCALES`` (2, 4, 8) when the path is bilinear up by exactly S in both
+dimensions or pooled by S x S, else 0 (the generic code for any ratio). With
+S, tap indices are shifts and the bilinear weights exact dyadic constants.
 
-* Forward: one program per (plane, tile of BLOCK_H x BLOCK_W output pixels);
-  each thread owns consecutive outputs of a row (128-bit stores and identity
-  loads with the runtime's alignment hints). For every input it evaluates the
-  resampled value at its pixels and accumulates: the 4 bilinear taps of a row
-  pair are loaded together, then contracted horizontally and vertically; a
-  pool by S loads each window row as one contiguous [.., .., S] tile.
-* Backward: one program per (plane, band of REGION output rows). For every
-  input it owns the input rows the band covers (``[y0*h//H, y1*h//H)``, a
-  partition of the input's rows) and computes ``t = resample^T(g)`` there,
-  then writes ``dx_p = w_p * t`` and one partial ``<x_p, t>`` per program
-  and input (all loads of a tile issued before its stores); the host sums
-  the partials in a fixed order.
-  - identity: the band is one contiguous run of g, x and dx, streamed flat
-    in 128-bit vectors;
-  - pool: contiguous [BLOCK_I, BLOCK_W] tiles of x and dx, g gathered at
-    ``(i // kh, j // kw)``;
-  - bilinear by an integer S: separable, vertical then horizontal. Input
-    (i, j) gathers the 2S x 2S window of output rows ``S i - S/2 + m`` and
-    columns ``S j - S/2 + n`` with tent weights (``_tent``, 1 where PyTorch
-    clamps the source index at the borders): the kernel walks m, loading
-    [BI, BJ, 2S] window tiles that are contiguous along (j, n), accumulates
-    them with the row weight, then contracts n once. Every g element is
-    touched by <= 2 input rows and <= 2 input columns (taps, not KX-wide
-    gathers); the band and its S/2-row halo come from DRAM once, the
-    neighbouring windows' re-reads hit L1;
-  - bilinear by any other ratio (generic fallback): each needed g row is
-    contracted horizontally with a [columns, KX] gather of the row (KX
-    covers every output column whose taps touch an input column), then
-    added into the input rows whose vertical taps include that g row.
+* Forward: one program per (plane, tile of BLOCK_H x BLOCK_W output pixels),
+  each thread owning consecutive outputs of a row (128-bit stores).
+* Backward: one program per (plane, band of REGION output rows); for every
+  input it owns the input rows the band covers, computes
+  ``t = resample^T(g)`` there, writes ``dx_p = w_p * t`` and one partial
+  ``<x_p, t>`` per program and input, which the host sums in a fixed order.
 
-Bytes from DRAM (fp32, PAM case 8x64x256x512 with inputs at 1, 1/2, 1/4,
-1/8): forward reads the inputs once (1 + 1/4 + 1/16 + 1/64 of y, the small
-ones re-read by neighbouring tiles from L2) and writes y; backward reads g
-once, the inputs once (logit gradient) and writes their gradients: about
-3.4 y-sizes (~0.9 GB) in all, ~0.22 ms at the 4.2 TB/s copy ceiling.
-
-Host code (rspnet/ops/path_fusion.py) passes up to ``MAX_PATHS`` inputs per
-launch (pointer and size arguments ``x<k>``, ``h<k>``, ``w<k>``) and chunks
-longer lists. Weights arrive as the softmax already evaluated, in the
-accumulation dtype (fp32, or fp64 for fp64 data).
+The host (rspnet/ops/path_fusion.py) passes up to ``MAX_PATHS`` inputs per
+launch and chunks longer lists; weights arrive as the softmax already
+evaluated, in the accumulation dtype (fp32, or fp64 for fp64 data).
 """
 import triton
 import triton.language as tl
