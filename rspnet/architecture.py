@@ -33,7 +33,7 @@ from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from rspnet.files import atomic_open
+from rspnet.files import atomic_open, parse_json, read_small_text
 
 __all__ = ["PRIMITIVES", "LIGHT_PRIMITIVES", "CANDIDATE_SETS", "OP_NAMES", "Genotype", "KeptNode", "Architecture", "SCHEMA_VERSION", "HEAD_KINDS", "scale_widths", "edge_list", "rescaled",
            "partial_channels", "reaching_head", "format_cell", "format_paths", "cell_to_dict",
@@ -233,15 +233,17 @@ class Architecture:
             return source
         if not isinstance(source, (str, os.PathLike)):
             return _parse(source)   # a parsed document (anything else is refused by name)
-        with open(source) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"architecture file {os.fspath(source)!r}: not valid JSON: {exc}") from None
+        data = parse_json(read_small_text(source, "architecture file"), "architecture file", source)
         return _parse(data)
 
 
 # ------------------------------------------------------------------ validation
+# Bounds far beyond any light-weight network, so that a typo cannot ask for
+# terabytes: channels of a scale or the head, and scales (1/4 .. 1/2^(s+1)).
+MAX_WIDTH = 4096
+MAX_SCALES = 8
+
+
 def _fail(where: str, message: str) -> None:
     raise ValueError(f"architecture file: {where}: {message}")
 
@@ -367,9 +369,9 @@ def _parse(data: Any) -> Architecture:
     cell = _parse_cell(root["cell"])
     widths = _object(root["widths"], "widths", ("channels", "scales", "head_channels"),
                      optional=("head", "scale_channels"))
-    channels = _int(widths["channels"], "widths.channels", 2)
-    scales = _int(widths["scales"], "widths.scales", 1)
-    head_channels = _int(widths["head_channels"], "widths.head_channels", 1)
+    channels = _int(widths["channels"], "widths.channels", 2, MAX_WIDTH)
+    scales = _int(widths["scales"], "widths.scales", 1, MAX_SCALES)
+    head_channels = _int(widths["head_channels"], "widths.head_channels", 1, MAX_WIDTH)
     head = widths.get("head", "concat")
     if head not in HEAD_KINDS:
         _fail("widths.head", f"expected one of {', '.join(map(repr, HEAD_KINDS))}, got {head!r}")
@@ -377,7 +379,8 @@ def _parse(data: Any) -> Architecture:
     if scale_channels is not None:
         if not isinstance(scale_channels, list):
             _fail("widths.scale_channels", f"expected a list, got {scale_channels!r}")
-        scale_channels = tuple(_int(c, f"widths.scale_channels[{i}]", 2) for i, c in enumerate(scale_channels))
+        scale_channels = tuple(_int(c, f"widths.scale_channels[{i}]", 2, MAX_WIDTH)
+                               for i, c in enumerate(scale_channels))
         try:
             scale_widths(channels, scales, scale_channels)
         except ValueError as exc:

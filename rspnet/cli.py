@@ -11,6 +11,9 @@ import sys
 from typing import Callable
 
 
+MAX_INPUT_PIXELS = 2**27   # as rspnet.data.MAX_PIXELS: the largest image the reader decodes
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """rspnet's command lines: an error is one line naming the flag or the
     file (exit status 2), not the whole usage, which would bury it."""
@@ -21,6 +24,31 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def guarded(main: Callable[..., int], prog: str) -> Callable[..., int]:
+    """A command's ``main`` with the failures of a running machine as one
+    line and exit status 1 instead of a traceback: out of memory (a size or
+    width the machine cannot hold), or a read or write that failed."""
+    import functools
+
+    @functools.wraps(main)
+    def run(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except MemoryError:
+            message = "out of memory"
+        except RuntimeError as exc:
+            text = str(exc)
+            if not any(k in text for k in ("can't allocate memory", "out of memory", "CUDA out of memory")):
+                raise
+            message = "out of memory: " + text.splitlines()[0]
+        except OSError as exc:
+            message = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+        print(f"{prog}: error: {message} (try a smaller --size or --batch-size)"
+              if "memory" in message else f"{prog}: error: {message}", file=sys.stderr)
+        return 1
+    return run
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -35,6 +63,9 @@ def parse_size(text: str) -> tuple[int, int]:
     if parts[0] % 32 or parts[1] % 32:
         raise argparse.ArgumentTypeError(
             f"{text}: height and width must be multiples of 32 (the network reaches 1/32 scale)")
+    if parts[0] * parts[1] > MAX_INPUT_PIXELS:
+        raise argparse.ArgumentTypeError(
+            f"{text}: more than {MAX_INPUT_PIXELS} pixels (2^27, e.g. 8192x16384), the largest image rspnet reads")
     return parts[0], parts[1]
 
 
@@ -55,6 +86,14 @@ def nonnegative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """``--seed``: 0 <= seed < 2^32 (what every generator it seeds accepts)."""
+    value = nonnegative_int(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed below 2^32, got {text!r}")
     return value
 
 
@@ -151,7 +190,7 @@ def run_options(parser: argparse.ArgumentParser, args: argparse.Namespace, kind:
                          keep=args.keep, threads=args.threads, deterministic=args.deterministic,
                          progress=not args.no_progress)
     try:
-        return options.resolved(kind)
+        return options.resolved(kind, [getattr(args, "data_root", None)])
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -203,17 +242,19 @@ def trained_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace
     """The checks of ``add_model_options``' flags: ``--arch`` loads (into
     ``args.architecture``), ``--device`` exists, ``--checkpoint`` (when
     given) is a file -- each problem an argparse error."""
-    from rspnet.engine.config import check_device
+    from rspnet.engine.config import check_device, check_threads
 
     args.architecture = architecture_arg(parser, args.arch)
     checked(parser, check_device, args.device)
+    checked(parser, check_threads, args.threads)
     if args.checkpoint is None:   # optional for export: random weights
         return
     if os.path.isdir(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint}: is a directory; give a checkpoint file in it "
                      f"(e.g. {os.path.join(args.checkpoint, 'best.pt')})")
     if not os.path.isfile(args.checkpoint):
-        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+        parser.error(f"--checkpoint {args.checkpoint}: " + ("not a regular file (a FIFO, socket or device)"
+                                                            if os.path.exists(args.checkpoint) else "no such file"))
 
 
 def run_command(parser: argparse.ArgumentParser, run: Callable[[], object]) -> int:

@@ -43,8 +43,8 @@ from tqdm import tqdm
 
 from rspnet import data
 from rspnet.cli import (add_config_option, checked, config_of, data_root_help, nonnegative_int, parse_size,
-                        positive_int, trained_model_args)
-from rspnet.engine.config import plain
+                        positive_int, seed_int, trained_model_args)
+from rspnet.engine.config import check_workers, plain
 from rspnet.engine.settings import add_flags, setting
 from rspnet.engine.checkpoint import CheckpointError
 from rspnet.engine import precision
@@ -175,7 +175,7 @@ class EvalConfig:
         "image at its own size, padded to a multiple of 32 as rspnet.predict does. Predictions are always "
         "scored at the labels' resolution", group="data", type=parse_size)
     seed: int | None = setting(None, "synthetic scene seed (none: the checkpoint's training seed)", group="data",
-                               type=nonnegative_int)
+                               type=seed_int)
     scales: tuple[float, ...] = setting((1.0,), "input scales to average (e.g. 0.75 1.0 1.25)",
                                         group="inference", type=float, nargs="+")
     flip: bool = setting(False, "also average horizontally flipped inputs", group="inference")
@@ -235,6 +235,7 @@ def _check_options(parser: argparse.ArgumentParser, args) -> None:
     if args.data == "synthetic" and args.split == "test":
         parser.error("--split test: the synthetic scenes have train and val")
     checked(parser, data.check_source, args.data, args.data_root, (args.split,))
+    checked(parser, check_workers, args.workers)
     for s in args.scales:
         if not (math.isfinite(s) and 0.1 <= s <= 4):
             parser.error(f"--scales: {s} is outside [0.1, 4]")
@@ -385,4 +386,4 @@ def _report(args, summary: dict[str, Any], confusion: ConfusionMatrix, seconds: 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.guarded(main, "python -m rspnet.evaluate")())

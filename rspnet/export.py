@@ -43,7 +43,7 @@ from rspnet import data
 from rspnet.cli import checked, parse_size, positive_int, trained_model_args
 from rspnet.engine.checkpoint import CheckpointError
 from rspnet.engine.session import set_threads
-from rspnet.files import check_output_file, write_json
+from rspnet.files import check_output_file, new_file_mode, write_json
 from rspnet.models import RSPNet, count_flops, count_params, inference_form
 from rspnet.ops import _backend
 from rspnet.ops.timing import MEMORY_FORMATS, device_name, measure_latency, median_ms
@@ -401,6 +401,7 @@ def write_onnx(model: torch.nn.Module, args) -> dict[str, Any]:
     ``ExportError`` if the export or the check fails."""
     resolution = tuple(args.resolution)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.onnx)), prefix=".tmp-", suffix=".onnx")
+    os.fchmod(fd, new_file_mode())   # as any new file under the user's umask (mkstemp gives 0600)
     os.close(fd)
     try:
         start = time.perf_counter()
@@ -451,4 +452,4 @@ def cost_report(model: torch.nn.Module, args, report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.guarded(main, "python -m rspnet.export")())

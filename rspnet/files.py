@@ -16,7 +16,9 @@ import tempfile
 from typing import Any, BinaryIO, Iterator
 
 __all__ = ["atomic_open", "write_json", "write_png", "check_output_dir", "check_output_file",
-           "is_inside", "new_file_mode"]
+           "is_inside", "new_file_mode", "read_small_text", "parse_json", "SMALL_FILE_LIMIT"]
+
+SMALL_FILE_LIMIT = 64 * 2**20   # settings, architecture and class files are kilobytes
 
 
 def _fsync_dir(directory: str) -> None:
@@ -145,3 +147,39 @@ def check_output_file(path: str | os.PathLike, flag: str, inputs=()) -> None:
         raise ValueError(f"{flag} {path}: exists and is not a regular file")
     _check_not_input(path, flag, inputs)
     _check_creatable(os.path.dirname(os.path.abspath(path)), flag, path)
+
+
+# ------------------------------------------------------------ input files
+def read_small_text(path: str | os.PathLike, what: str, limit: int = SMALL_FILE_LIMIT) -> str:
+    """The text (UTF-8, a byte-order mark skipped) of a small input file:
+    ``FileNotFoundError`` when it is missing, else ``ValueError`` naming
+    ``what`` and the path unless it is a regular file of at most ``limit``
+    bytes -- a FIFO, a device or an endless file is refused before it is
+    opened, so it can neither block nor fill the memory."""
+    import stat
+
+    path = os.fspath(path)
+    info = os.stat(path)   # FileNotFoundError for a missing file, as open()
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, socket or device)"
+        raise ValueError(f"{what} {path}: {kind}")
+    if info.st_size > limit:
+        raise ValueError(f"{what} {path}: {info.st_size / 2**20:.0f} MiB, more than the {limit // 2**20} MiB "
+                         f"such a file can be")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+
+
+def parse_json(text: str, what: str, path: str | os.PathLike) -> Any:
+    """``json.loads`` with every failure a one-line ``ValueError`` naming the file."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {os.fspath(path)}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{what} {os.fspath(path)}: nested too deeply to be a settings file") from None

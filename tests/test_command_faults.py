@@ -341,8 +341,13 @@ def test_export_static_shapes_exports_and_checks(trained, tmp_path, capsys):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     onnx_path = tmp_path / "static.onnx"
-    assert export_main(["--arch", trained["arch"], "--checkpoint", trained["checkpoint"], "--onnx",
-                        str(onnx_path), "--dynamic", "none", "--size", "32x64"]) == 0
+    umask = os.umask(0o022)
+    try:
+        assert export_main(["--arch", trained["arch"], "--checkpoint", trained["checkpoint"], "--onnx",
+                            str(onnx_path), "--dynamic", "none", "--size", "32x64"]) == 0
+    finally:
+        os.umask(umask)
     assert "dynamic none" in capsys.readouterr().out
+    assert os.stat(onnx_path).st_mode & 0o777 == 0o644   # the umask's, not mkstemp's 0600
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, 32, 64]

@@ -163,7 +163,9 @@ def test_sigterm_while_set_up_blocks_on_a_read_stops_with_the_stop_status(arch_f
     proc = subprocess.Popen([sys.executable, str(script), str(fifo), "--arch", arch_file, *TRAIN,
                              "--out", str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": ROOT})
-    assert proc.stderr.readline().strip() == "reading"
+    for line in proc.stderr:   # (warnings may come first)
+        if line.strip() == "reading":
+            break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_STOPPED, err
@@ -248,3 +250,125 @@ def test_a_checkpoint_directory_is_named_as_one(arch_file, tmp_path, capsys):
     line = _usage_error(capsys, lambda: evaluate_main(["--arch", arch_file, "--checkpoint", str(tmp_path),
                                                        "--size", "64x64", "--no-progress"]))
     assert f"--checkpoint {tmp_path}: is a directory" in line
+
+
+# ------------------------------------------- the second sweep's cases
+@pytest.fixture
+def folder_data(tmp_path):
+    from rspnet.data import write_folder_layout
+
+    root = tmp_path / "data"
+    write_folder_layout(root, {"train": 4, "val": 2}, size=(64, 64))
+    return root
+
+
+@pytest.mark.parametrize("command", ["train", "search"])
+def test_a_run_never_writes_inside_its_data_root(command, folder_data, arch_file, capsys):
+    before = sorted(str(p) for p in folder_data.rglob("*"))
+    out = folder_data / "images" / "train" / "run"
+    args = ["--data", "folder", "--data-root", str(folder_data), "--out", str(out)]
+    call = (lambda: train_main(["--arch", arch_file, *TRAIN, *args])) if command == "train" else \
+        (lambda: search_main([*SEARCH, *args]))
+    assert "inside the input" in _usage_error(capsys, call)
+    assert sorted(str(p) for p in folder_data.rglob("*")) == before
+
+
+def test_a_second_run_on_a_directory_in_use_is_refused(arch_file, tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".rspnet.lock", "w") as lock:   # what a running run holds
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        line = _usage_error(capsys, lambda: train_main(["--arch", arch_file, *TRAIN, "--out", str(out),
+                                                        "--resume", "auto"]))
+    assert "is being written by another run" in line and os.listdir(out) == [".rspnet.lock"]
+    assert train_main(["--arch", arch_file, *TRAIN, "--out", str(out), "--resume", "auto"]) == EXIT_OK
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "32000x32000"], "more than 134217728 pixels"),
+    (["--workers", "99999"], "--workers must be in [0,"),
+    (["--threads", "100000"], "--threads must be in [0,"),
+    (["--weight-decay", "nan"], "expected a finite number"),
+    (["--poly-power", "inf"], "expected a finite number"),
+    (["--seed", str(2**70)], "below 2^32"),
+])
+def test_sizes_counts_and_numbers_no_machine_can_use_are_refused_first(argv, message, arch_file, tmp_path,
+                                                                       capsys):
+    out = tmp_path / "run"
+    line = _usage_error(capsys, lambda: train_main(["--arch", arch_file, *TRAIN, *argv, "--out", str(out)]))
+    assert message in line and not out.exists()
+
+
+def test_an_architecture_wider_than_any_network_is_refused(arch_file, tmp_path, capsys):
+    arch = json.loads(open(arch_file).read())
+    arch["widths"]["channels"] = 1_000_000
+    (tmp_path / "wide.json").write_text(json.dumps(arch))
+    line = _usage_error(capsys, lambda: train_main(["--arch", str(tmp_path / "wide.json"), *TRAIN,
+                                                    "--out", str(tmp_path / "run")]))
+    assert "widths.channels: 1000000 is out of range" in line
+
+
+@pytest.mark.parametrize("text, name, message", [
+    ("epochs: [1\n", "bad.yaml", "not valid YAML"),
+    ("epochs: 1\n\tchannels: 4\n", "tab.yaml", "not valid YAML"),
+    ("[" * 100000 + "]" * 100000, "deep.json", "nested too deeply"),
+    ('{"size": [32]}', "short.json", "size: expected a list of 2"),
+    ('{"arch_betas": [0.5]}', "betas.json", "arch_betas: expected a list of 2"),
+    ('{"w_lr": -1}', "lr.json", "w_lr: expected a positive number"),
+    ('{"size": [33, 64]}', "odd.json", "multiples of 32"),
+    ('{"memory": "banana"}', "choice.json", "memory: 'banana' is not one of"),
+])
+def test_a_config_value_gets_the_checks_its_flag_gets(text, name, message, tmp_path, capsys):
+    path = tmp_path / name
+    path.write_text(text)
+    out = tmp_path / "run"
+    line = _usage_error(capsys, lambda: search_main([*SEARCH, "--config", str(path), "--out", str(out)]))
+    assert f"--config {path}" in line and message in line and not out.exists()
+
+
+@pytest.mark.parametrize("what", ["--config", "--arch", "classes.json"])
+def test_a_fifo_as_a_settings_file_is_refused_without_blocking(what, arch_file, folder_data, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    argv = [sys.executable, "-m", "rspnet.train", "--arch", arch_file, *TRAIN, "--out", str(tmp_path / "run")]
+    if what == "--config":
+        argv += ["--config", str(fifo)]
+    elif what == "--arch":
+        argv[argv.index(arch_file)] = str(fifo)
+    else:
+        os.remove(folder_data / "classes.json")
+        os.mkfifo(folder_data / "classes.json")
+        argv += ["--data", "folder", "--data-root", str(folder_data)]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert "not a regular file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_divergence_is_reported_once_on_the_terminal(arch_file, tmp_path, monkeypatch, capsys):
+    import rspnet.train.trainer as trainer
+
+    real = trainer.segmentation_loss
+    monkeypatch.setattr(trainer, "segmentation_loss",
+                        lambda *a, **k: (lambda s, t, f=real(*a, **k): f(s, t) * float("nan")))
+    from rspnet.engine.session import EXIT_DIVERGED
+
+    assert train_main(["--arch", arch_file, *TRAIN, "--out", str(tmp_path / "nan")]) == EXIT_DIVERGED
+    captured = capsys.readouterr()
+    assert captured.err.count("the training diverged") == 1 and "diverged" not in captured.out
+    assert "the training diverged" in (tmp_path / "nan" / "train.log").read_text()
+
+
+def test_out_of_memory_is_one_line_and_status_1(capsys):
+    from rspnet import cli
+
+    def hungry():
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 4000000000000 bytes.")
+    assert cli.guarded(hungry, "python -m rspnet.x")() == EXIT_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m rspnet.x: error: out of memory")
+    with pytest.raises(RuntimeError, match="something else"):
+        cli.guarded(lambda: (_ for _ in ()).throw(RuntimeError("something else")), "p")()

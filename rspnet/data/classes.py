@@ -23,6 +23,8 @@ import numpy as np
 
 from .labels import CLASS_NAMES, IGNORE_INDEX, LABELID_TO_TRAINID, PALETTE, TRAINID_TO_LABELID
 
+from .reader import check_regular
+
 __all__ = ["ClassTable", "CITYSCAPES", "CAMVID", "load_classes", "CLASSES_FILE", "INVALID", "MAX_CLASSES"]
 
 CLASSES_FILE = "classes.json"
@@ -212,17 +214,22 @@ def load_classes(path: str | os.PathLike) -> ClassTable:
     byte-order mark); every problem is a one-line ``ValueError`` that names
     the file."""
     path = os.fspath(path)
+    if not os.path.lexists(path):
+        raise ValueError(f"{path}: no such file (a folder data set describes its classes there)")
+    check_regular(path)   # a FIFO or a device is refused unopened
+    if os.path.getsize(path) > 64 * 2**20:
+        raise ValueError(f"{path}: too large to be a classes file")
     try:
         with open(path, encoding="utf-8-sig") as f:   # a byte-order mark (Windows editors) is skipped
             text = f.read()
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file (a folder data set describes its classes there)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read: {exc}") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a classes file") from None
     try:
         return parse_classes(obj)
     except ValueError as exc:

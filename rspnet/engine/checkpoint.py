@@ -196,7 +196,7 @@ def refuse_existing(out: str, kind: str, own_log: str | None = None) -> None:
     appended to. ``ValueError`` naming what is there."""
     if not os.path.isdir(out):
         return
-    present = sorted(name for name in os.listdir(out) if name != own_log)
+    present = sorted(name for name in os.listdir(out) if own_log is None or name not in (own_log, ".rspnet.lock"))
     if present:
         shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
         raise ValueError(f"--out {out} already holds files ({shown}); a new {kind} run needs a new or "

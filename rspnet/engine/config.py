@@ -17,7 +17,8 @@ from typing import Any, Iterable, Sequence
 
 from rspnet.files import check_output_dir
 
-__all__ = ["RunOptions", "plain", "changed_settings", "check_device", "check_run_settings", "local_batch"]
+__all__ = ["RunOptions", "plain", "changed_settings", "check_device", "check_run_settings", "local_batch",
+           "check_threads", "check_workers"]
 
 
 @dataclass
@@ -49,24 +50,27 @@ class RunOptions:
     deterministic: bool = False
     progress: bool = True
 
-    def resolved(self, kind: str) -> "RunOptions":
+    def resolved(self, kind: str, inputs: Sequence[str | None] = ()) -> "RunOptions":
         """These options with ``out`` filled in; ``ValueError`` (naming the
-        CLI flag) for options that cannot work together."""
+        CLI flag) for options that cannot work together, or an ``out`` that
+        cannot be written or lies inside one of ``inputs`` (the data root)."""
         if self.checkpoint_every < 0 or self.keep < 0:
             raise ValueError("--checkpoint-every and --keep-checkpoints must be >= 0")
-        if self.threads is not None and self.threads < 0:
-            raise ValueError("--threads must be >= 0")
+        check_threads(self.threads)
         out = self.out
         if self.resume == "auto" and not out:
             raise ValueError("--resume needs --out, the directory of the run to continue")
         if self.resume and self.resume != "auto":
             if not os.path.isfile(self.resume):
-                raise ValueError(f"--resume {self.resume}: no such file")
+                what = ("a directory: give a checkpoint file in it, or --resume auto --out DIR"
+                        if os.path.isdir(self.resume) else "not a regular file"
+                        if os.path.exists(self.resume) else "no such file")
+                raise ValueError(f"--resume {self.resume}: {what}")
             if out is None:
                 out = os.path.dirname(os.path.abspath(self.resume))
         if out is None:
             out = os.path.join("runs", time.strftime(f"{kind}-%Y%m%d-%H%M%S"))
-        check_output_dir(out, "--out")
+        check_output_dir(out, "--out", [i for i in inputs if i])
         return dataclasses.replace(self, out=os.fspath(out))
 
 
@@ -131,3 +135,18 @@ def local_batch(batch_size: int, world_size: int) -> int:
         raise ValueError(f"--batch-size {batch_size} is the global batch: it must be a multiple of the "
                          f"{world_size} processes")
     return batch_size // world_size
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads``: None, 0 (PyTorch's default) or up to 4 per core; more
+    threads than that only oversubscribe, and torch crashes starting 10^5."""
+    limit = 4 * (os.cpu_count() or 1)
+    if threads is not None and not 0 <= threads <= limit:
+        raise ValueError(f"--threads must be in [0, {limit}] (4 per core), got {threads}")
+
+
+def check_workers(workers: int) -> None:
+    """``--workers``: DataLoader processes, at most 4 per core."""
+    limit = 4 * (os.cpu_count() or 1)
+    if not 0 <= workers <= limit:
+        raise ValueError(f"--workers must be in [0, {limit}] (4 per core), got {workers}")

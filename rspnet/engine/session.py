@@ -28,7 +28,7 @@ from . import distributed
 from .config import RunOptions
 from .faults import Diverged, StopRequested, StopSignal
 
-__all__ = ["RunError", "RunSession", "set_threads", "make_deterministic", "exit_status", "describe_os_error", "EXIT_OK",
+__all__ = ["RunError", "RunSession", "set_threads", "make_deterministic", "exit_status", "describe_os_error", "LOCK_NAME", "EXIT_OK",
            "EXIT_FAILED", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_STOPPED", "EXIT_INTERRUPTED"]
 
 # The exit statuses of every command, for scripts (the README lists them).
@@ -38,6 +38,9 @@ EXIT_USAGE = 2         # bad input or settings, found before any work started; n
 EXIT_DIVERGED = 3      # a NaN or an infinity stopped the run; the last good checkpoint is kept
 EXIT_STOPPED = 75      # stopped by SIGTERM or Ctrl-C at a step boundary: resumable (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once, resumable from the last checkpoint
+
+
+LOCK_NAME = ".rspnet.lock"   # in a run's directory while a process writes it
 
 
 class RunError(ValueError):
@@ -94,10 +97,13 @@ class RunSession:
         return self.options.progress and self.ctx.is_main
 
     # ------------------------------------------------------------------ log
-    def log(self, line: str) -> None:
+    def log(self, line: str, echo: bool = True) -> None:
+        """Print ``line`` above the progress bars (``echo``) and append it to
+        the run's log; rank 0 only."""
         if not self.ctx.is_main:   # only rank 0 talks and writes
             return
-        tqdm.write(line)
+        if echo:
+            tqdm.write(line)
         if self._pending is not None:
             self._pending.append(line)
             return
@@ -105,12 +111,31 @@ class RunSession:
             f.write(line + "\n")
 
     def open_output(self) -> None:
-        """Create the output directory (rank 0) and write the lines logged so far."""
-        if self.ctx.is_main and self._pending is not None:
-            os.makedirs(self.out, exist_ok=True)
-            with open(self.log_path, "a") as f:
-                f.writelines(line + "\n" for line in self._pending)
+        """Create the output directory, take its lock (``RunError`` on every
+        rank when another run holds it) and write the lines logged so far."""
+        if self._pending is not None:
+            self.on_main(self._create_and_lock)
         self._pending = None
+
+    def _create_and_lock(self) -> None:
+        """Rank 0: one run at a time writes a directory; the lock is released
+        when this process ends or leaves the session."""
+        import fcntl
+
+        from rspnet.files import new_file_mode
+
+        os.makedirs(self.out, exist_ok=True)
+        path = os.path.join(self.out, LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, new_file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ValueError(f"--out {self.out} is being written by another run (it holds {path}); wait for "
+                             f"it to end or choose another --out") from None
+        self._exit.callback(os.close, fd)
+        with open(self.log_path, "a") as f:
+            f.writelines(line + "\n" for line in self._pending or ())
 
     # ------------------------------------------------------------- checks
     def on_main(self, fn: Callable[[], Any], errors: tuple[type[BaseException], ...] = (ValueError,)) -> Any:
@@ -151,18 +176,20 @@ class RunSession:
             last = exc.last_checkpoint
             message = (f"error: the {what} diverged: {exc}. Nothing was written after the last good "
                        f"checkpoint" + (f", {last}" if last else " (there is none)") + f"; {advice}")
-            self.log(message)
+            self.log(message, echo=False)
             if self.ctx.is_main:
                 print(message, file=sys.stderr)
             on_exit()
             raise
         except KeyboardInterrupt:   # a second Ctrl-C: no checkpoint at this step
-            self.log(f"interrupted: the last checkpoint is {last_checkpoint()}; {resume}")
+            last = last_checkpoint()
+            self.log(f"interrupted: the last checkpoint is {last}; {resume}" if last
+                     else "interrupted before the first checkpoint; nothing to resume")
             on_exit()
             raise
         except OSError as exc:   # e.g. a full disk: the writes are atomic, the last checkpoint is whole
             message = f"error: {describe_os_error(exc)}; the last checkpoint is {last_checkpoint()}; {resume}"
-            self.log(message)
+            self.log(message, echo=False)
             if self.ctx.is_main:
                 print(message, file=sys.stderr)
             exc.rspnet_reported = True

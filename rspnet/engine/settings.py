@@ -47,6 +47,17 @@ def setting(default: Any, help: str, **flag: Any) -> Any:
     return field(default=default, metadata={"flag": Flag(help=help, **flag)})
 
 
+def finite_float(text: str) -> float:
+    """A float flag: NaN and infinity are no setting's value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -93,7 +104,7 @@ def add_flags(parser: argparse.ArgumentParser, config_type: type, skip: Sequence
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = flag.type or (base if base in (int, float, str) else str)
+            kwargs["type"] = flag.type or {float: finite_float, int: int, str: str}.get(base, str)
             for key in ("choices", "metavar", "nargs"):
                 if getattr(flag, key) is not None:
                     kwargs[key] = getattr(flag, key)
@@ -136,13 +147,19 @@ def preset_names(command: str) -> list[str]:
 
 
 def _read_mapping(path: str) -> Mapping[str, Any]:
-    with open(path, encoding="utf-8-sig") as f:
-        text = f.read()
+    from rspnet.files import parse_json, read_small_text
+
+    text = read_small_text(path, "file")
     if path.endswith((".yaml", ".yml")):
         import yaml
-        loaded = yaml.safe_load(text)
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"not valid YAML: {' '.join(str(exc).split())}") from None
+        except RecursionError:
+            raise ValueError("nested too deeply to be a settings file") from None
     else:
-        loaded = json.loads(text)
+        loaded = parse_json(text, "file", path)
     if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
         loaded = loaded["config"]   # a run's own record: summary.json, metrics.json
     if not isinstance(loaded, dict):
@@ -157,7 +174,32 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     for item in value if isinstance(value, tuple) else (value,):
         if isinstance(item, float) and not math.isfinite(item):
             raise ValueError(f"{f.name}: must be finite, got {item!r}")
+    if value is not None:
+        _flag_check(f, value)
     return value
+
+
+def _flag_check(f: dataclasses.Field, value: Any) -> None:
+    """A file's value passes the checks its flag's value gets: the choices and
+    the argparse type (a positive count, an HxW multiple of 32, ...)."""
+    flag = _flag(f)
+    items = value if flag.nargs is not None and isinstance(value, tuple) else (value,)
+    for item in items:
+        if flag.choices is not None and item not in flag.choices:
+            raise ValueError(f"{f.name}: {item!r} is not one of {', '.join(map(str, flag.choices))}")
+    if flag.type is None:
+        return
+    if flag.nargs is not None:
+        texts = [str(item) for item in items]
+    elif isinstance(value, tuple):
+        texts = ["x".join(map(str, value)) if flag.metavar is None else ",".join(map(str, value))]
+    else:
+        texts = [str(value)]
+    for text in texts:
+        try:
+            flag.type(text)
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise ValueError(f"{f.name}: {exc}") from None
 
 
 def _checked_value(f: dataclasses.Field, value: Any) -> Any:
@@ -170,7 +212,16 @@ def _checked_value(f: dataclasses.Field, value: Any) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{f.name}: expected a list, got {value!r}")
-        return tuple(value)
+        args = typing.get_args(base)
+        fixed = len(args) if args and args[-1] is not Ellipsis else None
+        if fixed is not None and len(value) != fixed:
+            raise ValueError(f"{f.name}: expected a list of {fixed}, got {len(value)} ({list(value)!r})")
+        kind = args[0] if args else None
+        for item in value:
+            if kind in (int, float) and (isinstance(item, bool) or not isinstance(item, (int, float))
+                                         or (kind is int and not isinstance(item, int))):
+                raise ValueError(f"{f.name}: expected numbers ({kind.__name__}), got {item!r}")
+        return tuple(float(v) if kind is float else v for v in value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base is float and isinstance(value, str):   # YAML 1.1 reads 1.5e8 (no sign) as a string

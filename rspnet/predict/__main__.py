@@ -87,9 +87,18 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
             found += [(f, os.path.splitext(os.path.relpath(f, item))[0]) for f in files]
         elif os.path.isfile(item):
             found.append((item, os.path.splitext(os.path.basename(item))[0]))
+        elif os.path.exists(item):
+            raise ValueError(f"{item}: not a regular file or a folder (a FIFO, socket or device)")
         else:
             raise ValueError(f"{item}: no such file or directory")
     names: dict[str, str] = {}
+    unique, seen = [], set()
+    for path, name in found:   # the same image named twice is predicted once
+        key = (os.path.realpath(path), name)
+        if key not in seen:
+            seen.add(key)
+            unique.append((path, name))
+    found = unique
     for path, name in found:
         if name in names:
             raise ValueError(f"{path} and {names[name]} would both be written as {name}.png; "
@@ -189,4 +198,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.guarded(main, "python -m rspnet.predict")())

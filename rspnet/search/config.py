@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from rspnet import data
 from rspnet.architecture import CANDIDATE_SETS, HEAD_KINDS, partial_channels, scale_widths
-from rspnet.cli import channel_list, data_root_help, nonnegative_int, parse_size, positive_float, positive_int
+from rspnet.cli import (channel_list, data_root_help, nonnegative_int, parse_size, positive_float, positive_int,
+                        seed_int)
 from rspnet.engine.settings import resumable_changes, setting
 from rspnet.nn import MEMORY_MODES
 
@@ -100,7 +101,7 @@ class SearchConfig:
     order: str = setting("first", "first- or second-order (unrolled) architecture gradient",
                          group="architecture optimiser", choices=ORDERS)
     seed: int = setting(0, "the seed of the supernet's weights and the data order", group="run",
-                        type=nonnegative_int)
+                        type=seed_int)
     device: str = setting("cpu", "cpu, cuda or cuda:N (default: cuda when there is one)", group="run",
                           resumable=True, cli_default=_machine_device)
     edge_partial: int = setting(1, "PC-DARTS partial channels K on the cell's edges (1 = off)",

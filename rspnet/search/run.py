@@ -48,7 +48,7 @@ def run(config: SearchConfig, options: RunOptions | None = None, stage: str = "b
         check_config(config)
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        options = (options or RunOptions()).resolved("search")
+        options = (options or RunOptions()).resolved("search", [config.data_root])
         if stage == "2" and cell is None and not options.resume:
             raise ValueError("--stage 2 needs --cell ARCHITECTURE_JSON (the result of stage 1)")
     except ValueError as exc:

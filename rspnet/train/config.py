@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rspnet import data
-from rspnet.cli import data_root_help, nonnegative_int, parse_size, positive_float, positive_int
+from rspnet.cli import data_root_help, nonnegative_int, parse_size, positive_float, positive_int, seed_int
 from rspnet.engine.precision import AMP_MODES, CHANNELS_LAST_MODES
 from rspnet.engine.settings import resumable_changes, setting
 
@@ -60,7 +60,7 @@ class TrainConfig:
     channels_last: str = setting("auto", "channels-last memory format (auto: on GPU)", group="precision",
                                  choices=CHANNELS_LAST_MODES, resumable=True)
     seed: int = setting(0, "the seed of the weights, the data order and the augmentation", group="run",
-                        type=nonnegative_int)
+                        type=seed_int)
     device: str = setting("cpu", "cpu, cuda or cuda:N (default: cuda when there is one)", group="run",
                           resumable=True, cli_default=_machine_device)
     workers: int = setting(0, "DataLoader workers", group="data", type=nonnegative_int, resumable=True)
@@ -76,7 +76,7 @@ RESUMABLE_CHANGES = resumable_changes(TrainConfig)
 
 def check_config(config: TrainConfig) -> None:
     """``ValueError`` (naming the CLI flag) for settings that cannot train."""
-    from rspnet.engine.config import check_run_settings
+    from rspnet.engine.config import check_run_settings, check_workers
 
     data.check_source(config.data, config.data_root, ("train", "val"))
     check_run_settings(config.device, config.batch_size, config.size)
@@ -84,6 +84,7 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"--ohem-thresh must be in (0, 1), got {config.ohem_thresh}")
     if not 0 <= config.momentum < 1 or config.weight_decay < 0 or config.poly_power < 0:
         raise ValueError("need 0 <= --momentum < 1, --weight-decay >= 0, --poly-power >= 0")
+    check_workers(config.workers)
     if config.ohem and config.class_weights != "none":
         raise ValueError("--class-weights and --ohem do not combine: OHEM chooses the pixels by their loss")
     if config.nesterov and config.momentum == 0:

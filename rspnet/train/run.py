@@ -51,7 +51,8 @@ def run(config: TrainConfig, architecture: str | os.PathLike | Mapping | Archite
     try:
         check_config(config)
         architecture = Architecture.load(architecture)
-        options = (options or RunOptions()).resolved("train")
+        inputs = [config.data_root, source if source and os.path.isfile(source) else None]
+        options = (options or RunOptions()).resolved("train", inputs)
     except (OSError, ValueError) as exc:
         raise RunError(str(exc)) from None
     with RunSession(config.device, options, "train.log") as session:
