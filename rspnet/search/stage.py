@@ -121,11 +121,10 @@ class StageSearch(ResumableLoop):
         c = config
         self.local_batch = local_batch(c.batch_size, ctx.world_size)
         # evaluation (no graph, eval-mode BN: per-image results) in batches of
-        # at least EVAL_PIXELS pixels: small images in batches of 4 left the
-        # per-operator overhead of the supernet's thousands of small ops to
-        # dominate (a fifth of the default CPU search); large ones keep the
-        # training batch, and so does --path-norm, whose path RMS is taken
-        # over the batch even in eval mode
+        # at least EVAL_PIXELS pixels, so the per-operator overhead of the
+        # supernet's many small ops does not dominate (docs/design.md §9);
+        # --path-norm keeps the training batch: its path RMS is taken over
+        # the batch even in eval mode
         self.eval_batch = (self.local_batch if c.path_norm
                            else max(self.local_batch, EVAL_PIXELS // (c.size[0] * c.size[1])))
         half = len(dataset) // 2
