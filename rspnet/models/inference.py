@@ -31,10 +31,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from rspnet.nn.pam import fuse_paths
 from rspnet.nn import (STEM, Head, LightHead, PathAttention, RSPBlock, SegmentationHead, Stem, TrellisBackbone,
                        upsample_scores)
-from rspnet.ops import path_fusion
-from rspnet.ops.reference import POOL, resample_mode, resample_ref
+from rspnet.ops.reference import POOL, resample_mode
 
 from .fold import fold_conv_batchnorms
 from .simplify import MaxPool3x3, fold_cells
@@ -112,12 +112,8 @@ class InferencePathAttention(nn.Module):
 
     def forward(self, inputs: Sequence[torch.Tensor], logits: torch.Tensor,
                 size: tuple[int, int]) -> torch.Tensor:
-        paths = [self._project(p, x, size) for p, x in zip(self.projections, inputs, strict=True)]
-        if self.normalize:
-            with torch.no_grad():
-                rms = [resample_ref(x, tuple(size)).pow(2).mean().sqrt().clamp_min(1e-6) for x in paths]
-            paths = [x / r for x, r in zip(paths, rms)]
-        return path_fusion(logits, paths, size)
+        return fuse_paths([self._project(p, x, size) for p, x in zip(self.projections, inputs, strict=True)],
+                          logits, size, self.normalize)
 
     def _project(self, projection: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.pool_first:

@@ -35,6 +35,18 @@ from rspnet.ops.reference import POOL, resample_mode, resample_ref
 from .primitives import ReLUConvBN
 
 
+def fuse_paths(paths: Sequence[torch.Tensor], logits: torch.Tensor, size: tuple[int, int],
+               normalize: bool = False) -> torch.Tensor:
+    """``path_fusion`` of the projected paths, each first divided by its RMS
+    after resampling when ``normalize`` (the training form and the inference
+    form of a PAM fuse the same way)."""
+    if normalize:
+        with torch.no_grad():
+            rms = [resample_ref(x, tuple(size)).pow(2).mean().sqrt().clamp_min(1e-6) for x in paths]
+        paths = [x / r for x, r in zip(paths, rms)]
+    return path_fusion(logits, paths, size)
+
+
 class PathAttention(nn.Module):
     """Args:
         in_channels: channels of each incoming path, in the order of ``forward``'s inputs.
@@ -56,12 +68,8 @@ class PathAttention(nn.Module):
         if len(inputs) != len(self.projections) or logits.shape != (len(inputs),):
             raise ValueError(f"PathAttention: {len(self.projections)} paths, got "
                              f"{len(inputs)} inputs and logits of shape {tuple(logits.shape)}")
-        paths = [self._project(p, x, size) for p, x in zip(self.projections, inputs)]
-        if self.normalize:
-            with torch.no_grad():
-                rms = [resample_ref(x, tuple(size)).pow(2).mean().sqrt().clamp_min(1e-6) for x in paths]
-            paths = [x / r for x, r in zip(paths, rms)]
-        return path_fusion(logits, paths, size)
+        return fuse_paths([self._project(p, x, size) for p, x in zip(self.projections, inputs)], logits, size,
+                          self.normalize)
 
     def _project(self, projection: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.pool_first:
