@@ -385,6 +385,9 @@ def _parse(data: Any) -> Architecture:
             scale_widths(channels, scales, scale_channels)
         except ValueError as exc:
             _fail("widths.scale_channels", str(exc))
+    if max(scale_widths(channels, scales, scale_channels)) > MAX_WIDTH:
+        _fail("widths", f"channels {channels} doubled over {scales} scales reach "
+                        f"{max(scale_widths(channels, scales, scale_channels))}, more than {MAX_WIDTH}")
     rsp = _object(root["rsp"], "rsp", ("ratio", "depth"))
     ratio = rsp["ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:

@@ -45,7 +45,7 @@ def guarded(main: Callable[..., int], prog: str) -> Callable[..., int]:
             message = "out of memory: " + text.splitlines()[0]
         except OSError as exc:
             message = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
-        print(f"{prog}: error: {message} (try a smaller --size or --batch-size)"
+        print(f"{prog}: error: {message} (try smaller sizes, widths or batches)"
               if "memory" in message else f"{prog}: error: {message}", file=sys.stderr)
         return 1
     return run
@@ -263,7 +263,7 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[], object]) -> i
     usage error (rank 0 prints it, every rank exits with 2); a run stopped by
     a signal or a divergence has logged why already; a failed read or write
     (e.g. a full disk) is one line, not a traceback."""
-    from rspnet.engine.faults import Diverged, StopRequested
+    from rspnet.engine.faults import Diverged, SetupStopped, StopRequested
     from rspnet.engine.session import EXIT_FAILED, EXIT_USAGE, RunError, describe_os_error, exit_status
 
     main_rank = int(os.environ.get("RANK", "0") or 0) == 0
@@ -273,8 +273,8 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[], object]) -> i
         if main_rank:
             parser.error(str(exc))
         sys.exit(EXIT_USAGE)
-    except (StopRequested, Diverged, KeyboardInterrupt) as exc:
-        if isinstance(exc, StopRequested) and exc.path is None and main_rank:
+    except (StopRequested, SetupStopped, Diverged, KeyboardInterrupt) as exc:
+        if isinstance(exc, SetupStopped) and main_rank and not getattr(exc, "rspnet_reported", False):
             print(f"{parser.prog}: stopped during set-up, before the first step; nothing to resume",
                   file=sys.stderr)
         return exit_status(exc)

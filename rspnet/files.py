@@ -177,8 +177,15 @@ def read_small_text(path: str | os.PathLike, what: str, limit: int = SMALL_FILE_
 
 def parse_json(text: str, what: str, path: str | os.PathLike) -> Any:
     """``json.loads`` with every failure a one-line ``ValueError`` naming the file."""
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"{what} {os.fspath(path)}: {', '.join(repeated)} given twice")
+        return dict(pairs)
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{what} {os.fspath(path)}: not valid JSON: {exc}") from None
     except RecursionError:

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from rspnet.engine.faults import StopRequested, StopSignal
+from rspnet.engine.faults import SetupStopped, StopSignal
 from rspnet.engine.session import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_USAGE
 from rspnet.files import atomic_open, check_output_dir, check_output_file
 from rspnet.search.__main__ import main as search_main
@@ -135,8 +135,11 @@ def _numbers(obj):
 # ------------------------------------------------------------- stopping
 def test_a_stop_signal_before_the_loop_polls_stops_at_once():
     with StopSignal() as stop:
-        with pytest.raises(StopRequested) as exc:
-            os.kill(os.getpid(), signal.SIGTERM)   # the handler runs before the next bytecode
+        with pytest.raises(SetupStopped) as exc:
+            try:   # no ``except Exception`` on the way (tqdm's, a library's) may swallow it
+                os.kill(os.getpid(), signal.SIGTERM)   # the handler runs before the next bytecode
+            except Exception:
+                pytest.fail("a stop during set-up was caught as an Exception")
         assert exc.value.path is None and exc.value.signal == signal.SIGTERM
     with StopSignal() as stop:
         assert stop() is False            # the loop polls: from now on a signal is a request
@@ -372,3 +375,31 @@ def test_out_of_memory_is_one_line_and_status_1(capsys):
     assert len(err) == 1 and err[0].startswith("python -m rspnet.x: error: out of memory")
     with pytest.raises(RuntimeError, match="something else"):
         cli.guarded(lambda: (_ for _ in ()).throw(RuntimeError("something else")), "p")()
+
+
+# ------------------------------------------- the third sweep's cases
+@pytest.mark.parametrize("name, text", [("d.json", '{"epochs": 1, "epochs": 2}'), ("d.yaml", "epochs: 1\nepochs: 2\n")])
+def test_a_setting_given_twice_in_a_file_is_refused(name, text, tmp_path, capsys):
+    path = tmp_path / name
+    path.write_text(text)
+    line = _usage_error(capsys, lambda: search_main([*SEARCH, "--config", str(path), "--out", str(tmp_path / "r")]))
+    assert f"--config {path}" in line and "epochs given twice" in line
+
+
+def test_tuple_flags_parse_to_numbers():
+    from rspnet.cli import config_of
+    from rspnet.search import SearchConfig
+    from rspnet.search.__main__ import build_parser
+
+    parser = build_parser()
+    config = config_of(parser, parser.parse_args(["--arch-betas", "0.5", "0.9"]), SearchConfig, "search")
+    assert config.arch_betas == (0.5, 0.9)
+
+
+@pytest.mark.parametrize("argv, flag", [(["--rescale-channels", "4,8,16,4098"], "--rescale-channels"),
+                                        (["--channels", "4096"], "--channels"),
+                                        (["--head-channels", "100000"], "--head-channels")])
+def test_widths_past_the_cap_are_refused_before_the_search(argv, flag, tmp_path, capsys):
+    out = tmp_path / "run"
+    line = _usage_error(capsys, lambda: search_main([*SEARCH, *argv, "--out", str(out)]))
+    assert flag in line and "more than 4096" in line and not out.exists()

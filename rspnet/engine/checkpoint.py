@@ -198,7 +198,8 @@ def refuse_existing(out: str, kind: str, own_log: str | None = None) -> None:
         return
     present = sorted(name for name in os.listdir(out) if own_log is None or name not in (own_log, ".rspnet.lock"))
     if present:
-        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+        named = [n for n in present if n != ".rspnet.lock"] or present   # the lock says least
+        shown = ", ".join(named[:3]) + (", ..." if len(named) > 3 else "")
         raise ValueError(f"--out {out} already holds files ({shown}); a new {kind} run needs a new or "
                          f"empty directory: continue the run there with --resume auto, or choose "
                          f"another --out")

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["NonFiniteError", "Diverged", "StopRequested", "StopSignal", "first_nonfinite"]
+__all__ = ["NonFiniteError", "Diverged", "StopRequested", "SetupStopped", "StopSignal", "first_nonfinite"]
 
 
 class StopSignal:
@@ -30,7 +30,7 @@ class StopSignal:
             raise KeyboardInterrupt
         self.received = signum
         if not self.polled:
-            raise StopRequested(None, "set-up", signum)
+            raise SetupStopped(signum)
 
     @property
     def name(self) -> str | None:
@@ -82,6 +82,20 @@ class StopRequested(Exception):
     def __init__(self, path: str | None, where: str, signal: int | None = None):
         self.path, self.where, self.signal = path, where, signal
         super().__init__(f"stopped at {where}; " + (f"checkpoint {path}" if path else "nothing written"))
+
+
+class SetupStopped(BaseException):
+    """A stop request during set-up (``StopSignal`` before the loop polls):
+    nothing to checkpoint yet. A ``BaseException``, as ``KeyboardInterrupt``,
+    so that no ``except Exception`` on the way (a library's, a thread
+    start's) swallows it."""
+
+    path = None
+    where = "set-up"
+
+    def __init__(self, signal: int | None = None):
+        self.signal = signal
+        super().__init__("stopped during set-up, before the first step; nothing to resume")
 
 
 def first_nonfinite(named: Sequence[tuple[str, torch.Tensor]]) -> tuple[str, str] | None:

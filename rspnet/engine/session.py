@@ -24,9 +24,13 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
+# tqdm's monitor thread is started inside an ``except Exception`` that would
+# swallow a stop request; rspnet's bars need no monitor
+tqdm.monitor_interval = 0
+
 from . import distributed
 from .config import RunOptions
-from .faults import Diverged, StopRequested, StopSignal
+from .faults import Diverged, SetupStopped, StopRequested, StopSignal
 
 __all__ = ["RunError", "RunSession", "set_threads", "make_deterministic", "exit_status", "describe_os_error", "LOCK_NAME", "EXIT_OK",
            "EXIT_FAILED", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_STOPPED", "EXIT_INTERRUPTED"]
@@ -162,10 +166,11 @@ class RunSession:
         resume = f"continue with --resume auto --out {self.out}"
         try:
             yield
-        except StopRequested as exc:
+        except (StopRequested, SetupStopped) as exc:
             exc.signal = self.stop.received
             if exc.path is None:
                 self.log(f"stopped by {self.stop.name or 'request'} during set-up, before the first step")
+                exc.rspnet_reported = True
             else:
                 self.log(f"stopped by {self.stop.name or 'request'} at {exc.where}: checkpoint written to "
                          f"{exc.path}; {resume}")
@@ -207,7 +212,7 @@ def exit_status(exc: BaseException) -> int:
     after a stop request (SIGTERM or one Ctrl-C; the job can be requeued),
     ``EXIT_INTERRUPTED`` after a second Ctrl-C, ``EXIT_DIVERGED`` after a
     divergence, ``EXIT_FAILED`` otherwise."""
-    if isinstance(exc, StopRequested):
+    if isinstance(exc, (StopRequested, SetupStopped)):
         return EXIT_STOPPED
     if isinstance(exc, Diverged):
         return EXIT_DIVERGED

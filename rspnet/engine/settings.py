@@ -104,7 +104,8 @@ def add_flags(parser: argparse.ArgumentParser, config_type: type, skip: Sequence
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = flag.type or {float: finite_float, int: int, str: str}.get(base, str)
+            element = typing.get_args(base)[0] if typing.get_origin(base) is tuple else base
+            kwargs["type"] = flag.type or {float: finite_float, int: int, str: str}.get(element, str)
             for key in ("choices", "metavar", "nargs"):
                 if getattr(flag, key) is not None:
                     kwargs[key] = getattr(flag, key)
@@ -146,6 +147,22 @@ def preset_names(command: str) -> list[str]:
     return sorted(os.path.splitext(n)[0] for n in os.listdir(directory) if n.endswith((".json", ".yaml")))
 
 
+def _UniqueKeyLoader():
+    """YAML's safe loader, refusing a key given twice (the last would win
+    silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise yaml.constructor.ConstructorError(None, None, f"{', '.join(repeated)} given twice",
+                                                        node.start_mark)
+            return super().construct_mapping(node, deep)
+    return Loader
+
+
 def _read_mapping(path: str) -> Mapping[str, Any]:
     from rspnet.files import parse_json, read_small_text
 
@@ -153,7 +170,7 @@ def _read_mapping(path: str) -> Mapping[str, Any]:
     if path.endswith((".yaml", ".yml")):
         import yaml
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader())
         except yaml.YAMLError as exc:
             raise ValueError(f"not valid YAML: {' '.join(str(exc).split())}") from None
         except RecursionError:

@@ -214,6 +214,16 @@ def _cell_channels(width: int, ratio: float, depth: int, what: str) -> int:
     return width
 
 
+def _check_widths(c: SearchConfig, widths) -> None:
+    """No width past ``MAX_WIDTH`` (a typo must not ask for terabytes)."""
+    from rspnet.architecture import MAX_WIDTH
+
+    for flag, values in (("--channels / --scale-channels", widths), ("--head-channels", (c.head_width,)),
+                         ("--rescale-channels", c.rescale_channels or ())):
+        if any(v > MAX_WIDTH for v in values):
+            raise ValueError(f"{flag}: widths reach {max(values)}, more than {MAX_WIDTH}")
+
+
 def _check_rescale(c: SearchConfig) -> None:
     """The architecture written must be buildable: checked before the search."""
     if c.rescale_rsp_ratio is not None and not 0 < c.rescale_rsp_ratio < 1:
@@ -241,6 +251,7 @@ def check_config(c: SearchConfig) -> None:
         widths = scale_widths(c.channels, c.scales, c.scale_channels)
     except ValueError as exc:
         raise ValueError(f"--scale-channels: {exc}") from None
+    _check_widths(c, widths)
     for width in widths:
         what = f"--channels {c.channels}" if c.scale_channels is None else f"--scale-channels width {width}"
         channels = _cell_channels(width, c.rsp_ratio, c.rsp_depth, f"{what} with --rsp-ratio/--rsp-depth")
