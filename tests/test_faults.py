@@ -305,7 +305,8 @@ def test_sizes_counts_and_numbers_no_machine_can_use_are_refused_first(argv, mes
 
 
 def test_an_architecture_wider_than_any_network_is_refused(arch_file, tmp_path, capsys):
-    arch = json.loads(open(arch_file).read())
+    with open(arch_file) as f:
+        arch = json.load(f)
     arch["widths"]["channels"] = 1_000_000
     (tmp_path / "wide.json").write_text(json.dumps(arch))
     line = _usage_error(capsys, lambda: train_main(["--arch", str(tmp_path / "wide.json"), *TRAIN,
