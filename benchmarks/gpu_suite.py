@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -40,24 +41,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 from memory import peak_bytes  # noqa: E402
 from rspnet.ops import _backend, mixed_sum  # noqa: E402
+from rspnet.ops.timing import call_times  # noqa: E402
 
 
 def time_ms(fn, steps: int = 20, repeats: int = 5, warm: int = 3) -> float:
-    """ms per call of ``fn``: ``steps`` calls between one event pair, median of ``repeats``."""
+    """ms per call of ``fn``: ``steps`` calls between one event pair
+    (``rspnet.ops.timing.call_times``), median of ``repeats``."""
     for _ in range(warm):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(steps):
-            fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / steps)
-    times.sort()
-    return times[len(times) // 2]
+    return statistics.median(call_times(fn, repeats, cuda=True, batch=steps))
 
 
 def copy_ceiling_gbps() -> float:

@@ -2,13 +2,10 @@ import pytest
 import torch
 
 from rspnet.models import RSPNet
-from rspnet.nn import DerivedCell, Genotype, RSPBlock
+from rspnet.nn import DerivedCell, RSPBlock
 from rspnet.architecture import Architecture, KeptNode
+from tests.helpers.architectures import CELL
 
-CELL = Genotype(normal=(("sep_conv_3x3", 0, 1), ("skip_connect", 0, 2), ("dil_conv_3x3", 1, 2),
-                        ("max_pool_3x3", 1, 3), ("sep_conv_5x5", 2, 3),
-                        ("avg_pool_3x3", 0, 4), ("dil_conv_5x5", 3, 4)),
-                normal_concat=(1, 2, 3, 4))
 NODES = (KeptNode((1, 0), (((0, 0), 1.0),)),
          KeptNode((1, 1), (((0, 0), 1.0),)),
          KeptNode((2, 0), (((1, 0), 0.7), ((1, 1), 0.3))),
