@@ -101,9 +101,11 @@ def class_table(name: str, root: str | None = None) -> ClassTable:
 
 def get_dataset(name: str = "synthetic", split: str = "train", root: str | None = None,
                 size: tuple[int, int] | None = (128, 256), length: int | None = None,
-                seed: int = 0, augment: bool = False) -> torch.utils.data.Dataset:
+                seed: int = 0, augment: bool = False, crop: tuple[int, int] | None = None
+                ) -> torch.utils.data.Dataset:
     """The data set ``name`` (one of ``DATASETS``), split 'train' or 'val'
-    (CamVid and folder data sets also 'test').
+    (CamVid and folder data sets also 'test', and 'trainval': train and val
+    together, in that order, for a final training run).
 
     size:    (H, W) of the items.  Synthetic scenes are rendered at this size;
              the images of the other data sets are resized to it (None keeps
@@ -114,6 +116,9 @@ def get_dataset(name: str = "synthetic", split: str = "train", root: str | None 
     augment: train only: random scale 0.5-2x of ``size``, crop to ``size``
              (padding ignored), flip, photometric jitter.  Call the data set's
              ``set_epoch(epoch)`` every epoch so the augmentation changes.
+    crop:    augment only: (H, W) of the random crops, cut from the image
+             scaled 0.5-2x of ``size`` (None: ``size``); smaller crops train
+             on the same scales for a fraction of the cost.
 
     Cityscapes, CamVid and folder data sets check every file pair at
     construction (``LabelledImages.verify``: each decoded by the reader an
@@ -121,12 +126,22 @@ def get_dataset(name: str = "synthetic", split: str = "train", root: str | None 
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choices: {', '.join(DATASETS)}")
-    if augment and split != "train":
+    if augment and split not in ("train", "trainval"):
         raise ValueError(f"augment=True is for the train split only, got split={split!r}")
     if size is None and (augment or name == "synthetic"):
         raise ValueError(f"size=None (native resolution) is only for real images without "
                          f"augmentation; got name={name!r}, augment={augment}")
-    transform = TrainTransform(crop_size=size, base_size=size, seed=seed) if augment else ValTransform(size)
+    if crop is not None and not augment:
+        raise ValueError("crop= is for augment=True (the random crops of training)")
+    transform = TrainTransform(crop_size=crop or size, base_size=size, seed=seed) if augment else ValTransform(size)
+    if split == "trainval":   # the published recipes' final runs: train and val as one training set
+        if name not in ("camvid", "folder"):
+            raise ValueError(f"split 'trainval' is for camvid and folder data sets, got {name!r}")
+        parts = [get_dataset(name, s, root, size) for s in ("train", "val")]
+        merged = LabelledImages(parts[0].images + parts[1].images, parts[0].labels + parts[1].labels,
+                                parts[0].classes, transform, length, "trainval")
+        merged.root = parts[0].root
+        return merged
 
     if name == "synthetic":
         if length is None:

@@ -1,9 +1,12 @@
 """``python -m rspnet.train``: train a derived RSPNet from scratch.
 
 The network is built from an architecture file written by ``python -m
-rspnet.search`` and trained with SGD (momentum 0.9, weight decay 5e-4), a poly
-learning rate (power 0.9, per step) and pixel-wise cross-entropy that ignores
-label 255, optionally with online hard example mining (``--ohem``). On a GPU it
+rspnet.search`` and trained with SGD (momentum 0.9, weight decay 5e-4) or
+``--optimizer adam``, a poly learning rate (power 0.9, per step) and pixel-wise
+cross-entropy that ignores label 255, optionally weighted per class
+(``--class-weights``) or with online hard example mining (``--ohem``). Presets:
+``--config camvid-cpu`` (CamVid on a 2-core CPU, each run <= 10 minutes) and
+``--config camvid-gpu`` (352x480, train+val, 300 epochs). On a GPU it
 uses mixed precision (bf16, or fp16 with a GradScaler) and channels-last.
 
 Checkpoints are written at every epoch end and every ``--checkpoint-every``

@@ -27,8 +27,14 @@ class TrainConfig:
     """Every setting of a training run; the defaults are the CLI's."""
     data: str = setting("synthetic", "the data set", group="data", choices=data.DATASETS)
     data_root: str | None = setting(None, data_root_help(), group="data", resumable=True)
-    size: tuple[int, int] = setting((64, 128), "HxW of the training crops and validation images, multiples "
+    size: tuple[int, int] = setting((64, 128), "HxW of the validation images and (without --crop) of the training crops, multiples "
                                     "of 32", group="data", type=parse_size)
+    crop: tuple[int, int] | None = setting(None, "HxW of the random training crops, cut from the image scaled "
+                                           "0.5-2x of --size (none: --size; needs --augment); validation "
+                                           "stays at --size", group="data", type=parse_size)
+    train_split: str = setting("train", "the images trained on: train, or trainval (train and val together, "
+                               "as the published CamVid recipes' final runs; camvid and folder data; the val "
+                               "scores are then not held out)", group="data", choices=("train", "trainval"))
     train_images: int | None = setting(None, f"use the first N training images (none: synthetic "
                                        f"{_SYNTHETIC['train']}, other data sets all)", group="data",
                                        type=positive_int)
@@ -41,9 +47,12 @@ class TrainConfig:
     epochs: int = setting(8, "epochs to train (a resumed run may train longer)", group="optimisation",
                           type=positive_int, resumable=True)
     batch_size: int = setting(4, "the global batch", group="optimisation", type=positive_int)
-    lr: float = setting(0.05, "initial learning rate", group="optimisation", type=positive_float)
+    optimizer: str = setting("sgd", "sgd (momentum, --nesterov) or adam", group="optimisation",
+                             choices=("sgd", "adam"))
+    lr: float = setting(0.05, "initial learning rate (default: 0.05 for sgd, 1e-3 for adam)", group="optimisation",
+                        type=positive_float, cli_default=lambda values: 1e-3 if values["optimizer"] == "adam" else 0.05)
     momentum: float = setting(0.9, "SGD momentum", group="optimisation")
-    weight_decay: float = setting(5e-4, "SGD weight decay", group="optimisation")
+    weight_decay: float = setting(5e-4, "weight decay (L2, added to the gradient)", group="optimisation")
     nesterov: bool = setting(False, "Nesterov momentum", group="optimisation")
     poly_power: float = setting(0.9, "lr = base * (1 - step/steps)^power", group="optimisation")
     class_weights: str = setting("none", "weigh the loss per class, computed once from the training masks and "
@@ -87,6 +96,15 @@ def check_config(config: TrainConfig) -> None:
     check_workers(config.workers)
     if config.ohem and config.class_weights != "none":
         raise ValueError("--class-weights and --ohem do not combine: OHEM chooses the pixels by their loss")
+    if config.train_split == "trainval" and config.data not in ("camvid", "folder"):
+        raise ValueError(f"--train-split trainval is for --data camvid or folder, not {config.data}")
+    if config.crop is not None and not config.augment:
+        raise ValueError("--crop needs --augment (the random crops are the augmentation's)")
+    if config.crop is not None and (config.crop[0] > config.size[0] or config.crop[1] > config.size[1]):
+        raise ValueError(f"--crop {config.crop[0]}x{config.crop[1]} is larger than --size "
+                         f"{config.size[0]}x{config.size[1]}")
+    if config.optimizer == "adam" and config.nesterov:
+        raise ValueError("--nesterov is for --optimizer sgd")
     if config.nesterov and config.momentum == 0:
         raise ValueError("--nesterov needs a non-zero --momentum")
     if not config.lr > 0 or config.epochs < 1 or config.val_every < 1 or config.workers < 0:

@@ -45,9 +45,9 @@ def build_datasets(config: TrainConfig):
     """(train, val) data sets of a run; the synthetic scenes are cached."""
     synthetic = config.data == "synthetic"
     defaults = data.SYNTHETIC_TRAINING_IMAGES
-    train = data.get_dataset(config.data, "train", root=config.data_root, size=config.size,
+    train = data.get_dataset(config.data, config.train_split, root=config.data_root, size=config.size,
                              length=config.train_images or (defaults["train"] if synthetic else None),
-                             seed=config.seed, augment=config.augment)
+                             seed=config.seed, augment=config.augment, crop=config.crop)
     val = data.get_dataset(config.data, "val", root=config.data_root, size=config.size,
                            length=config.val_images or (defaults["val"] if synthetic else None),
                            seed=config.seed)
@@ -115,8 +115,12 @@ class Trainer(ResumableLoop):
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train_set)} training images are fewer than one batch of "
                              f"{config.batch_size}")
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay, nesterov=config.nesterov)
+        if config.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
+                                              weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                             weight_decay=config.weight_decay, nesterov=config.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, poly_lambda(config.epochs * self.steps_per_epoch, config.poly_power))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)

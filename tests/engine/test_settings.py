@@ -99,7 +99,7 @@ def test_presets_are_listed_and_a_missing_one_is_named(capsys):
     assert "light" in search_parser().format_help()
     with pytest.raises(SystemExit):
         search_main(["--config", "no-such-preset"])
-    assert "no such file or preset (presets: light" in capsys.readouterr().err
+    assert "no such file or preset (presets: camvid, light)" in capsys.readouterr().err
 
 
 def test_the_light_preset_writes_what_search_then_rescale_writes(tmp_path):

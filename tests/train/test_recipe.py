@@ -1,0 +1,91 @@
+"""The real-data recipe's settings: ``--crop`` (random crops smaller than the
+validation size), ``--optimizer adam``, ``--train-split trainval`` and the
+CamVid presets, each against what it must compute, and their refusals."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from rspnet import data
+from rspnet.engine.settings import load_config
+from rspnet.train import TrainConfig, build_datasets, check_config
+from rspnet.train.losses import class_pixel_counts
+from tests.helpers.architectures import fixed_architecture
+
+
+@pytest.fixture(scope="module")
+def camvid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe") / "CamVid"
+    data.write_camvid_layout(root, {"train": 4, "val": 2, "test": 2}, size=(64, 96), seed=5, void=11)
+    return str(root)
+
+
+def _config(camvid, **kw):
+    return TrainConfig(**{"data": "camvid", "data_root": camvid, "size": (64, 96), "augment": True,
+                          "batch_size": 2, **kw})
+
+
+def test_crops_train_at_the_crop_and_validate_at_the_size(camvid):
+    train, val = build_datasets(_config(camvid, crop=(32, 64)))
+    image, label = train[0]
+    assert image.shape == (3, 32, 64) and label.shape == (32, 64)
+    image, label = val[0]
+    assert image.shape == (3, 64, 96) and label.shape == (64, 96)
+
+
+def test_trainval_trains_on_both_splits_and_weighs_by_both(camvid):
+    config = _config(camvid, train_split="trainval", augment=False)
+    train, val = build_datasets(config)
+    alone = data.get_dataset("camvid", "train", root=camvid, size=(64, 96))
+    held = data.get_dataset("camvid", "val", root=camvid, size=(64, 96))
+    assert len(train) == len(alone) + len(held) and len(val) == len(held)
+    assert [os.path.basename(p) for p in train.images] == \
+        [os.path.basename(p) for p in alone.images + held.images]
+    # the class counts of the merged set are those of the two splits added
+    both = [class_pixel_counts(d, data.CAMVID.num_classes) for d in (alone, held)]
+    merged = class_pixel_counts(train, data.CAMVID.num_classes)
+    np.testing.assert_array_equal(merged[0], both[0][0] + both[1][0])
+    # and its items are the splits' own, in order
+    for i, d in ((0, alone), (len(alone), held)):
+        torch.testing.assert_close(train[i][1], d[i - (0 if d is alone else len(alone))][1])
+
+
+def test_adam_is_built_with_its_own_default_learning_rate(camvid, tmp_path):
+    from rspnet.train.__main__ import main
+
+    arch = tmp_path / "a.json"
+    fixed_architecture().save(arch)
+    out = tmp_path / "run"
+    assert main(["--arch", str(arch), "--data", "camvid", "--data-root", camvid, "--size", "32x64",
+                 "--optimizer", "adam", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    import json
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert config["optimizer"] == "adam" and config["lr"] == 1e-3
+    state = torch.load(out / "best.pt", weights_only=True)
+    assert "exp_avg" in next(iter(state["optimizer"]["state"].values()))   # Adam's moments, not SGD's
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"crop": (128, 64)}, "--crop 128x64 is larger than --size 64x96"),
+    ({"crop": (32, 32), "augment": False}, "--crop needs --augment"),
+    ({"optimizer": "adam", "nesterov": True}, "--nesterov is for --optimizer sgd"),
+])
+def test_recipe_settings_that_cannot_train_are_refused(camvid, changes, message):
+    with pytest.raises(ValueError, match=message):
+        check_config(_config(camvid, **changes))
+
+
+def test_trainval_is_refused_on_the_synthetic_scenes():
+    with pytest.raises(ValueError, match="--train-split trainval is for --data camvid or folder"):
+        check_config(TrainConfig(train_split="trainval"))
+
+
+@pytest.mark.parametrize("name", ["camvid-cpu", "camvid-gpu"])
+def test_the_camvid_presets_are_valid_settings(name, camvid):
+    values = load_config(TrainConfig, name, "train")
+    assert values["data"] == "camvid" and values["class_weights"] == "enet"
+    config = TrainConfig(**{**values, "data_root": camvid, "device": "cpu"})
+    check_config(config)
+    if name == "camvid-gpu":
+        assert config.train_split == "trainval" and config.size == (352, 480)
