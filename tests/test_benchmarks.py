@@ -68,10 +68,22 @@ def arch_file(tmp_path_factory):
     return str(path)
 
 
-def _jobs(arch: str) -> dict:
+@pytest.fixture(scope="module")
+def camvid_root(tmp_path_factory):
+    """A tiny CamVid tree (SegNet layout, void 11) of synthetic scenes."""
+    from rspnet import data
+    root = tmp_path_factory.mktemp("camvid") / "CamVid"
+    data.write_camvid_layout(root, {"train": 8, "val": 4, "test": 4}, size=(64, 96), seed=3, void=11)
+    return str(root)
+
+
+def _jobs(arch: str, camvid: str) -> dict:
     """The subprocess runs, longest first: job name -> (the test that reads
     it, the command's arguments, with @OUT@ for the job's own directory)."""
     jobs = {
+        "search_quality_camvid": ("test_search_quality_camvid_quick",
+                                  ["search_quality.py", "--quick", "--data", "camvid", "--data-root", camvid,
+                                   "--out", "@OUT@/quality"]),
         "search_quality": ("test_search_quality_quick", ["search_quality.py", "--quick", "--out", "@OUT@/quality"]),
         "search_memory": ("test_search_memory_quick", ["search_memory.py", "--quick", "--json", "@OUT@/memory.json"]),
         "bench": ("test_cpu_micro_benchmarks_quick",
@@ -92,7 +104,7 @@ def _jobs(arch: str) -> dict:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def smoke(request, tmp_path_factory, arch_file):
+def smoke(request, tmp_path_factory, arch_file, camvid_root):
     """``smoke(job)``: the finished run of a job and its directory. The runs of
     every selected test start with this module's first test, two at a time
     (each script runs one thread: one at a time would leave a core idle), while
@@ -101,7 +113,7 @@ def smoke(request, tmp_path_factory, arch_file):
     base = tmp_path_factory.mktemp("smoke")
     pool = ThreadPoolExecutor(max_workers=2)
     runs = {}
-    for name, (test, args) in _jobs(arch_file).items():
+    for name, (test, args) in _jobs(arch_file, camvid_root).items():
         if test in wanted:
             out = base / name.replace(".", "_")
             out.mkdir()
@@ -223,6 +235,47 @@ def test_search_quality_quick(smoke):
     assert data["summary"]["searched_mean"] is not None and data["summary"]["random_mean"] is not None
     h, w = sq.QUICK_LATENCY["latency_size"]
     assert f"CPU latency {h}x{w}" in (out / "quality.md").read_text()
+
+
+@pytest.mark.slow   # two searches, the random baseline and five trainings as processes: 40-70 s on 2 cores
+def test_search_quality_camvid_quick(smoke, camvid_root, tmp_path):
+    """The real-data form: every kind of run (with the transfer search on the
+    synthetic scenes), each scored on the test split per class, and that
+    score is the one ``python -m rspnet.evaluate --split test`` reports."""
+    sq = _bench("search_quality")
+    done, out = smoke("search_quality_camvid")
+    out = out / "quality"
+    assert done.returncode == 0, done.log
+    result = json.loads((out / "quality.json").read_text())
+    assert result["metric"] == "test mIoU"
+    kinds = sorted(r["kind"] for r in result["rows"])
+    assert kinds == ["lraspp", "random", "random", "searched", "transfer"], kinds
+    for r in result["rows"]:
+        assert set(r["per_class"]) == set(_camvid_names()) and 0 <= r["miou"] <= 1, r
+        ious = [v["iou"] for v in r["per_class"].values() if v["iou"] is not None]
+        assert r["miou"] == pytest.approx(statistics.mean(ious)), r["name"]
+    text = (out / "quality.md").read_text()
+    assert "Per class (test IoU %)" in text and "Bicyclist" in text and "transfer" in text
+    # the searches saw CamVid's train split only, the transfer search the synthetic scenes
+    search = json.loads((out / "search-0" / "summary.json").read_text())["config"]
+    assert search["data"] == "camvid" and search["head"] == "light"
+    transfer = json.loads((out / "search-synthetic-0" / "summary.json").read_text())["config"]
+    assert transfer["data"] == "synthetic" and transfer["head"] == search["head"]
+    # the benchmark's test score of a run is rspnet.evaluate's
+    row = next(r for r in result["rows"] if r["kind"] == "searched")
+    run_dir = out / "train" / row["name"]
+    size = json.loads((run_dir / "metrics.json").read_text())["config"]["size"]
+    report = tmp_path / "eval.json"
+    ev = _run(["-m", "rspnet.evaluate", "--arch", row["architecture"], "--checkpoint", str(run_dir / "best.pt"),
+               "--data", "camvid", "--data-root", camvid_root, "--split", "test", "--size", f"{size[0]}x{size[1]}",
+               "--report", str(report), "--no-progress"], tmp_path)
+    assert ev.returncode == 0, ev.log
+    assert json.loads(report.read_text())["miou"] == pytest.approx(row["miou"], abs=1e-6)
+
+
+def _camvid_names():
+    from rspnet import data
+    return data.CAMVID.names
 
 
 # --------------------------------------------------------- against LRASPP
