@@ -105,13 +105,14 @@ class SegmentationHead(Recomputable, nn.Module):
         return upsample_scores(self.scores(features, image_size), image_size)
 
     def loss(self, features: Sequence[torch.Tensor], labels: torch.Tensor,
-             ignore_index: int = -100) -> torch.Tensor:
+             ignore_index: int = -100, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy of ``self(features, labels' size)`` against
-        ``labels`` over the labelled pixels (``labelled_cross_entropy``)."""
+        ``labels`` over the labelled pixels (``labelled_cross_entropy``;
+        ``weight``: per class, the weighted mean)."""
         image_size = tuple(labels.shape[-2:])
         if self.memory == "recompute":
-            return upsampled_cross_entropy(self.scores(features, image_size), labels, ignore_index)
-        return labelled_cross_entropy(self(features, image_size), labels, ignore_index)
+            return upsampled_cross_entropy(self.scores(features, image_size), labels, ignore_index, weight)
+        return labelled_cross_entropy(self(features, image_size), labels, ignore_index, weight)
 
 
 class Head(SegmentationHead):

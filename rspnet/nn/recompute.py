@@ -89,35 +89,41 @@ def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class _UpsampledCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``upsample(scores)`` against ``labels``, one image
-    at a time; keeps only the low-resolution scores (the labels are the
+    """Mean cross-entropy of ``upsample(scores)`` against ``labels`` (with
+    class weights: the weighted mean, as ``labelled_cross_entropy``), one
+    image at a time; keeps only the low-resolution scores (the labels are the
     caller's). Backward recomputes each image's upsampled scores, turns them
-    into ``softmax - onehot`` in place and takes them back through the
-    upsampling."""
+    into ``(softmax - onehot) * weight[label]`` in place and takes them back
+    through the upsampling."""
 
     @staticmethod
-    def forward(ctx, scores, labels, ignore_index):
+    def forward(ctx, scores, labels, ignore_index, weight):
         size = tuple(labels.shape[-2:])
         total = None
+        w = None if weight is None else weight.to(scores.dtype)
         for i in range(scores.shape[0]):
             up = _upsample(scores[i:i + 1], size)
-            loss = F.cross_entropy(up, labels[i:i + 1], ignore_index=ignore_index, reduction="sum")
+            loss = F.cross_entropy(up, labels[i:i + 1], weight=w, ignore_index=ignore_index, reduction="sum")
             total = loss if total is None else total + loss
             del up
-        count = (labels != ignore_index).sum().to(total.dtype)
-        ctx.save_for_backward(scores, labels, count)
+        labelled = labels != ignore_index
+        if weight is None:
+            count = labelled.sum().to(total.dtype).clamp_min(1)   # no labelled pixel: 0, see labelled_cross_entropy
+        else:
+            count = (w[labels.masked_fill(~labelled, 0)] * labelled).sum().clamp_min(torch.finfo(total.dtype).tiny)
+        ctx.save_for_backward(scores, labels, count, *(() if weight is None else (w,)))
         ctx.ignore_index = ignore_index
-        return total / count.clamp_min(1)  # no labelled pixel: 0, see labelled_cross_entropy
+        return total / count
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        scores, labels, count = ctx.saved_tensors
+        scores, labels, count, *weight = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None
+            return None, None, None, None
         size = tuple(labels.shape[-2:])
         # no labelled pixel: every entry is masked, the gradient is 0 as F.cross_entropy's
-        scale = grad / count.clamp_min(1)
+        scale = grad / count
         out = torch.empty_like(scores)
         for i in range(scores.shape[0]):
             target = labels[i:i + 1]
@@ -125,14 +131,17 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
             with torch.enable_grad():
                 q = scores[i:i + 1].detach().requires_grad_()
                 up = _upsample(q, size)
-            # d(-log softmax(up)[target]) / d(up) = softmax(up) - onehot(target)
+            # d(-w[target] log softmax(up)[target]) / d(up) = w[target] (softmax(up) - onehot(target))
             g = torch.softmax(up.detach(), 1)
-            g.scatter_add_(1, target.masked_fill(ignored, 0).unsqueeze(1),
-                           ignored.to(g.dtype).sub_(1).unsqueeze(1))
-            g.mul_((~ignored).to(g.dtype).mul_(scale).unsqueeze(1))
+            safe = target.masked_fill(ignored, 0)
+            g.scatter_add_(1, safe.unsqueeze(1), ignored.to(g.dtype).sub_(1).unsqueeze(1))
+            pixel = (~ignored).to(g.dtype).mul_(scale)
+            if weight:
+                pixel.mul_(weight[0].to(g.dtype)[safe])
+            g.mul_(pixel.unsqueeze(1))
             out[i:i + 1] = torch.autograd.grad(up, q, g)[0]
             del up, g
-        return out, None, None
+        return out, None, None, None
 
 
 def labelled_cross_entropy(scores: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
@@ -151,8 +160,8 @@ def labelled_cross_entropy(scores: torch.Tensor, labels: torch.Tensor, ignore_in
 
 
 def upsampled_cross_entropy(scores: torch.Tensor, labels: torch.Tensor,
-                            ignore_index: int = -100) -> torch.Tensor:
+                            ignore_index: int = -100, weight: torch.Tensor | None = None) -> torch.Tensor:
     """``labelled_cross_entropy(upsample(scores, labels' size), labels,
-    ignore_index)`` (bilinear, ``align_corners=False``) without ever holding
-    more than one image's full-resolution scores."""
-    return _UpsampledCrossEntropy.apply(scores, labels, ignore_index)
+    ignore_index, weight)`` (bilinear, ``align_corners=False``) without ever
+    holding more than one image's full-resolution scores."""
+    return _UpsampledCrossEntropy.apply(scores, labels, ignore_index, weight)

@@ -88,6 +88,10 @@ class SearchConfig:
     warmup: int | None = setting(None, "epochs of weight training before architecture updates (none: "
                                  "epochs // 2)", group="schedule", type=nonnegative_int)
     batch_size: int = setting(4, "the global batch", group="schedule", type=positive_int)
+    class_weights: str = setting("none", "weigh the supernet's loss per class (both steps), computed once from "
+                                 "the search's images: enet = 1/ln(1.02 + p), p the class's share of the "
+                                 "pixels; median = median frequency / the class's frequency", group="schedule",
+                                 choices=("none", "enet", "median"))
     channels: int = setting(16, "F: channels at 1/4 scale, doubling per scale", group="space",
                             type=positive_int)
     scales: int = setting(4, "scales of the trellis, 1/4 to 1/(2^(scales+1))", group="space", type=positive_int)

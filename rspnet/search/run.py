@@ -153,11 +153,14 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
         f"{config.size[0]}x{config.size[1]}, device {ctx.device}{world}, output {options.out}")
     files = {"architecture": os.path.join(options.out, "architecture.json"),
              "summary": os.path.join(options.out, "summary.json")}
+    weights = _class_weights(config, dataset, classes.num_classes)
     summary: dict[str, Any] = {"config": plain(config), "classes": classes.to_dict(), "stages": {}}
+    if weights is not None:
+        summary["class_weights"] = weights
     current: list[StageSearch] = []
 
     def run_stage(stage: int, cell=None) -> StageSearch:
-        search = _stage(session, config, stage, dataset, classes.num_classes, plan, cell)
+        search = _stage(session, config, stage, dataset, classes.num_classes, plan, cell, weights)
         current[:] = [search]
         search.run()
         last = search.history[-1]
@@ -191,14 +194,24 @@ def _run(session: RunSession, config: SearchConfig, stages: tuple[int, ...], cel
     return architecture
 
 
+def _class_weights(config: SearchConfig, dataset, num_classes: int) -> list[float] | None:
+    """``--class-weights`` of the search's images: computed once, both stages
+    weigh alike."""
+    if config.class_weights == "none":
+        return None
+    from rspnet.train.losses import class_pixel_counts, class_weights
+    return class_weights(config.class_weights, *class_pixel_counts(dataset, num_classes, data.IGNORE_INDEX))
+
+
 def _stage(session: RunSession, config: SearchConfig, stage: int, dataset, num_classes: int, plan,
-           cell) -> StageSearch:
+           cell, weights: list[float] | None = None) -> StageSearch:
     """Stage ``stage``'s search, resumed from ``plan``'s checkpoint if it has one."""
     options = session.options
     try:
         search = StageSearch(stage, config, dataset, num_classes, options.out, cell=cell, log=session.log,
                              progress=session.progress, ctx=session.ctx, checkpoint_every=options.checkpoint_every,
-                             keep=options.keep, stop=session.stop, ignore_index=data.IGNORE_INDEX)
+                             keep=options.keep, stop=session.stop, ignore_index=data.IGNORE_INDEX,
+                             class_weights=weights)
         if stage in plan:
             path, state = plan[stage]
             search.load_state_dict(state, path)

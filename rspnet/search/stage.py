@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -101,7 +101,9 @@ class StageSearch(ResumableLoop):
     ``config.device``. ``checkpoint_every``: also checkpoint every N weight
     steps (0: at epoch ends only); ``keep``: checkpoints of this stage kept
     (0: all); ``stop``: polled at every step, True asks for a checkpoint and a
-    stop; ``ignore_index``: the label no loss or score counts.
+    stop; ``ignore_index``: the label no loss or score counts;
+    ``class_weights``: per class, the weights of the supernet's loss (None:
+    unweighted; ``--class-weights``).
     """
 
     format = FORMAT
@@ -110,7 +112,8 @@ class StageSearch(ResumableLoop):
                  num_classes: int, out_dir: str | os.PathLike, cell: Genotype | None = None,
                  log: Callable[[str], None] = print, progress: bool = True,
                  ctx: distributed.Context | None = None, checkpoint_every: int = 0, keep: int = 3,
-                 stop: Callable[[], bool] | None = None, ignore_index: int = 255):
+                 stop: Callable[[], bool] | None = None, ignore_index: int = 255,
+                 class_weights: Sequence[float] | None = None):
         if stage not in (1, 2) or (stage == 2) != (cell is not None):
             raise ValueError("StageSearch: stage 1 takes no cell, stage 2 needs one")
         self.stage, self.config, self.cell, self.num_classes = stage, config, cell, num_classes
@@ -139,6 +142,7 @@ class StageSearch(ResumableLoop):
         seed = c.seed * 10 + stage   # each stage starts from its own known state
         seed_everything(seed)
         model = build_supernet(c.space, num_classes, cell if stage == 2 else None, c.memory, ignore_index)
+        model.set_class_weights(class_weights)
         self.model = distributed.convert_sync_batchnorm(model, self.device).to(self.device)
         # identical initialisation everywhere (DDP also broadcasts the weights, not α / β)
         distributed.broadcast_tensors_(list(self.model.parameters()) + list(self.model.buffers()))

@@ -37,11 +37,19 @@ class _Supernet(nn.Module):
 
     ignore_index: int = 255
 
+    def set_class_weights(self, weights: Sequence[float] | None) -> None:
+        """Weigh the loss of both steps (weights on split A, α / β on split B)
+        per class (``rspnet.train.losses.class_weights``); None: unweighted."""
+        self.register_buffer("class_weights", None if weights is None else
+                             torch.tensor(list(weights), dtype=torch.float32), persistent=False)
+
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of ``self(images)``; with ``memory="recompute"``
-        the head's final upsampling and the loss are fused (no full-resolution
-        scores are kept for backward), same value and gradients."""
-        return self.head.loss(self.features(images), labels, ignore_index=self.ignore_index)
+        """Mean cross-entropy of ``self(images)`` (weighted per class after
+        ``set_class_weights``); with ``memory="recompute"`` the head's final
+        upsampling and the loss are fused (no full-resolution scores are kept
+        for backward), same value and gradients."""
+        return self.head.loss(self.features(images), labels, ignore_index=self.ignore_index,
+                              weight=getattr(self, "class_weights", None))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images), images.shape[-2:])

@@ -38,6 +38,26 @@ def test_upsampled_cross_entropy_matches_upsample_then_cross_entropy(dtype, size
     torch.testing.assert_close(g_out, g_ref, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_weighted_upsampled_cross_entropy_matches_the_weighted_reference(dtype):
+    """With class weights: the weighted mean of F.cross_entropy(weight=) on
+    the upsampled scores, value and gradient (a zero weight included)."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 8, 16, dtype=dtype, requires_grad=True)
+    labels = _labels(3, 29, 37, classes=5)
+    weight = torch.tensor([0.5, 3.0, 0.0, 1.5, 8.0], dtype=dtype)
+    up = F.interpolate(logits, size=(29, 37), mode="bilinear", align_corners=False)
+    ref = F.cross_entropy(up, labels, weight=weight, ignore_index=255)
+    out = upsampled_cross_entropy(logits, labels, ignore_index=255, weight=weight)
+    g_ref, = torch.autograd.grad(1.7 * ref, logits)
+    g_out, = torch.autograd.grad(1.7 * out, logits)
+    tol = F64 if dtype == torch.float64 else {}
+    torch.testing.assert_close(out, ref, **tol)
+    torch.testing.assert_close(g_out, g_ref, **tol)
+    unweighted = upsampled_cross_entropy(logits, labels, ignore_index=255)
+    assert not torch.allclose(out, unweighted)   # the weights change the loss
+
+
 def test_upsampled_cross_entropy_without_labelled_pixels():
     """No labelled pixel: loss 0 and zero gradients (F.cross_entropy's mean
     would be 0 / 0 = nan, which a run takes for a divergence)."""
@@ -120,6 +140,15 @@ def test_head_loss_store_and_recompute_agree(dtype, kind):
     labels = _labels(2, 32, 64, classes=5)
     _compare(store, recompute, lambda m, *f: m.loss(list(f), labels, ignore_index=255),
              lambda: _head_inputs(dtype), dtype)
+
+
+@pytest.mark.parametrize("kind", [Head, LightHead])
+def test_weighted_head_loss_store_and_recompute_agree(kind):
+    store, recompute = _head_pair(torch.float64, kind)
+    labels = _labels(2, 32, 64, classes=5)
+    weight = torch.tensor([0.3, 2.0, 1.0, 5.0, 0.7], dtype=torch.float64)
+    _compare(store, recompute, lambda m, *f: m.loss(list(f), labels, ignore_index=255, weight=weight),
+             _head_inputs, torch.float64)
 
 
 @pytest.mark.parametrize("kind", [Head, LightHead])

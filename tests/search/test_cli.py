@@ -183,3 +183,43 @@ def test_resume_without_checkpoint_starts_afresh_and_needs_the_same_settings(tmp
     with pytest.raises(SystemExit):
         main(TINY + ["--out", str(tmp_path / "x"), "--resume", str(tmp_path / "missing.pt")])
     assert "--resume " + str(tmp_path / "missing.pt") + ": no such file" in capsys.readouterr().err
+
+
+def test_class_weighted_search_weighs_both_steps_with_the_training_formula(tmp_path, monkeypatch):
+    """--class-weights enet: the weights are those rspnet.train computes from
+    the same images, kept in summary.json, and the supernet's loss of both
+    steps is the weighted cross-entropy (against F.cross_entropy(weight=))."""
+    import torch.nn.functional as F
+
+    from rspnet import data
+    from rspnet.search import stage as stage_module
+    from rspnet.train.losses import class_pixel_counts, class_weights
+
+    losses = []
+    real_init = stage_module.StageSearch.__init__
+
+    def spy(self, *args, **kw):
+        real_init(self, *args, **kw)
+        model = self.model
+        real_loss = model.loss
+
+        def loss(images, labels):
+            value = real_loss(images, labels)
+            with torch.no_grad():
+                was = model.training
+                reference = F.cross_entropy(model(images), labels, weight=model.class_weights, ignore_index=255)
+            losses.append((value.detach(), reference, was))
+            return value
+        model.loss = loss
+    monkeypatch.setattr(stage_module.StageSearch, "__init__", spy)
+    out = tmp_path / "run"
+    assert main(TINY + ["--out", str(out), "--class-weights", "enet", "--warmup", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    images = data.get_dataset("synthetic", "train", size=(32, 32), length=4)
+    expected = class_weights("enet", *class_pixel_counts(images, 19, 255))
+    assert summary["config"]["class_weights"] == "enet"
+    assert summary["class_weights"] == pytest.approx(expected)
+    assert len(losses) > 4
+    for value, reference, _ in losses:
+        # BatchNorm in train mode sees the same batch twice: the same statistics, the same loss
+        torch.testing.assert_close(value, reference, rtol=1e-5, atol=1e-6)
