@@ -91,11 +91,17 @@ def changed_settings(saved: dict[str, Any], config: Any,
                      may_change: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
     """``(name, saved value, current value)`` of every setting of ``config``
     (a dataclass) that differs from ``saved`` (a stored config), except those
-    in ``may_change``, which do not change what is computed."""
+    in ``may_change``, which do not change what is computed. A setting
+    ``saved`` lacks was added since it was written: it ran with that setting's
+    default (a new setting's default is the old behaviour)."""
+    import dataclasses
+
     allowed: Sequence[str] = tuple(may_change)
     current = plain(config)
-    return [(key, saved.get(key), value) for key, value in current.items()
-            if key not in allowed and plain(saved.get(key)) != value]
+    defaults = {f.name: plain(f.default) for f in dataclasses.fields(config)
+                if f.default is not dataclasses.MISSING}
+    return [(key, saved.get(key, defaults.get(key)), value) for key, value in current.items()
+            if key not in allowed and plain(saved.get(key, defaults.get(key))) != value]
 
 
 def check_device(device: str) -> None:

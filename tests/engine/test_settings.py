@@ -129,3 +129,18 @@ def test_a_config_file_may_not_hold_nan_or_infinity(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ValueError, match="must be finite"):
         load_config(SearchConfig, str(path), "search")
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default():
+    """A stored config without a setting (written before the setting was
+    added) ran with the setting's default: resuming at the default is no
+    change, anything else is."""
+    from rspnet.engine.config import changed_settings, plain
+    from rspnet.search.config import SearchConfig
+
+    saved = plain(SearchConfig())
+    del saved["class_weights"]
+    assert changed_settings(saved, SearchConfig()) == []
+    assert changed_settings(saved, SearchConfig(class_weights="enet")) == [("class_weights", "none", "enet")]
+    saved["epochs"] = 3
+    assert changed_settings(saved, SearchConfig()) == [("epochs", 3, SearchConfig().epochs)]
