@@ -37,7 +37,7 @@ from rspnet.nn import (STEM, Head, LightHead, PathAttention, RSPBlock, Segmentat
 from rspnet.ops.reference import POOL, resample_mode
 
 from .fold import fold_conv_batchnorms
-from .simplify import MaxPool3x3, fold_cells
+from .simplify import AvgPool3x3, MaxPool3x3, fold_cells
 
 __all__ = ["ChannelsLast", "FoldCount", "InferenceFormReport", "InferenceHead", "InferencePathAttention",
            "InferenceTrellis", "UnshuffledRSPBlock", "inference_form", "fold_batchnorm", "shuffle_permutation",
@@ -48,7 +48,7 @@ __all__ = ["ChannelsLast", "FoldCount", "InferenceFormReport", "InferenceHead", 
 class InferenceFormReport:
     """What ``inference_form`` did: BatchNorms folded and left (no convolution
     directly before them, or no running statistics), derived cells whose
-    linear states were merged, 3×3 max poolings made separable, path ReLUs
+    linear states were merged, 3×3 max and average poolings made separable, path ReLUs
     dropped for a node rectified once, RSP blocks whose shuffle moved into
     the readers' weights, pool-first paths averaged by strided sums, stems
     run channels-last, heads upsampling channels-last."""
@@ -56,6 +56,7 @@ class InferenceFormReport:
     batchnorms_left: int
     cells_merged: int = 0
     max_pools_separable: int = 0
+    avg_pools_separable: int = 0
     relus_shared: int = 0
     shuffles_moved: int = 0
     pools_strided: int = 0
@@ -299,9 +300,10 @@ def inference_form(model: nn.Module, *, batchnorm_only: bool = False, inplace: b
     folded, left = fold_conv_batchnorms(net)
     counts = {f.name: 0 for f in fields(InferenceFormReport)[2:]}
     if not batchnorm_only:
-        pools = sum(isinstance(m, MaxPool3x3) for m in net.modules())
+        pools = {kind: sum(isinstance(m, kind) for m in net.modules()) for kind in (MaxPool3x3, AvgPool3x3)}
         net, counts["cells_merged"] = fold_cells(net, inplace=True)
-        counts["max_pools_separable"] = sum(isinstance(m, MaxPool3x3) for m in net.modules()) - pools
+        counts["max_pools_separable"] = sum(isinstance(m, MaxPool3x3) for m in net.modules()) - pools[MaxPool3x3]
+        counts["avg_pools_separable"] = sum(isinstance(m, AvgPool3x3) for m in net.modules()) - pools[AvgPool3x3]
         _trellis_networks(net, counts)
         net, counts["stems_channels_last"] = _wrap(net, Stem, ChannelsLast)
         net, counts["heads_channels_last"] = _wrap(net, SegmentationHead, InferenceHead)

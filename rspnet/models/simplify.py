@@ -20,8 +20,12 @@ non-linear node, what follows the projection's convolution) is kept, so the
 outputs equal the ``DerivedCell``'s to fp32 rounding. The ops that remain
 run in their inference form: a 3×3 stride-1 max pooling is ``MaxPool3x3``,
 the same maximum taken separably on shifted views (CPU ``max_pool2d`` stores
-every window's argmax and is far slower; docs/design.md §15). Inference
-only: the folded cell shares no parameters with the original.
+every window's argmax and is far slower; docs/design.md §15), and a 3×3
+stride-1 average pooling that does not count the padding is ``AvgPool3x3``,
+the window's sum taken separably on shifted views and divided by the
+in-bounds count (CPU ``avg_pool2d`` was a quarter of a light network's
+one-thread time at 384×480). Inference only: the folded cell shares no
+parameters with the original.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 
 from rspnet.nn import DerivedCell
 
-__all__ = ["FoldedCell", "MaxPool3x3", "fold_cells"]
+__all__ = ["AvgPool3x3", "FoldedCell", "MaxPool3x3", "fold_cells"]
 
 
 class MaxPool3x3(nn.Module):
@@ -50,11 +54,43 @@ class MaxPool3x3(nn.Module):
         return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
 
 
+class AvgPool3x3(nn.Module):
+    """``nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)`` for
+    inference: the window's sum as the sum over columns of the sum over rows,
+    each from three shifted views of the zero-padded input, times the
+    reciprocal of the window's in-bounds pixels (9 inside, 6 on an edge, 4 in
+    a corner: the outer product of the per-axis counts). Equal to
+    ``avg_pool2d`` to fp32 rounding (the same nine numbers, summed in another
+    order)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        p = F.pad(x, (1, 1, 1, 1))
+        rows = p[..., :-2] + p[..., 1:-1] + p[..., 2:]
+        total = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+        return total * _reciprocal_counts(h, w, x.dtype, x.device)
+
+
+def _axis_counts(n: int) -> torch.Tensor:
+    counts = torch.full((n,), 3.0, dtype=torch.float64)
+    counts[0] -= 1
+    counts[-1] -= 1   # n = 1: the one pixel is both ends, 1 in-bounds
+    return counts
+
+
+def _reciprocal_counts(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return (1.0 / torch.outer(_axis_counts(h), _axis_counts(w))).to(device=device, dtype=dtype)
+
+
 def _inference_op(op: nn.Module) -> nn.Module:
     if (isinstance(op, nn.MaxPool2d) and _pair(op.kernel_size) == (3, 3) and _pair(op.stride) == (1, 1)
             and _pair(op.padding) == (1, 1) and _pair(op.dilation) == (1, 1) and not op.ceil_mode
             and not op.return_indices):
         return MaxPool3x3()
+    if (isinstance(op, nn.AvgPool2d) and _pair(op.kernel_size) == (3, 3) and _pair(op.stride) == (1, 1)
+            and _pair(op.padding) == (1, 1) and not op.ceil_mode and not op.count_include_pad
+            and op.divisor_override is None):
+        return AvgPool3x3()
     return op
 
 

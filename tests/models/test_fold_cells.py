@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from rspnet.architecture import Architecture, Genotype, KeptNode
 from rspnet.models import FoldedCell, RSPNet, count_flops, fold_cells, inference_form
 from rspnet.models.inference import InferenceTrellis
-from rspnet.models.simplify import MaxPool3x3
+from rspnet.models.simplify import AvgPool3x3, MaxPool3x3
 from rspnet.nn import DerivedCell, TrellisBackbone
 
 from .test_fold import randomise_bn
@@ -154,6 +154,30 @@ def test_inference_max_pool_equals_max_pool2d(size):
     x = torch.randn(2, 3, *size)
     for inp in (x, torch.relu(x), -x.abs()):
         torch.testing.assert_close(MaxPool3x3()(inp), F.max_pool2d(inp, 3, 1, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 4), (2, 3), (7, 5), (16, 32)])
+def test_inference_avg_pool_equals_avg_pool2d_without_the_padding(size):
+    """The separable 3×3 mean of the inference form against
+    ``F.avg_pool2d(count_include_pad=False)``: float64 to rounding, float32
+    and channels-last inputs to fp32 rounding."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    torch.testing.assert_close(AvgPool3x3()(x), F.avg_pool2d(x, 3, 1, 1, count_include_pad=False),
+                               rtol=1e-12, atol=1e-12)
+    x = x.float().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(AvgPool3x3()(x), F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
+
+
+def test_folded_cells_run_the_inference_pools():
+    genotype = Genotype(normal=(("avg_pool_3x3", 0, 1), ("max_pool_3x3", 0, 2), ("avg_pool_3x3", 1, 2)),
+                        normal_concat=(1, 2))
+    cell = DerivedCell(4, genotype).eval()
+    folded = inference_form(cell)
+    assert [type(op).__name__ for op in folded.ops] == ["AvgPool3x3", "MaxPool3x3", "AvgPool3x3"]
+    assert folded.inference_report.avg_pools_separable == 2 and folded.inference_report.max_pools_separable == 1
+    x = torch.randn(2, 4, 9, 11)
+    torch.testing.assert_close(folded(x), cell(x))
 
 
 def test_folded_cells_run_the_inference_max_pool():
