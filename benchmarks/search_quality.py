@@ -324,7 +324,9 @@ QUICK_TRAIN = ["--epochs", "1", "--train-images", "8", "--val-images", "4", "--s
 CAMVID_SEARCH = ["--config", "camvid"]        # rspnet/presets/search/camvid.json
 CAMVID_TRAIN = ["--config", "camvid-cpu"]     # rspnet/presets/train/camvid-cpu.json
 QUICK_CAMVID_TRAIN = ["--crop", "32x64"]       # the preset's crops do not fit QUICK_TRAIN's size
-CAMVID_LATENCY_SIZE = (360, 480)               # CamVid's own resolution (padded to 384x480 by the scoring)
+# CamVid's 360x480 as the one inference path runs it: padded to multiples of 32
+# (rspnet.engine.scoring), which the trellis needs; LRASPP is timed at the same size
+CAMVID_LATENCY_SIZE = (384, 480)
 KINDS = ("searched", "random", "noise", "lraspp", "transfer")
 STAGES = ("searches", "train", "report", "all")
 
