@@ -52,6 +52,17 @@ def guarded(main: Callable[..., int], prog: str) -> Callable[..., int]:
 
 
 def parse_size(text: str) -> tuple[int, int]:
+    """``HxW`` (or ``N`` for NxN) of a network input: multiples of 32."""
+    height, width = parse_image_size(text)
+    if height % 32 or width % 32:
+        raise argparse.ArgumentTypeError(
+            f"{text}: height and width must be multiples of 32 (the network reaches 1/32 scale)")
+    return height, width
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``HxW`` (or ``N``) of an image that is not fed to the network as it is
+    (it is cropped, or padded by the one inference path): any positive size."""
     try:
         parts = [int(p) for p in text.lower().split("x")]
     except ValueError:
@@ -60,9 +71,6 @@ def parse_size(text: str) -> tuple[int, int]:
         parts *= 2
     if len(parts) != 2 or min(parts) <= 0:
         raise argparse.ArgumentTypeError(f"expected HxW (e.g. 64x128), got {text!r}")
-    if parts[0] % 32 or parts[1] % 32:
-        raise argparse.ArgumentTypeError(
-            f"{text}: height and width must be multiples of 32 (the network reaches 1/32 scale)")
     if parts[0] * parts[1] > MAX_INPUT_PIXELS:
         raise argparse.ArgumentTypeError(
             f"{text}: more than {MAX_INPUT_PIXELS} pixels (2^27, e.g. 8192x16384), the largest image rspnet reads")

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rspnet import data
-from rspnet.cli import data_root_help, nonnegative_int, parse_size, positive_float, positive_int, seed_int
+from rspnet.cli import (data_root_help, nonnegative_int, parse_image_size, parse_size, positive_float, positive_int,
+                        seed_int)
 from rspnet.engine.precision import AMP_MODES, CHANNELS_LAST_MODES
 from rspnet.engine.settings import resumable_changes, setting
 
@@ -27,8 +28,10 @@ class TrainConfig:
     """Every setting of a training run; the defaults are the CLI's."""
     data: str = setting("synthetic", "the data set", group="data", choices=data.DATASETS)
     data_root: str | None = setting(None, data_root_help(), group="data", resumable=True)
-    size: tuple[int, int] = setting((64, 128), "HxW of the validation images and (without --crop) of the training crops, multiples "
-                                    "of 32", group="data", type=parse_size)
+    size: tuple[int, int] = setting((64, 128), "HxW of the validation images and the reference of the random "
+                                    "scale; without --crop also of the training crops, then multiples of 32 "
+                                    "(with it any size: validation pads to 32)", group="data",
+                                    type=parse_image_size)
     crop: tuple[int, int] | None = setting(None, "HxW of the random training crops, cut from the image scaled "
                                            "0.5-2x of --size (none: --size; needs --augment); validation "
                                            "stays at --size", group="data", type=parse_size)
@@ -88,7 +91,10 @@ def check_config(config: TrainConfig) -> None:
     from rspnet.engine.config import check_run_settings, check_workers
 
     data.check_source(config.data, config.data_root, ("train", "val"))
-    check_run_settings(config.device, config.batch_size, config.size)
+    if config.crop is None and (config.size[0] % 32 or config.size[1] % 32):
+        raise ValueError(f"--size {config.size[0]}x{config.size[1]}: without --crop the training crops are "
+                         f"--size, and their height and width must be multiples of 32")
+    check_run_settings(config.device, config.batch_size, config.crop or config.size)
     if not 0 < config.ohem_thresh < 1:
         raise ValueError(f"--ohem-thresh must be in (0, 1), got {config.ohem_thresh}")
     if not 0 <= config.momentum < 1 or config.weight_decay < 0 or config.poly_power < 0:

@@ -76,6 +76,20 @@ def test_recipe_settings_that_cannot_train_are_refused(camvid, changes, message)
         check_config(_config(camvid, **changes))
 
 
+def test_with_crops_the_validation_size_need_not_be_a_multiple_of_32(camvid, tmp_path):
+    """CamVid's own 360x480: crops of multiples of 32 train, validation pads
+    (the one inference path); without --crop such a size is refused."""
+    from rspnet.train.__main__ import main
+
+    arch = tmp_path / "a.json"
+    fixed_architecture().save(arch)
+    out = tmp_path / "run"
+    assert main(["--arch", str(arch), "--data", "camvid", "--data-root", camvid, "--size", "72x100",
+                 "--crop", "64x96", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    with pytest.raises(ValueError, match="without --crop the training crops are --size"):
+        check_config(_config(camvid, size=(72, 100)))
+
+
 def test_trainval_is_refused_on_the_synthetic_scenes():
     with pytest.raises(ValueError, match="--train-split trainval is for --data camvid or folder"):
         check_config(TrainConfig(train_split="trainval"))
@@ -88,4 +102,4 @@ def test_the_camvid_presets_are_valid_settings(name, camvid):
     config = TrainConfig(**{**values, "data_root": camvid, "device": "cpu"})
     check_config(config)
     if name == "camvid-gpu":
-        assert config.train_split == "trainval" and config.size == (352, 480)
+        assert config.train_split == "trainval" and config.size == (360, 480) and config.crop == (352, 480)
