@@ -50,8 +50,10 @@ class TrainConfig:
     epochs: int = setting(8, "epochs to train (a resumed run may train longer)", group="optimisation",
                           type=positive_int, resumable=True)
     batch_size: int = setting(4, "the global batch", group="optimisation", type=positive_int)
-    optimizer: str = setting("sgd", "sgd (momentum, --nesterov) or adam", group="optimisation",
-                             choices=("sgd", "adam"))
+    optimizer: str = setting("sgd", "sgd (momentum, --nesterov) or adam (default: adam on real images, where "
+                             "it won on CamVid, sgd for the short synthetic run)", group="optimisation",
+                             choices=("sgd", "adam"),
+                             cli_default=lambda values: "sgd" if values["data"] == "synthetic" else "adam")
     lr: float = setting(0.05, "initial learning rate (default: 0.05 for sgd, 1e-3 for adam)", group="optimisation",
                         type=positive_float, cli_default=lambda values: 1e-3 if values["optimizer"] == "adam" else 0.05)
     momentum: float = setting(0.9, "SGD momentum", group="optimisation")
@@ -60,8 +62,11 @@ class TrainConfig:
     poly_power: float = setting(0.9, "lr = base * (1 - step/steps)^power", group="optimisation")
     class_weights: str = setting("none", "weigh the loss per class, computed once from the training masks and "
                                  "kept with the run: enet = 1/ln(1.02 + p), p the class's share of the "
-                                 "pixels; median = median frequency / the class's frequency",
-                                 group="optimisation", choices=("none", "enet", "median"))
+                                 "pixels; median = median frequency / the class's frequency (default: enet "
+                                 "on real images, where it won on CamVid, unless --ohem; none on the synthetic "
+                                 "scenes)", group="optimisation", choices=("none", "enet", "median"),
+                                 cli_default=lambda values: "none" if values["data"] == "synthetic"
+                                 or values["ohem"] else "enet")
     ohem: bool = setting(False, "online hard example mining", group="optimisation")
     ohem_thresh: float = setting(0.7, "OHEM keeps pixels whose true-class probability is below this",
                                  group="optimisation")

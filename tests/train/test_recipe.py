@@ -103,3 +103,20 @@ def test_the_camvid_presets_are_valid_settings(name, camvid):
     check_config(config)
     if name == "camvid-gpu":
         assert config.train_split == "trainval" and config.size == (360, 480) and config.crop == (352, 480)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], ("sgd", 0.05, "none")),                                     # the synthetic smoke run
+    (["--data", "camvid"], ("adam", 1e-3, "enet")),                  # real images: what won on CamVid
+    (["--data", "camvid", "--ohem"], ("adam", 1e-3, "none")),        # OHEM chooses pixels, no weights
+    (["--data", "camvid", "--optimizer", "sgd"], ("sgd", 0.05, "enet")),
+    (["--data", "camvid", "--class-weights", "none", "--lr", "0.01"], ("adam", 0.01, "none")),
+])
+def test_the_command_line_defaults_follow_the_data(flags, expected, camvid):
+    from rspnet.cli import config_of
+    from rspnet.train.__main__ import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["--arch", "a.json", *flags, *(["--data-root", camvid] if flags else [])])
+    config = config_of(parser, args, TrainConfig, "train")
+    assert (config.optimizer, config.lr, config.class_weights) == expected
