@@ -159,6 +159,26 @@ def test_scores(model, root: str, size, images: int | None = None) -> dict:
     return summarize_confusion(confusion.matrix, data.CAMVID.names)
 
 
+def _cached_test_scores(kind: str, arch: str, run_dir: str, num_classes: int, args, size) -> dict:
+    """``test_scores`` of a run's ``best.pt``, kept beside it in
+    ``test_scores.json`` (the benchmark's own file) for as long as that
+    checkpoint and the test set asked for are the same: a report run again,
+    or another benchmark directory linking the run, does not score it again."""
+    best = os.stat(os.path.join(run_dir, "best.pt"))
+    key = {"best_pt": [best.st_size, best.st_mtime_ns], "data_root": args.data_root,
+           "images": args.test_images, "size": list(size)}
+    path = os.path.join(run_dir, "test_scores.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if cached.get("key") == key:
+            return cached["scores"]
+    scores = test_scores(_best_model(kind, arch, run_dir, num_classes), args.data_root, size, args.test_images)
+    with open(path, "w") as f:
+        json.dump({"key": key, "scores": scores}, f)
+    return scores
+
+
 def _best_model(kind: str, arch: str, run_dir: str, num_classes: int):
     """The network of a training run with its best-on-val weights (``best.pt``)."""
     import torch
@@ -467,7 +487,7 @@ def _measure(args, runs: list, out: str, latency: dict) -> list[dict]:
                "best_epoch": metrics["best_epoch"],
                "train_seconds": metrics["train_seconds"], **measured[key], "describe": describe}
         if camvid:
-            scores = test_scores(_best_model(kind, arch, run_dir, classes), args.data_root, size, args.test_images)
+            scores = _cached_test_scores(kind, arch, run_dir, classes, args, size)
             row.update(miou=scores["miou"], mean_class_accuracy=scores["mean_class_accuracy"],
                        per_class={n: {"iou": v["iou"], "accuracy": v["accuracy"]}
                                   for n, v in scores["per_class"].items()})

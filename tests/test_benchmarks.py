@@ -271,6 +271,13 @@ def test_search_quality_camvid_quick(smoke, camvid_root, tmp_path):
                "--report", str(report), "--no-progress"], tmp_path)
     assert ev.returncode == 0, ev.log
     assert json.loads(report.read_text())["miou"] == pytest.approx(row["miou"], abs=1e-6)
+    # the report again: every run's test score read back from beside its checkpoint, the same
+    assert (run_dir / "test_scores.json").is_file()
+    again = _run(["search_quality.py", "--quick", "--data", "camvid", "--data-root", camvid_root,
+                  "--out", str(out), "--stage", "report"], tmp_path)
+    assert again.returncode == 0, again.log
+    rows = json.loads((out / "quality.json").read_text())["rows"]
+    assert [(r["name"], r["miou"]) for r in rows] == [(r["name"], r["miou"]) for r in result["rows"]]
 
 
 def _camvid_names():
