@@ -199,8 +199,7 @@ def _class_weights(config: SearchConfig, dataset, num_classes: int) -> list[floa
     weigh alike."""
     if config.class_weights == "none":
         return None
-    from rspnet.train.losses import class_pixel_counts, class_weights
-    return class_weights(config.class_weights, *class_pixel_counts(dataset, num_classes, data.IGNORE_INDEX))
+    return data.class_weights(config.class_weights, *data.class_pixel_counts(dataset, num_classes, data.IGNORE_INDEX))
 
 
 def _stage(session: RunSession, config: SearchConfig, stage: int, dataset, num_classes: int, plan,

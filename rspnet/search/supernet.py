@@ -39,7 +39,7 @@ class _Supernet(nn.Module):
 
     def set_class_weights(self, weights: Sequence[float] | None) -> None:
         """Weigh the loss of both steps (weights on split A, α / β on split B)
-        per class (``rspnet.train.losses.class_weights``); None: unweighted."""
+        per class (``rspnet.data.class_weights``); None: unweighted."""
         self.register_buffer("class_weights", None if weights is None else
                              torch.tensor(list(weights), dtype=torch.float32), persistent=False)
 
