@@ -24,7 +24,7 @@ from .reader import MAX_PIXELS, check_regular, image_rgb, image_size, read_image
 from .labels import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize,
                      labelid_to_trainid, trainid_to_labelid)
 from .layouts import FOLDER_DEMO_CLASSES, write_camvid_layout, write_folder_layout
-from .weights import CLASS_WEIGHTS, class_pixel_counts, class_weights
+from .weights import CLASS_WEIGHTS, CLASS_WEIGHTS_HELP, class_pixel_counts, class_weights
 from .synthetic import SyntheticScenes, render_scene, write_cityscapes_layout
 from .transforms import (MEAN, STD, TrainTransform, ValTransform, denormalize, image_tensor, to_tensors,
                          worker_init_fn)
@@ -37,7 +37,7 @@ __all__ = [
     "TrainTransform", "ValTransform", "worker_init_fn", "DATASETS", "CachedDataset",
     "SYNTHETIC_IMAGES", "SYNTHETIC_TRAINING_IMAGES", "check_source", "class_table", "ClassTable", "CITYSCAPES", "CAMVID",
     "load_classes", "parse_classes", "read_image", "read_mask", "image_rgb", "image_size", "check_regular",
-    "MAX_PIXELS", "IMAGE_EXTENSIONS", "to_tensors", "CLASS_WEIGHTS", "class_pixel_counts", "class_weights",
+    "MAX_PIXELS", "IMAGE_EXTENSIONS", "to_tensors", "CLASS_WEIGHTS", "CLASS_WEIGHTS_HELP", "class_pixel_counts", "class_weights",
     "image_tensor", "SPLITS", "FOLDER_DEMO_CLASSES",
 ]
 

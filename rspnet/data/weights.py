@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CLASS_WEIGHTS", "class_pixel_counts", "class_weights"]
+__all__ = ["CLASS_WEIGHTS", "CLASS_WEIGHTS_HELP", "class_pixel_counts", "class_weights"]
 
 CLASS_WEIGHTS = ("none", "enet", "median")
+# what every --class-weights flag says the choices compute
+CLASS_WEIGHTS_HELP = ("enet = 1/ln(1.02 + p), p the class's share of the pixels; median = median frequency / "
+                      "the class's frequency")
 
 
 def _raw_label(dataset, index: int) -> np.ndarray:

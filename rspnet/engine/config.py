@@ -94,8 +94,6 @@ def changed_settings(saved: dict[str, Any], config: Any,
     in ``may_change``, which do not change what is computed. A setting
     ``saved`` lacks was added since it was written: it ran with that setting's
     default (a new setting's default is the old behaviour)."""
-    import dataclasses
-
     allowed: Sequence[str] = tuple(may_change)
     current = plain(config)
     defaults = {f.name: plain(f.default) for f in dataclasses.fields(config)

@@ -88,6 +88,18 @@ def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def _labelled_total(labels: torch.Tensor, ignore_index: int, weight: torch.Tensor | None,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """The denominator of the mean cross-entropy: the labelled pixels (with
+    class weights: the sum of their classes' weights), at least 1 (weighted:
+    the smallest positive number), so that a batch without a labelled pixel
+    has loss 0 instead of 0 / 0."""
+    labelled = labels != ignore_index
+    if weight is None:
+        return labelled.sum().to(dtype).clamp_min(1)
+    return (weight.to(dtype)[labels.masked_fill(~labelled, 0)] * labelled).sum().clamp_min(torch.finfo(dtype).tiny)
+
+
 class _UpsampledCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of ``upsample(scores)`` against ``labels`` (with
     class weights: the weighted mean, as ``labelled_cross_entropy``), one
@@ -106,11 +118,7 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
             loss = F.cross_entropy(up, labels[i:i + 1], weight=w, ignore_index=ignore_index, reduction="sum")
             total = loss if total is None else total + loss
             del up
-        labelled = labels != ignore_index
-        if weight is None:
-            count = labelled.sum().to(total.dtype).clamp_min(1)   # no labelled pixel: 0, see labelled_cross_entropy
-        else:
-            count = (w[labels.masked_fill(~labelled, 0)] * labelled).sum().clamp_min(torch.finfo(total.dtype).tiny)
+        count = _labelled_total(labels, ignore_index, w, total.dtype)
         ctx.save_for_backward(scores, labels, count, *(() if weight is None else (w,)))
         ctx.ignore_index = ignore_index
         return total / count
@@ -152,11 +160,7 @@ def labelled_cross_entropy(scores: torch.Tensor, labels: torch.Tensor, ignore_in
     has loss 0 with zero gradients (nothing to learn from) instead of
     0 / 0 = nan, which a run would take for a divergence."""
     total = F.cross_entropy(scores, labels, weight=weight, ignore_index=ignore_index, reduction="sum")
-    labelled = labels != ignore_index
-    if weight is None:
-        return total / labelled.sum().clamp_min(1).to(total.dtype)
-    pixel_weights = weight.to(total.dtype)[labels.masked_fill(~labelled, 0)] * labelled
-    return total / pixel_weights.sum().clamp_min(torch.finfo(total.dtype).tiny)
+    return total / _labelled_total(labels, ignore_index, weight, total.dtype)
 
 
 def upsampled_cross_entropy(scores: torch.Tensor, labels: torch.Tensor,

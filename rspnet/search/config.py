@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rspnet import data
+from rspnet.data import CLASS_WEIGHTS, CLASS_WEIGHTS_HELP
 from rspnet.architecture import CANDIDATE_SETS, HEAD_KINDS, partial_channels, scale_widths
 from rspnet.cli import (channel_list, data_root_help, nonnegative_int, parse_size, positive_float, positive_int,
                         seed_int)
@@ -89,9 +90,8 @@ class SearchConfig:
                                  "epochs // 2)", group="schedule", type=nonnegative_int)
     batch_size: int = setting(4, "the global batch", group="schedule", type=positive_int)
     class_weights: str = setting("none", "weigh the supernet's loss per class (both steps), computed once from "
-                                 "the search's images: enet = 1/ln(1.02 + p), p the class's share of the "
-                                 "pixels; median = median frequency / the class's frequency", group="schedule",
-                                 choices=("none", "enet", "median"))
+                                 f"the search's images: {CLASS_WEIGHTS_HELP}", group="schedule",
+                                 choices=CLASS_WEIGHTS)
     channels: int = setting(16, "F: channels at 1/4 scale, doubling per scale", group="space",
                             type=positive_int)
     scales: int = setting(4, "scales of the trellis, 1/4 to 1/(2^(scales+1))", group="space", type=positive_int)

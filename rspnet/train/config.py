@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rspnet import data
+from rspnet.data import CLASS_WEIGHTS, CLASS_WEIGHTS_HELP
 from rspnet.cli import (data_root_help, nonnegative_int, parse_image_size, parse_size, positive_float, positive_int,
                         seed_int)
 from rspnet.engine.precision import AMP_MODES, CHANNELS_LAST_MODES
@@ -61,10 +62,9 @@ class TrainConfig:
     nesterov: bool = setting(False, "Nesterov momentum", group="optimisation")
     poly_power: float = setting(0.9, "lr = base * (1 - step/steps)^power", group="optimisation")
     class_weights: str = setting("none", "weigh the loss per class, computed once from the training masks and "
-                                 "kept with the run: enet = 1/ln(1.02 + p), p the class's share of the "
-                                 "pixels; median = median frequency / the class's frequency (default: enet "
-                                 "on real images, where it won on CamVid, unless --ohem; none on the synthetic "
-                                 "scenes)", group="optimisation", choices=("none", "enet", "median"),
+                                 f"kept with the run: {CLASS_WEIGHTS_HELP} (default: enet on real images, "
+                                 "where it won on CamVid, unless --ohem; none on the synthetic scenes)",
+                                 group="optimisation", choices=CLASS_WEIGHTS,
                                  cli_default=lambda values: "none" if values["data"] == "synthetic"
                                  or values["ohem"] else "enet")
     ohem: bool = setting(False, "online hard example mining", group="optimisation")
