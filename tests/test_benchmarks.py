@@ -278,6 +278,64 @@ def test_search_quality_camvid_quick(smoke, camvid_root, tmp_path):
     assert again.returncode == 0, again.log
     rows = json.loads((out / "quality.json").read_text())["rows"]
     assert [(r["name"], r["miou"]) for r in rows] == [(r["name"], r["miou"]) for r in result["rows"]]
+    # every network timed folded, the RSPNets against LRASPP in the same rounds; the pass criteria listed
+    lraspp = next(r for r in result["rows"] if r["kind"] == "lraspp")
+    for r in result["rows"]:
+        assert r["folded_ms"] > 0 and (r["kind"] == "lraspp") != ("vs_lraspp" in r), r
+    checks = {c["criterion"]: c["passed"] for c in result["summary"]["done_when"]}
+    assert len(checks) == 8 and "Pass criteria" in text, checks
+    assert checks["parameters ≤ ¼ LRASPP's"] == (4 * row["params"] <= lraspp["params"])
+
+
+def _row(name, kind, miou, params=1e5, flops=1e8, vs=0.9, small=0.01, mca=0.5):
+    per_class = {c: {"iou": small, "accuracy": 0.5} for c in ("Sky", "Pole", "SignSymbol", "Pedestrian",
+                                                              "Bicyclist")}
+    return {"name": name, "kind": kind, "miou": miou, "params": params, "flops": flops, "folded_ms": 10 * vs,
+            "vs_lraspp": vs, "per_class": per_class, "mean_class_accuracy": mca}
+
+
+def test_search_quality_pass_criteria():
+    """The CamVid pass criteria against hand-computed cases: the difference
+    must clear both 2 points and twice its standard error, every searched
+    architecture the random median, and the parity checks use the mean over
+    searched-0's training seeds and LRASPP's."""
+    sq = _bench("search_quality")
+    lraspp = [_row("lraspp", "lraspp", 0.30, params=3.2e6, flops=7e8, mca=0.45),
+              _row("lraspp-seed1", "lraspp", 0.32, params=3.2e6, flops=7e8, mca=0.47)]
+    lraspp = [{k: v for k, v in r.items() if k != "vs_lraspp"} for r in lraspp]
+    searched = [_row("searched-0", "searched", 0.34, mca=0.48), _row("searched-1", "searched", 0.33),
+                _row("searched-2", "searched", 0.35)]
+    noise = [_row("searched-0-seed1", "noise", 0.31, mca=0.46), _row("searched-0-seed2", "noise", 0.29)]
+    random_ = [_row(f"random-{i}", "random", m) for i, m in enumerate((0.28, 0.29, 0.30, 0.31, 0.27, 0.30))]
+    rows = searched + random_ + noise + lraspp
+    summary = sq.summarize(rows, [])
+    got = {c: ok for c, _, ok in sq.done_when(rows, summary)}
+    # searched 0.34 ± 0.01, random 0.2917 ± 0.0147: difference 4.8 points, SE 0.70 points
+    assert summary["difference"] == pytest.approx(0.34 - statistics.mean(r["miou"] for r in random_))
+    assert list(got.values())[:2] == [True, True]
+    # searched-0 over its 3 seeds: 0.3133 against LRASPP's 0.31; mean class accuracy 0.48 against 0.46
+    assert got["searched-0 (3 seeds) test mIoU ≥ LRASPP's (2 seeds)"] is True
+    noise[0]["miou"] = 0.29   # 0.3067 < 0.31
+    assert not dict((c, ok) for c, _, ok in sq.done_when(rows, summary))[
+        "searched-0 (3 seeds) test mIoU ≥ LRASPP's (2 seeds)"]
+    noise[0]["miou"] = 0.31
+    assert got["parameters ≤ ¼ LRASPP's"] and got["FLOPs ≤ LRASPP's"]
+    assert got["folded 1-thread latency ≤ LRASPP's (interleaved)"] and got["mean class accuracy ≥ LRASPP's"]
+    assert got["test IoU > 0 on Pole, SignSymbol, Pedestrian, Bicyclist"]
+    # one searched architecture at the random median fails the second; a zero class fails the small-class check
+    rows[1] = _row("searched-1", "searched", statistics.median(r["miou"] for r in random_))
+    for r in rows[:1] + noise:
+        r["per_class"]["Bicyclist"]["iou"] = 0.0
+    rows[0]["vs_lraspp"] = 1.01
+    got = {c: ok for c, _, ok in sq.done_when(rows, sq.summarize(rows, []))}
+    assert not got["every searched architecture above the random median"]
+    assert not got["test IoU > 0 on Pole, SignSymbol, Pedestrian, Bicyclist"]
+    assert not got["folded 1-thread latency ≤ LRASPP's (interleaved)"]
+    # a 1.9-point difference fails however small its standard error
+    close = [dict(r, miou=0.30 + 0.019) if r["kind"] == "searched" else dict(r, miou=0.30) if r["kind"] == "random"
+             else r for r in rows]
+    got = {c: ok for c, _, ok in sq.done_when(close, sq.summarize(close, []))}
+    assert not got["searched − random ≥ 2 points and > 2 SE"]
 
 
 def _camvid_names():
