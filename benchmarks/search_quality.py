@@ -32,9 +32,18 @@ restricts which: searched, random, noise, lraspp, transfer), ``--stage
 report`` (default ``all``) scores what is finished. It writes ``quality.md`` (table and summary), ``quality.json``
 and ``quality.png`` (mIoU against parameters, searched / random / LRASPP) into
 ``--out``: per architecture its mIoU, parameters, FLOPs at the training size
-and one-thread CPU latency at 512x1024; in the summary the searched and random
+and one-thread CPU latency at 512x1024 (CamVid: 384x480, CamVid's frames padded
+to 32); in the summary the searched and random
 means ± std, their difference with its standard error, the training-seed std,
 the genotype overlap between search seeds and the skip connections per cell.
+On CamVid also every network in its inference form (BatchNorms folded), timed
+against LRASPP's folded form in interleaved rounds
+(``benchmarks/latency_vs_lraspp.py``), a plot panel of test mIoU against that
+latency, and the pass criteria: the searched architectures against random
+(>= 2 points and > 2 standard errors, each above the random median), and
+the searched architecture trained under several seeds against LRASPP (test
+mIoU, at most a quarter of its parameters, no more FLOPs or folded latency,
+test IoU above 0 on pole, sign, pedestrian and bicyclist, mean class accuracy).
 """
 from __future__ import annotations
 
@@ -385,7 +394,7 @@ def report(rows: list[dict], summary: dict, out: str, command: str, machine: str
 
 KIND_STYLES = (("random", dict(color="tab:gray", marker="o")),
                ("searched", dict(color="tab:blue", marker="*", s=120)),
-               ("noise", dict(color="tab:blue", marker="x")),
+               ("noise", dict(color="tab:cyan", marker="x")),
                ("transfer", dict(color="tab:green", marker="^")),
                ("lraspp", dict(color="tab:red", marker="s")))
 KIND_LABELS = {"noise": "searched #0, other training seeds", "lraspp": "LRASPP-MobileNetV3-Large",
@@ -400,31 +409,38 @@ def plot(rows: list[dict], path: str, metric: str = "val mIoU") -> None:
     import matplotlib.pyplot as plt
 
     per_class = bool(rows) and "per_class" in rows[0]
-    fig, axes = plt.subplots(1, 2 if per_class else 1, figsize=(13 if per_class else 6, 4),
-                             gridspec_kw={"width_ratios": [1, 1.6]} if per_class else None)
-    ax = axes[0] if per_class else axes
-    for kind, style in KIND_STYLES:
-        pts = [(r["params"] / 1e6, 100 * r["miou"]) for r in rows if r["kind"] == kind]
-        if pts:
-            ax.scatter(*zip(*pts), label=KIND_LABELS.get(kind, kind), **style)
-    ax.set_xlabel("parameters (M)")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    folded = bool(rows) and all("folded_ms" in r for r in rows)
+    scatters = [("params", 1e-6, "parameters (M)")]
+    if folded:
+        scatters.append(("folded_ms", 1, "folded latency, 1 CPU thread (ms)"))
+    ratios = [1] * len(scatters) + ([1.6] if per_class else [])
+    fig, axes = plt.subplots(1, len(ratios), figsize=(5.5 * len(scatters) + (7 if per_class else 0), 4),
+                             gridspec_kw={"width_ratios": ratios}, squeeze=False)
+    axes = axes[0]
+    for ax, (key, scale, label) in zip(axes, scatters):
+        for kind, style in KIND_STYLES:
+            pts = [(r[key] * scale, 100 * r["miou"]) for r in rows if r["kind"] == kind]
+            if pts:
+                ax.scatter(*zip(*pts), label=KIND_LABELS.get(kind, kind), **style)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     if per_class:
+        bars = axes[-1]
         names = list(rows[0]["per_class"])
         kinds = [k for k, _ in KIND_STYLES if any(r["kind"] == k for r in rows)]
         width = 0.8 / len(kinds)
         for i, kind in enumerate(kinds):
             mine = [r for r in rows if r["kind"] == kind]
             means = [100 * statistics.mean(r["per_class"][n]["iou"] or 0.0 for r in mine) for n in names]
-            axes[1].bar([j + i * width for j in range(len(names))], means, width,
-                        color=dict(KIND_STYLES)[kind]["color"], label=KIND_LABELS.get(kind, kind))
-        axes[1].set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=45, ha="right",
-                           fontsize=8)
-        axes[1].set_ylabel(f"{metric.split()[0]} IoU (%), mean over runs")
-        axes[1].grid(alpha=0.3, axis="y")
-        axes[1].legend(fontsize=7)
+            bars.bar([j + i * width for j in range(len(names))], means, width,
+                     color=dict(KIND_STYLES)[kind]["color"], label=KIND_LABELS.get(kind, kind))
+        bars.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=45, ha="right",
+                        fontsize=8)
+        bars.set_ylabel(f"{metric.split()[0]} IoU (%), mean over runs")
+        bars.grid(alpha=0.3, axis="y")
+        bars.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

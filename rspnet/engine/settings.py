@@ -109,7 +109,9 @@ def add_flags(parser: argparse.ArgumentParser, config_type: type, skip: Sequence
             for key in ("choices", "metavar", "nargs"):
                 if getattr(flag, key) is not None:
                     kwargs[key] = getattr(flag, key)
-        group.add_argument(flag_name(f.name), help=f"{flag.help} (default: {default})", **kwargs)
+        # a help that says its own default (one that depends on other settings) is shown as written
+        text = flag.help if flag.cli_default and "(default:" in flag.help else f"{flag.help} (default: {default})"
+        group.add_argument(flag_name(f.name), help=text, **kwargs)
 
 
 def config_from_args(config_type: type, args: argparse.Namespace, file_values: Mapping[str, Any] = ()) -> Any:

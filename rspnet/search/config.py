@@ -37,6 +37,23 @@ def default_memory(device: str) -> str:
     return "store" if device.split(":")[0] == "cpu" else "recompute"
 
 
+# On real images (every data set but the synthetic scenes) the space defaults to
+# what trained best on CamVid (docs/design.md §17): a 4-layer trellis at F = 24
+# with the light head of 32 channels; the synthetic smoke test keeps the
+# 8-layer F = 16 space with the concat head.
+REAL_IMAGE_SPACE = {"channels": 24, "layers": 4, "head": "light", "head_channels": 32}
+
+
+def _real_images(values) -> bool:
+    return values["data"] != "synthetic"
+
+
+def _space_default(name: str):
+    def default(values):
+        return REAL_IMAGE_SPACE[name] if _real_images(values) else SearchConfig.__dataclass_fields__[name].default
+    return default
+
+
 def _machine_device(values) -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -84,7 +101,9 @@ class SearchConfig:
     data_root: str | None = setting(None, data_root_help(), group="data")
     images: int | None = setting(None, "training images to use, split in halves A/B (none: all; synthetic: "
                                  f"{SYNTHETIC_SEARCH_IMAGES})", group="data", type=positive_int)
-    size: tuple[int, int] = setting((64, 128), "HxW, multiples of 32", group="data", type=parse_size)
+    size: tuple[int, int] = setting((64, 128), "HxW, multiples of 32 (default: 96x128 for camvid, its 3:4 "
+                                    "frames; 64x128 otherwise)", group="data", type=parse_size,
+                                    cli_default=lambda values: (96, 128) if values["data"] == "camvid" else (64, 128))
     epochs: int = setting(6, "epochs per stage", group="schedule", type=positive_int)
     warmup: int | None = setting(None, "epochs of weight training before architecture updates (none: "
                                  "epochs // 2)", group="schedule", type=nonnegative_int)
@@ -92,10 +111,12 @@ class SearchConfig:
     class_weights: str = setting("none", "weigh the supernet's loss per class (both steps), computed once from "
                                  f"the search's images: {CLASS_WEIGHTS_HELP}", group="schedule",
                                  choices=CLASS_WEIGHTS)
-    channels: int = setting(16, "F: channels at 1/4 scale, doubling per scale", group="space",
-                            type=positive_int)
+    channels: int = setting(16, "F: channels at 1/4 scale, doubling per scale (default: 24 on real images, "
+                            "16 on the synthetic scenes)", group="space", type=positive_int,
+                            cli_default=_space_default("channels"))
     scales: int = setting(4, "scales of the trellis, 1/4 to 1/(2^(scales+1))", group="space", type=positive_int)
-    layers: int = setting(8, "trellis depth of stage 2", group="space", type=positive_int)
+    layers: int = setting(8, "trellis depth of stage 2 (default: 4 on real images, 8 on the synthetic scenes)",
+                          group="space", type=positive_int, cli_default=_space_default("layers"))
     steps: int = setting(4, "intermediate nodes per cell", group="space", type=positive_int)
     memory: str = setting("store", "supernet memory mode (both stages): recompute keeps only each edge's, "
                           "stem's, head's and node's inputs and recomputes in backward; store is plain "
@@ -122,11 +143,14 @@ class SearchConfig:
                               choices=tuple(CANDIDATE_SETS))
     rsp_ratio: float = setting(0.5, "fraction of channels that go through the cell", group="space")
     rsp_depth: int = setting(1, "RSP recursion depth", group="space", type=positive_int)
-    head_channels: int | None = setting(None, "width of the head's 3x3 conv (none: 4 F)", group="space",
-                                        type=positive_int)
+    head_channels: int | None = setting(None, "width of the head's 3x3 conv (none: 4 F; default: 32 on real "
+                                        "images, none on the synthetic scenes)", group="space", type=positive_int,
+                                        cli_default=_space_default("head_channels"))
     head: str = setting("concat", "the head: concat (every last-layer map upsampled to 1/4, concatenated, "
                         "3x3 conv) or light (1x1 conv per map at its own scale, averaged at 1/4, 3x3 conv "
-                        "at the head's width, global-context gate)", group="space", choices=HEAD_KINDS)
+                        "at the head's width, global-context gate) (default: light on real images, concat on "
+                        "the synthetic scenes)", group="space", choices=HEAD_KINDS,
+                        cli_default=_space_default("head"))
     scale_channels: tuple[int, ...] | None = setting(
         None, "channels of every scale, finest first, the first equal to --channels (none: --channels "
         "doubled at each scale)", group="space", type=channel_list, metavar="C0,C1,...")

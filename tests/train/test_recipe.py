@@ -120,3 +120,29 @@ def test_the_command_line_defaults_follow_the_data(flags, expected, camvid):
     args = parser.parse_args(["--arch", "a.json", *flags, *(["--data-root", camvid] if flags else [])])
     config = config_of(parser, args, TrainConfig, "train")
     assert (config.optimizer, config.lr, config.class_weights) == expected
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], ((64, 128), 16, 8, "concat", None)),                                  # the synthetic smoke search
+    (["--data", "camvid"], ((96, 128), 24, 4, "light", 32)),                   # real images: what won on CamVid
+    (["--data", "folder"], ((64, 128), 24, 4, "light", 32)),
+    (["--data", "camvid", "--layers", "8", "--head", "concat", "--size", "64x64"], ((64, 64), 24, 8, "concat", 32)),
+    (["--data", "camvid", "--channels", "16", "--head-channels", "48"], ((96, 128), 16, 4, "light", 48)),
+])
+def test_the_search_space_defaults_follow_the_data(flags, expected, camvid, tmp_path):
+    """``rspnet.search`` on real images defaults to the space that trained
+    best on CamVid (4 layers, F = 24, the light head at 32; CamVid's 3:4
+    frames at 96x128); the synthetic scenes keep the smoke test's space; a flag
+    given wins."""
+    from rspnet.cli import config_of
+    from rspnet.search import SearchConfig
+    from rspnet.search.__main__ import build_parser
+
+    folder = tmp_path / "own"
+    data.write_folder_layout(folder, {"train": 2, "val": 1}, size=(32, 32), seed=0) \
+        if "folder" in flags else None
+    root = {"camvid": camvid, "folder": str(folder)}.get(flags[1] if flags else None)
+    parser = build_parser()
+    args = parser.parse_args([*flags, *(["--data-root", root] if root else [])])
+    config = config_of(parser, args, SearchConfig, "search")
+    assert (config.size, config.channels, config.layers, config.head, config.head_channels) == expected
