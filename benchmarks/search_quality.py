@@ -290,7 +290,8 @@ def done_when(rows: list[dict], summary: dict) -> list[tuple[str, str, bool]]:
     them) against LRASPP's mean — test mIoU at least LRASPP's with at most a
     quarter of its parameters, no more FLOPs, no more folded one-thread
     latency (interleaved); its test IoU above 0 on each of ``SMALL_CLASSES``
-    and its mean class accuracy at least LRASPP's."""
+    under every training seed, and its mean class accuracy (mean over the
+    seeds) at least LRASPP's."""
     s = summary
     checks = []
     diff, se = s["difference"], s["difference_se"]
@@ -318,10 +319,12 @@ def done_when(rows: list[dict], summary: dict) -> list[tuple[str, str, bool]]:
                        f"{first['vs_lraspp']:.3f}× ({first['folded_ms']:.0f} vs {ref['folded_ms']:.0f} ms)",
                        first["vs_lraspp"] <= 1))
     if "per_class" in first:
-        small = {c: statistics.mean(r["per_class"][c]["iou"] or 0.0 for r in seeds)
+        # under every training seed: a class one seed hits with a handful of pixels is not learnt
+        small = {c: min(r["per_class"][c]["iou"] or 0.0 for r in seeds)
                  for c in SMALL_CLASSES if c in first["per_class"]}
-        checks.append((f"test IoU > 0 on {', '.join(small)}",
-                       ", ".join(f"{c} {_pct(v)}" for c, v in small.items()), all(v > 0 for v in small.values())))
+        checks.append((f"test IoU > 0 on {', '.join(small)}, every seed",
+                       "lowest over the seeds: " + ", ".join(f"{c} {100 * v:.3f}" for c, v in small.items()),
+                       all(v > 0 for v in small.values())))
         mca = statistics.mean(r["mean_class_accuracy"] for r in seeds)
         ref_mca = statistics.mean(r["mean_class_accuracy"] for r in lraspp)
         checks.append(("mean class accuracy ≥ LRASPP's", f"{_pct(mca)} % vs {_pct(ref_mca)} %", mca >= ref_mca))

@@ -321,15 +321,14 @@ def test_search_quality_pass_criteria():
     noise[0]["miou"] = 0.31
     assert got["parameters ≤ ¼ LRASPP's"] and got["FLOPs ≤ LRASPP's"]
     assert got["folded 1-thread latency ≤ LRASPP's (interleaved)"] and got["mean class accuracy ≥ LRASPP's"]
-    assert got["test IoU > 0 on Pole, SignSymbol, Pedestrian, Bicyclist"]
+    assert got["test IoU > 0 on Pole, SignSymbol, Pedestrian, Bicyclist, every seed"]
     # one searched architecture at the random median fails the second; a zero class fails the small-class check
     rows[1] = _row("searched-1", "searched", statistics.median(r["miou"] for r in random_))
-    for r in rows[:1] + noise:
-        r["per_class"]["Bicyclist"]["iou"] = 0.0
+    noise[1]["per_class"]["Bicyclist"]["iou"] = 0.0   # one seed of three never hits the class: not learnt
     rows[0]["vs_lraspp"] = 1.01
     got = {c: ok for c, _, ok in sq.done_when(rows, sq.summarize(rows, []))}
     assert not got["every searched architecture above the random median"]
-    assert not got["test IoU > 0 on Pole, SignSymbol, Pedestrian, Bicyclist"]
+    assert not got["test IoU > 0 on Pole, SignSymbol, Pedestrian, Bicyclist, every seed"]
     assert not got["folded 1-thread latency ≤ LRASPP's (interleaved)"]
     # a 1.9-point difference fails however small its standard error
     close = [dict(r, miou=0.30 + 0.019) if r["kind"] == "searched" else dict(r, miou=0.30) if r["kind"] == "random"

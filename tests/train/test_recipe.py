@@ -146,3 +146,16 @@ def test_the_search_space_defaults_follow_the_data(flags, expected, camvid, tmp_
     args = parser.parse_args([*flags, *(["--data-root", root] if root else [])])
     config = config_of(parser, args, SearchConfig, "search")
     assert (config.size, config.channels, config.layers, config.head, config.head_channels) == expected
+
+
+def test_the_camvid_search_preset_is_the_benchmarked_cost_aware_search(camvid):
+    """``rspnet.search --config camvid``: the space real images default to,
+    CamVid's 96x128 frames and the FLOPs budget of 0.095 GFLOPs that won on
+    CamVid's val (docs/design.md §17); valid settings on a CamVid tree."""
+    from rspnet.search import SearchConfig
+    from rspnet.search.config import REAL_IMAGE_SPACE, check_config as check_search
+
+    values = load_config(SearchConfig, "camvid", "search")
+    assert values["flops_budget"] == pytest.approx(0.095e9) and tuple(values["size"]) == (96, 128)
+    assert {k: values[k] for k in REAL_IMAGE_SPACE} == REAL_IMAGE_SPACE
+    check_search(SearchConfig(**{**values, "size": tuple(values["size"]), "data_root": camvid, "device": "cpu"}))
