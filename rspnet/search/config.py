@@ -170,10 +170,11 @@ class SearchConfig:
     flops_budget: float | None = setting(None, "GFLOPs of the derived network at --size: the architecture "
                                          "loss adds --cost-weight * max(0, E[FLOPs] - budget) / budget",
                                          group="cost", type=positive_float, scale=1e9, metavar="G")
-    latency_budget: float | None = setting(None, "latency (ms) of the derived network at --latency-size on "
-                                           "--device (CPU: one thread), from a per-piece table measured "
-                                           "once and cached in --latency-table; penalised like "
-                                           "--flops-budget", group="cost", type=positive_float, metavar="MS")
+    latency_budget: float | None = setting(None, "latency (ms) of the derived network's inference form (BN "
+                                           "folded) at --latency-size on --device (CPU: one thread), from "
+                                           "a per-piece table measured once, calibrated on whole networks "
+                                           "and cached in --latency-table; penalised like --flops-budget",
+                                           group="cost", type=positive_float, metavar="MS")
     cost_weight: float = setting(1.0, "lambda of the FLOPs / latency penalties", group="cost", metavar="λ")
     latency_size: tuple[int, int] = setting((512, 1024), "HxW at which the latency table is measured",
                                             group="cost", type=parse_size)

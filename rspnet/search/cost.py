@@ -4,7 +4,10 @@ A derived network is a sum of pieces whose cost does not depend on the
 architecture logits: the stem, the head, every node's RSP block (its cell's
 kept edges, each one op, plus a fixed part) and the path projections it keeps. ``CostTable`` measures each piece once per geometry with a
 ``measure(fn, inputs)``: ``count_flops_of`` (FLOPs) or ``LatencyMeter`` (ms
-on the target device, cached on disk).
+on the target device, cached on disk). Latency pieces are timed in their
+inference form (``inference_piece``: what evaluate, predict and export run),
+and the table is calibrated against whole networks of the geometry
+(``latency_table``): pieces timed alone run faster than inside a network.
 
 The expectation follows the derivation (``derive.py``):
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -45,7 +49,7 @@ from rspnet.ops.timing import device_name, median_ms  # device_name: the latency
 from .derive import same_scale_source
 
 __all__ = ["CostGeometry", "CostTable", "LatencyMeter", "kept_probabilities", "cell_cost",
-           "METRICS", "default_latency_table_path"]
+           "METRICS", "default_latency_table_path", "inference_piece", "calibration_architectures"]
 
 METRICS = ("flops", "latency")
 Measure = Callable[[Callable[..., Any], Sequence[torch.Tensor]], float]
@@ -156,6 +160,24 @@ def _pieces(g: CostGeometry, head_scales: Sequence[tuple[int, ...]]):
     return pieces
 
 
+def inference_piece(module: nn.Module) -> nn.Module:
+    """The inference form of one piece of ``_pieces``, as the piece runs in
+    ``rspnet.models.inference_form(RSPNet(...))``: BatchNorms folded, derived
+    cells folded, stems and heads channels-last, and 3×3 poolings separable
+    also where a piece is a bare op (an edge's op in a cell is one already).
+    Timing the training form instead ranks architectures by what the
+    deployed network does not run (an unfolded BatchNorm, a 3×3 max pool that
+    costs 10× its separable form)."""
+    from rspnet.models.inference import inference_form
+    from rspnet.models.simplify import _inference_op
+
+    net = _inference_op(inference_form(module))
+    for parent in list(net.modules()):
+        for name, child in list(parent._modules.items()):
+            parent._modules[name] = _inference_op(child)
+    return net.eval()
+
+
 def count_flops_as_measure(fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> float:
     return float(count_flops_of(fn, *inputs))
 
@@ -202,13 +224,17 @@ class CostTable:
 
     def __init__(self, geometry: CostGeometry, entries: Mapping[str, float], unit: str):
         self.geometry, self.entries, self.unit = geometry, dict(entries), unit
+        self.calibration = 1.0   # a latency table's factor on the pieces' sum (latency_table)
         self.nodes = trellis_nodes(geometry.layers, geometry.scales)
         self.sources = [layer_nodes(self.nodes, layer - 1) for layer, _ in self.nodes]
 
     @classmethod
     def build(cls, geometry: CostGeometry, measure: Measure = count_flops_as_measure,
-              unit: str = "flops", device: str | torch.device = "cpu") -> CostTable:
-        """Measure every piece on ``device`` (modules in eval mode, no grad)."""
+              unit: str = "flops", device: str | torch.device = "cpu",
+              prepare: Callable[[nn.Module], nn.Module] | None = None) -> CostTable:
+        """Measure every piece on ``device`` (modules in eval mode, no grad;
+        ``prepare``: what each module is turned into first, e.g.
+        ``inference_piece``)."""
         g = geometry
         last = tuple(range(min(g.layers, g.scales - 1) + 1))
         head_scales = sorted({last, tuple(range(g.scales))})
@@ -216,6 +242,8 @@ class CostTable:
         with torch.no_grad():
             for key, module, shapes in _pieces(g, head_scales):
                 module = module.to(device).eval()
+                if prepare is not None:
+                    module = prepare(module).to(device).eval()
                 inputs = [torch.randn(shape, device=device) for shape in shapes]
                 entries[key] = measure(module, inputs)
         return cls(geometry, entries, unit)
@@ -320,7 +348,7 @@ def default_latency_table_path() -> str:
         os.path.expanduser("~"), ".cache", "rspnet", "latency.json")
 
 
-def time_ms(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], repeats: int = 5, warmup: int = 2) -> float:
+def time_ms(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], repeats: int = 9, warmup: int = 3) -> float:
     """The median ms of ``fn(*inputs)`` over ``repeats`` calls after ``warmup``
     (``rspnet.ops.timing.median_ms``; CUDA events when the inputs are on a GPU)."""
     return median_ms(lambda: fn(*inputs), repeats, warmup, cuda=inputs[0].is_cuda)
@@ -362,9 +390,16 @@ class LatencyMeter:
         return f"{device_name(self.device)}|torch {torch.__version__}|{module!r}|{shapes}".replace("\n", " ")
 
     def __call__(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
-        key = self.key(module, inputs)
+        return self._entry(self.key(module, inputs), lambda: self.timer(module, inputs))
+
+    def cached(self, name: str, measure: Callable[[], float]) -> float:
+        """The entry ``name`` (keyed by device and torch version as the
+        pieces are), measured and kept when absent."""
+        return self._entry(f"{device_name(self.device)}|torch {torch.__version__}|{name}", measure)
+
+    def _entry(self, key: str, measure: Callable[[], float]) -> float:
         if key not in self.entries:
-            self.entries[key] = float(self.timer(module, inputs))
+            self.entries[key] = float(measure())
             self.measured += 1
         return self.entries[key]
 
@@ -387,21 +422,74 @@ def flops_table(geometry: CostGeometry) -> CostTable:
     return _FLOPS_TABLES[geometry]
 
 
+CALIBRATION_NETS = 3   # whole networks timed to calibrate a latency table
+CALIBRATION_SEED = 0
+
+
+def calibration_architectures(geometry: CostGeometry, count: int = CALIBRATION_NETS,
+                              seed: int = CALIBRATION_SEED) -> list[Architecture]:
+    """``count`` trellis architectures of ``geometry`` drawn at random (the
+    random baseline's draw), the same ones for every call."""
+    import random
+
+    from .baseline import random_cell, random_paths
+
+    g, rng = geometry, random.Random(seed)
+    archs = []
+    for _ in range(count):
+        cell = random_cell(g.steps, rng, g.primitives)
+        nodes = random_paths(g.layers, g.scales, g.top_k, rng, g.same_scale)
+        archs.append(Architecture(cell=cell, channels=g.channels, scales=g.scales, head_channels=g.head_channels,
+                                  head=g.head, scale_channels=g.scale_channels, rsp_ratio=g.rsp_ratio,
+                                  rsp_depth=g.rsp_depth, layers=g.layers, pool_first=g.pool_first, nodes=nodes))
+    return archs
+
+
 def latency_table(geometry: CostGeometry, device: str | torch.device = "cpu",
                   path: str | os.PathLike | None = None, threads: int | None = 1,
-                  timer=time_ms) -> CostTable:
+                  timer=time_ms, calibrate: int = CALIBRATION_NETS) -> CostTable:
     """The latency table (ms) of ``geometry`` on ``device``: the pieces not
-    yet in the file at ``path`` are timed (on CPU with ``threads`` threads,
-    one by default: the latency rspnet reports) and written back."""
+    yet in the file at ``path`` are timed in their inference form
+    (``inference_piece``; on CPU with ``threads`` threads, one by default:
+    the latency rspnet reports) and written back.
+
+    Calibrated: ``calibrate`` whole networks of the geometry
+    (``calibration_architectures``) are timed in their inference form, and
+    every entry is multiplied by the median over them of (the network's time
+    / the table's sum for it), kept as the table's ``calibration`` (cached
+    like the pieces). Pieces timed alone, their inputs warm in cache, add up
+    to less than the network they make (0.6× of it on a 2-core CPU at
+    384×480); the factor makes a budget in ms mean the whole network's ms.
+    ``calibrate=0``: the raw sum."""
     device = torch.device(device)
     previous = torch.get_num_threads()
     if device.type == "cpu" and threads:
         torch.set_num_threads(threads)
     try:
         meter = LatencyMeter(path, device, timer)
-        table = CostTable.build(geometry, meter, unit="ms", device=device)
+        table = CostTable.build(geometry, meter, unit="ms", device=device, prepare=inference_piece)
+        factor = 1.0
+        if calibrate:
+            factor = meter.cached(f"calibration|{geometry.describe()}|{calibrate} nets, seed {CALIBRATION_SEED}",
+                                  lambda: _calibration(table, device, timer, calibrate))
         meter.save()
     finally:
         torch.set_num_threads(previous)
-    return table
+    calibrated = CostTable(geometry, {k: v * factor for k, v in table.entries.items()}, unit="ms")
+    calibrated.calibration = factor
+    return calibrated
 
+
+def _calibration(table: CostTable, device: torch.device, timer, count: int) -> float:
+    """The median over ``count`` random networks of their inference form's
+    time / the (uncalibrated) ``table``'s sum for them."""
+    from rspnet.models import RSPNet, inference_form
+
+    g, ratios = table.geometry, []
+    with torch.no_grad():
+        for arch in calibration_architectures(g, count):
+            torch.manual_seed(0)
+            net = inference_form(RSPNet(arch, g.num_classes)).to(device).eval()
+            x = torch.randn(1, 3, *g.size, device=device)
+            ratios.append(float(timer(net, [x])) / table.architecture(arch))
+    return statistics.median(ratios)

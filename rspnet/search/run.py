@@ -255,6 +255,8 @@ def _write_summary(config: SearchConfig, architecture: Architecture, num_classes
     for metric, penalty in cost_penalties(config, num_classes, ctx.device).items():
         cost[f"table_{metric}"] = penalty.table.architecture(architecture)
         cost[f"{metric}_budget"] = penalty.budget
+        if metric == "latency":
+            cost["latency_calibration"] = penalty.table.calibration
     if config.rescales:   # the network of architecture.json, beside the searched proxy's
         written = RSPNet(_written(config, architecture), num_classes).eval()
         summary["written"] = {"params": count_params(written), "flops": count_flops(written, config.size)}
@@ -275,7 +277,8 @@ def _print_summary(config: SearchConfig, summary: dict[str, Any], files: dict[st
         print(f"  cost table: {cost['table_flops'] / 1e9:.3f} GFLOPs (budget {cost['flops_budget'] / 1e9:.3f})")
     if "table_latency" in cost:
         print(f"  cost table: {cost['table_latency']:.1f} ms at {config.latency_size[0]}x{config.latency_size[1]} "
-              f"(budget {cost['latency_budget']:.1f} ms)")
+              f"(budget {cost['latency_budget']:.1f} ms; the pieces' sum x {cost['latency_calibration']:.2f}, "
+              f"the calibration on whole networks)")
     if "written" in summary:
         print(f"written rescaled: {summary['written']['params'] / 1e6:.3f} M params, "
               f"{summary['written']['flops'] / 1e9:.3f} GFLOPs (the proxy: {files['proxy']})")

@@ -53,7 +53,9 @@ def test_cost_aware_search_reports_the_tables_cost(tmp_path, capsys):
     assert "E[GFLOPs]" in log and "E[latency]" in log
     derived = json.loads((out / "summary.json").read_text())["derived"]
     assert derived["table_flops"] == derived["flops"] and derived["flops_budget"] == 1e6
-    assert derived["table_latency"] > 0 and table.is_file()
+    assert derived["table_latency"] > 0 and table.is_file() and derived["latency_calibration"] > 0
+    cached = json.loads(table.read_text())["entries"]
+    assert derived["latency_calibration"] in [v for k, v in cached.items() if "|calibration|" in k]
     assert json.loads((out / "architecture.json").read_text())["search"]["flops_budget"] == 1e6
 
 

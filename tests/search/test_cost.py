@@ -211,33 +211,95 @@ class _Timer:
 
 def test_latency_table_bookkeeping(tmp_path):
     """Every piece is timed once, written to the file under a key naming the
-    device, torch and the shapes, and read back instead of timed again."""
+    device, torch and the shapes, and read back instead of timed again; the
+    calibration (whole networks timed) is cached with them, and scales
+    every entry by the median of network time / table sum."""
+    import statistics
+
+    from rspnet.search.cost import CALIBRATION_NETS, calibration_architectures
     path = tmp_path / "latency.json"
     timer = _Timer()
     table = latency_table(GEOMETRY, "cpu", path, timer=timer)
-    assert timer.calls == len(table.entries) and path.exists()
-    assert table["stem"] == 3 * 32 * 64 / 1000
-    assert table["op:1:sep_conv_3x3"] == 2 * 8 * 16 / 1000   # inner channels 8 at 1/8 of 32x64
+    assert timer.calls == len(table.entries) + CALIBRATION_NETS and path.exists()
+    raw = latency_table(GEOMETRY, "cpu", path, timer=timer, calibrate=0)
+    assert timer.calls == len(table.entries) + CALIBRATION_NETS   # nothing timed twice
+    assert raw["stem"] == 3 * 32 * 64 / 1000 and raw.calibration == 1.0
+    assert raw["op:1:sep_conv_3x3"] == 2 * 8 * 16 / 1000   # inner channels 8 at 1/8 of 32x64
+    # the fake clock gives a whole network its image's size / 1000
+    archs = calibration_architectures(GEOMETRY)
+    assert len(archs) == CALIBRATION_NETS and len({a.fingerprint() for a in archs}) == CALIBRATION_NETS
+    expected = statistics.median(3 * 32 * 64 / 1000 / raw.architecture(a) for a in archs)
+    assert table.calibration == pytest.approx(expected, rel=1e-12)
+    assert all(table[k] == pytest.approx(v * expected, rel=1e-12) for k, v in raw.entries.items())
     meter = LatencyMeter(path, torch.device("cpu"), timer)
     assert all(f"torch {torch.__version__}" in key and key.startswith("cpu:") for key in meter.entries)
+    assert sum("|calibration|" in key for key in meter.entries) == 1
     again = latency_table(GEOMETRY, "cpu", path, timer=timer)
-    assert timer.calls == len(table.entries)   # nothing timed twice
-    assert again.entries == table.entries
+    assert timer.calls == len(table.entries) + CALIBRATION_NETS
+    assert again.entries == table.entries and again.calibration == table.calibration
     other = CostGeometry(**{**GEOMETRY.__dict__, "size": (64, 64)})
     latency_table(other, "cpu", path, timer=timer)
-    assert timer.calls > len(table.entries)   # other shapes: timed anew
+    assert timer.calls > len(table.entries) + CALIBRATION_NETS   # other shapes: timed anew
+
+
+def test_latency_pieces_are_timed_in_their_inference_form(tmp_path):
+    """What the table times is what the deployed network runs: no BatchNorm
+    left, 3×3 poolings separable, the stem and head channels-last; each
+    prepared piece computes what the eval-mode piece does."""
+    import torch.nn as nn
+
+    from rspnet.models.simplify import AvgPool3x3, MaxPool3x3
+    from rspnet.search.cost import CostTable, _pieces, inference_piece
+    timed = {}
+
+    def measure(module, inputs):
+        timed[len(timed)] = module
+        return 1.0
+
+    CostTable.build(GEOMETRY, measure, unit="ms", prepare=inference_piece)
+    pieces = _pieces(GEOMETRY, [(0, 1, 2)])
+    assert len(timed) == len(pieces)
+    kinds = [type(m).__name__ for m in timed.values()]
+    assert kinds[0] == "ChannelsLast" and kinds[1] == "_HeadAt"
+    assert not any(isinstance(x, nn.BatchNorm2d) for m in timed.values() for x in m.modules())
+    assert not any(isinstance(x, (nn.MaxPool2d, nn.AvgPool2d)) for m in timed.values() for x in m.modules())
+    assert any(isinstance(m, MaxPool3x3) for m in timed.values())
+    assert any(isinstance(m, AvgPool3x3) for m in timed.values())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for key, module, shapes in pieces:
+            for bn in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
+                bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+            module.eval()
+            inputs = [torch.randn(shape) for shape in shapes]
+            want, got = module(*inputs), inference_piece(module)(*inputs)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_latency_table_is_close_to_a_direct_measurement():
     """Real timing, loose: a table entry is the median of a few runs; a
-    fresh median of the same piece lies within a factor of 3 (shared CPUs)."""
+    fresh median of the same piece (in its inference form) lies within a
+    factor of 3 of it (shared CPUs), and the calibrated table's sum for a
+    network not among the calibration ones within a factor of 2 of the
+    network's inference form timed whole."""
+    from rspnet.models import inference_form
+    from rspnet.nn import Stem
+    from rspnet.search.cost import calibration_architectures, inference_piece
     geometry = CostGeometry(**{**GEOMETRY.__dict__, "size": (64, 128)})
     table = latency_table(geometry, "cpu", None)
-    from rspnet.nn import Stem
-    stem = Stem(8).eval()
-    with torch.no_grad():
-        direct = time_ms(stem, [torch.randn(1, 3, 64, 128)], repeats=9)
-    assert direct / 3 < table["stem"] < direct * 3
+    stem = inference_piece(Stem(8))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)   # as the table was timed
+    try:
+        with torch.no_grad():
+            direct = time_ms(stem, [torch.randn(1, 3, 64, 128)], repeats=9)
+            arch = calibration_architectures(geometry, 1, seed=7)[0]
+            net = inference_form(RSPNet(arch, geometry.num_classes))
+            whole = time_ms(net, [torch.randn(1, 3, 64, 128)], repeats=9)
+    finally:
+        torch.set_num_threads(previous)
+    assert direct / 3 < table["stem"] / table.calibration < direct * 3
+    assert whole / 2 < table.architecture(arch) < whole * 2
 
 
 def test_time_ms_is_the_median_after_the_warmup(monkeypatch):
