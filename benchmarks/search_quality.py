@@ -26,7 +26,11 @@ per-class IoU (the same computation as ``python -m rspnet.evaluate --split
 test --size 192x256``). It adds LRASPP under ``--lraspp-seeds`` training
 seeds and, with ``--transfer`` (default on), the transfer question: the
 architecture the same search finds on the synthetic scenes, trained alike on
-CamVid. Parts may run separately: ``--stage searches`` runs the searches and
+CamVid. ``--budgeted-random R`` adds R random architectures drawn only within
+the searches' FLOPs / latency budgets (kind ``budgeted``, ``python -m
+rspnet.search --random R --within-budgets``), and the searched mean against
+theirs: with a budget the random baseline of the whole space is the weaker
+test, since in a short recipe cheaper networks train further. Parts may run separately: ``--stage searches`` runs the searches and
 the random draws only, ``--stage train`` also trains (``--only KIND,...``
 restricts which: searched, random, noise, lraspp, transfer), ``--stage
 report`` (default ``all``) scores what is finished. It writes ``quality.md`` (table and summary), ``quality.json``
@@ -245,7 +249,7 @@ def summarize(rows: list[dict], searches: list[str]) -> dict:
 
     def scores(kind):
         return [r["miou"] for r in rows if r["kind"] == kind]
-    searched, random_ = scores("searched"), scores("random")
+    searched, random_, budgeted = scores("searched"), scores("random"), scores("budgeted")
     # the training-seed noise: the first searched architecture under every training seed
     noise = [r["miou"] for r in rows if r["kind"] == "noise" or r["name"] == "searched-0"]
     lraspp = scores("lraspp")
@@ -256,7 +260,12 @@ def summarize(rows: list[dict], searches: list[str]) -> dict:
     cells = [set(a.cell.normal) for a in archs]
     paths = [{(n.node, s) for n in a.nodes or () for s, _ in n.paths} for a in archs]
     median_random = statistics.median(random_) if random_ else float("nan")
+    budgeted_diff = statistics.mean(searched) - statistics.mean(budgeted) if searched and budgeted else None
+    budgeted_se = math.sqrt(_std(searched) ** 2 / len(searched) + _std(budgeted) ** 2 / len(budgeted)) \
+        if len(searched) > 1 and len(budgeted) > 1 else None
     return {
+        "budgeted_mean": statistics.mean(budgeted) if budgeted else None, "budgeted_std": _std(budgeted),
+        "budgeted_runs": len(budgeted), "difference_budgeted": budgeted_diff, "difference_budgeted_se": budgeted_se,
         "searched_mean": statistics.mean(searched) if searched else None, "searched_std": _std(searched),
         "random_mean": statistics.mean(random_) if random_ else None, "random_std": _std(random_),
         "random_median": median_random,
@@ -373,6 +382,10 @@ def report(rows: list[dict], summary: dict, out: str, command: str, machine: str
               f"- genotype overlap between search seeds (Jaccard): cell edges {s['cell_overlap']}, "
               f"kept paths {s['path_overlap']}",
               f"- skip connections per searched cell: {s['skip_connections_per_cell']}"]
+    if s.get("budgeted_runs"):
+        lines += [f"- random within the searches' budgets ({s['budgeted_runs']}): {_pct(s['budgeted_mean'])} ± "
+                  f"{_pct(s['budgeted_std'])} %; searched − those: {_pct(s['difference_budgeted'])} points, "
+                  f"standard error {_pct(s['difference_budgeted_se'])}"]
     if s["transfer"]:
         lines.append(f"- transfer (searched on the synthetic scenes, trained alike): "
                      f"{', '.join(_pct(v) for v in s['transfer'])} %")
@@ -392,12 +405,13 @@ def report(rows: list[dict], summary: dict, out: str, command: str, machine: str
 
 
 KIND_STYLES = (("random", dict(color="tab:gray", marker="o")),
+               ("budgeted", dict(color="tab:olive", marker="D")),
                ("searched", dict(color="tab:blue", marker="*", s=120)),
                ("noise", dict(color="tab:cyan", marker="x")),
                ("transfer", dict(color="tab:green", marker="^")),
                ("lraspp", dict(color="tab:red", marker="s")))
 KIND_LABELS = {"noise": "searched #0, other training seeds", "lraspp": "LRASPP-MobileNetV3-Large",
-               "transfer": "searched on the synthetic scenes"}
+               "transfer": "searched on the synthetic scenes", "budgeted": "random within the search's budgets"}
 
 
 def plot(rows: list[dict], path: str, metric: str = "val mIoU") -> None:
@@ -457,7 +471,7 @@ QUICK_CAMVID_TRAIN = ["--crop", "32x64"]       # the preset's crops do not fit Q
 # CamVid's 360x480 as the one inference path runs it: padded to multiples of 32
 # (rspnet.engine.scoring), which the trellis needs; LRASPP is timed at the same size
 CAMVID_LATENCY_SIZE = (384, 480)
-KINDS = ("searched", "random", "noise", "lraspp", "transfer")
+KINDS = ("searched", "random", "budgeted", "noise", "lraspp", "transfer")
 STAGES = ("searches", "train", "report", "all")
 
 
@@ -470,6 +484,10 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--searches", type=int, help="S: search seeds 0..S-1 (default 3)")
     p.add_argument("--random", type=int, help="R: random architectures (default 6)")
     p.add_argument("--random-seed", type=int, default=1000)
+    p.add_argument("--budgeted-random", type=int, default=0, metavar="R",
+                   help="also R random architectures drawn within the searches' FLOPs / latency budgets "
+                        "(python -m rspnet.search --random R --within-budgets; kind 'budgeted'): does the "
+                        "search select within its budget, or does the budget do the work? (default 0)")
     p.add_argument("--noise-seeds", type=int, help="training seeds of the first searched architecture (default 3)")
     p.add_argument("--lraspp-seeds", type=int, help="training seeds of LRASPP (default 3 on camvid, else 1)")
     p.add_argument("--transfer", action=argparse.BooleanOptionalAction, default=None,
@@ -538,6 +556,14 @@ def _search_jobs(args, out: str, logs: str) -> tuple[list, list[str], list[str],
         jobs.append(("random baseline", ["-m", "rspnet.search", "--random", str(args.random), "--seed",
                                          str(args.random_seed), "--out", random_dir, *args.search_args],
                      os.path.join(logs, "random.log")))
+    if args.budgeted_random:
+        budget_dir = os.path.join(out, "random-budgeted")
+        randoms += [os.path.join(budget_dir, f"random-{i:03d}.json") for i in range(args.budgeted_random)]
+        if not all(os.path.exists(r) for r in randoms[args.random:]):
+            jobs.append(("random baseline within the budgets",
+                         ["-m", "rspnet.search", "--random", str(args.budgeted_random), "--within-budgets", "--seed",
+                          str(args.random_seed), "--out", budget_dir, *args.search_args],
+                         os.path.join(logs, "random-budgeted.log")))
     return jobs, searches, randoms, transfers
 
 
@@ -546,7 +572,8 @@ def _train_jobs(args, out: str, logs: str, searches: list[str], randoms: list[st
     """Every architecture trained with the same recipe: the (name, kind,
     architecture, seed) runs and the trainings still to run."""
     runs = [(f"searched-{s}", "searched", os.path.join(d, "architecture.json"), 0) for s, d in enumerate(searches)]
-    runs += [(f"random-{i}", "random", r, 0) for i, r in enumerate(randoms)]
+    runs += [(f"random-{i}", "random", r, 0) for i, r in enumerate(randoms[:args.random])]
+    runs += [(f"budgeted-{i}", "budgeted", r, 0) for i, r in enumerate(randoms[args.random:])]
     if searches:
         runs += [(f"searched-0-seed{k}", "noise", os.path.join(searches[0], "architecture.json"), k)
                  for k in range(1, args.noise_seeds)]

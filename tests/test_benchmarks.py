@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,7 +84,7 @@ def _jobs(arch: str, camvid: str) -> dict:
     jobs = {
         "search_quality_camvid": ("test_search_quality_camvid_quick",
                                   ["search_quality.py", "--quick", "--data", "camvid", "--data-root", camvid,
-                                   "--out", "@OUT@/quality"]),
+                                   "--budgeted-random", "1", "--out", "@OUT@/quality"]),
         "search_quality": ("test_search_quality_quick", ["search_quality.py", "--quick", "--out", "@OUT@/quality"]),
         "search_memory": ("test_search_memory_quick", ["search_memory.py", "--quick", "--json", "@OUT@/memory.json"]),
         "bench": ("test_cpu_micro_benchmarks_quick",
@@ -249,13 +250,20 @@ def test_search_quality_camvid_quick(smoke, camvid_root, tmp_path):
     result = json.loads((out / "quality.json").read_text())
     assert result["metric"] == "test mIoU"
     kinds = sorted(r["kind"] for r in result["rows"])
-    assert kinds == ["lraspp", "random", "random", "searched", "transfer"], kinds
+    assert kinds == ["budgeted", "lraspp", "random", "random", "searched", "transfer"], kinds
+    # the budgeted random draw: drawn within the search preset's FLOPs budget, summarised beside random
+    budgeted = next(r for r in result["rows"] if r["kind"] == "budgeted")
+    drawn = json.loads(Path(budgeted["architecture"]).read_text())
+    assert Path(budgeted["architecture"]).parent.name == "random-budgeted" and "random" in drawn["search"]
+    assert result["summary"]["budgeted_runs"] == 1
+    assert result["summary"]["budgeted_mean"] == pytest.approx(budgeted["miou"])
     for r in result["rows"]:
         assert set(r["per_class"]) == set(_camvid_names()) and 0 <= r["miou"] <= 1, r
         ious = [v["iou"] for v in r["per_class"].values() if v["iou"] is not None]
         assert r["miou"] == pytest.approx(statistics.mean(ious)), r["name"]
     text = (out / "quality.md").read_text()
     assert "Per class (test IoU %)" in text and "Bicyclist" in text and "transfer" in text
+    assert "random within the searches' budgets (1)" in text
     # the searches saw CamVid's train split only, the transfer search the synthetic scenes
     search = json.loads((out / "search-0" / "summary.json").read_text())["config"]
     assert search["data"] == "camvid" and search["head"] == "light"
@@ -274,7 +282,7 @@ def test_search_quality_camvid_quick(smoke, camvid_root, tmp_path):
     # the report again: every run's test score read back from beside its checkpoint, the same
     assert (run_dir / "test_scores.json").is_file()
     again = _run(["search_quality.py", "--quick", "--data", "camvid", "--data-root", camvid_root,
-                  "--out", str(out), "--stage", "report"], tmp_path)
+                  "--budgeted-random", "1", "--out", str(out), "--stage", "report"], tmp_path)
     assert again.returncode == 0, again.log
     rows = json.loads((out / "quality.json").read_text())["rows"]
     assert [(r["name"], r["miou"]) for r in rows] == [(r["name"], r["miou"]) for r in result["rows"]]

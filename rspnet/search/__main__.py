@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random", type=positive_int, metavar="N",
                    help="no search: draw N architectures uniformly from the same space (the random "
                         "baseline, seeded by --seed) and write them to --out as random-NNN.json")
+    p.add_argument("--within-budgets", action="store_true",
+                   help="with --random: draw only architectures within --flops-budget and --latency-budget "
+                        "too, by the search's cost tables (--param-budget always applies)")
     add_config_option(p, "search")
     add_run_options(p, "search", SearchConfig)
     return p
@@ -51,10 +54,17 @@ def _random(parser: argparse.ArgumentParser, args, config: SearchConfig) -> int:
     from rspnet.search.baseline import write_random_architectures
 
     out = args.out or os.path.join("runs", time.strftime("random-%Y%m%d-%H%M%S"))
+    classes = data.class_table(config.data, config.data_root).num_classes
+    limits = {}
+    if args.within_budgets:
+        from rspnet.search.stage import cost_penalties
+
+        flags = {"flops": "--flops-budget", "latency": "--latency-budget"}
+        limits = {flags[metric]: (penalty.table, penalty.budget)
+                  for metric, penalty in cost_penalties(config, classes, config.device).items()}
     try:
         written = write_random_architectures(config, args.random, out, config.seed, config.param_budget,
-                                            data.class_table(config.data, config.data_root).num_classes,
-                                            progress=not args.no_progress)
+                                            classes, progress=not args.no_progress, max_costs=limits)
     except ValueError as exc:
         parser.error(str(exc))
     for path, params in written:
@@ -67,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_of(parser, args, SearchConfig, "search")
+    if args.within_budgets and not args.random:
+        parser.error("--within-budgets goes with --random N")
+    if args.within_budgets and config.flops_budget is None and config.latency_budget is None:
+        parser.error("--within-budgets needs --flops-budget or --latency-budget")
     if args.random:   # the budget filters the draws; no penalty shapes a search
         checked(parser, check_config, dataclasses.replace(config, param_budget=None))
         return _random(parser, args, config)

@@ -12,7 +12,7 @@ writes N of them.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from rspnet.architecture import PRIMITIVES, Architecture, Genotype, KeptNode, reaching_head
 from rspnet.nn import layer_nodes, trellis_nodes
@@ -61,27 +61,39 @@ def random_architecture(config, rng: random.Random, search: dict | None = None) 
 
 def sample_architectures(config, count: int, seed: int = 0, max_params: float | None = None,
                          num_classes: int = 19, max_draws: int = 10_000, probe: int = 200,
-                         progress: bool = False) -> list[tuple[Architecture, int]]:
+                         progress: bool = False, max_costs: Mapping[str, tuple] | None = None
+                         ) -> list[tuple[Architecture, int]]:
     """``count`` random architectures with their parameter counts, from a
-    generator seeded with ``seed``; with ``max_params``, only those within it.
-    ``ValueError`` naming ``--param-budget`` as soon as ``max_draws`` draws
-    cannot give ``count`` at the rate seen after ``probe`` draws (so an
-    impossible budget fails in seconds, not after every draw)."""
+    generator seeded with ``seed``; with ``max_params``, only those within it;
+    with ``max_costs`` (flag → (cost table, budget), e.g. ``--latency-budget``
+    → a latency ``CostTable`` and its ms), only those whose table cost is
+    within every budget. ``ValueError`` naming the budget that rejects most
+    draws as soon as ``max_draws`` draws cannot give ``count`` at the rate seen
+    after ``probe`` draws (so an impossible budget fails in seconds, not
+    after every draw)."""
     from tqdm import tqdm
 
     from rspnet.models import RSPNet, count_params
 
     rng = random.Random(seed)
     found: list[tuple[Architecture, int]] = []
-    smallest = None
+    limits = dict(max_costs or {})
+    smallest: dict[str, float] = {}
+    rejected = {flag: 0 for flag in ("--param-budget", *limits)}
     bar = tqdm(total=count, desc="random architectures", unit="arch", disable=not progress, leave=False)
     for draw in range(max_draws):
         if len(found) == count:
             break
         arch = random_architecture(config, rng, {"random": {"seed": seed, "draw": draw}})
         params = count_params(RSPNet(arch, num_classes))
-        smallest = params if smallest is None else min(smallest, params)
-        if max_params is None or params <= max_params:
+        values = {"--param-budget": (params, max_params)}
+        values.update({flag: (table.architecture(arch), budget) for flag, (table, budget) in limits.items()})
+        over = [flag for flag, (value, budget) in values.items() if budget is not None and value > budget]
+        for flag, (value, _) in values.items():
+            smallest[flag] = min(smallest.get(flag, value), value)
+        for flag in over:
+            rejected[flag] += 1
+        if not over:
             found.append((arch, params))
             bar.update()
         done = draw + 1
@@ -89,15 +101,20 @@ def sample_architectures(config, count: int, seed: int = 0, max_params: float | 
             break   # at this rate the draws left cannot find the rest
     bar.close()
     if len(found) < count:
-        raise ValueError(f"--param-budget {max_params / 1e6:g}: only {len(found)} of {done} random "
-                         f"architectures are within it (the smallest drawn has {smallest / 1e6:.3f} M "
-                         f"parameters), too few to find {count} in {max_draws} draws; raise --param-budget")
+        flag = max(rejected, key=rejected.get)
+        budget = max_params if flag == "--param-budget" else limits[flag][1]
+        shown = {"--param-budget": lambda v: f"{v / 1e6:g} M parameters", "--flops-budget": lambda v: f"{v / 1e9:g} GFLOPs",
+                 "--latency-budget": lambda v: f"{v:g} ms"}.get(flag, lambda v: f"{v:g}")
+        raise ValueError(f"{flag} {shown(budget)}: only {len(found)} of {done} random architectures are within "
+                         f"the budgets (the cheapest drawn: {shown(smallest[flag])}), too few to find {count} in "
+                         f"{max_draws} draws; raise {flag}")
     return found
 
 
 def write_random_architectures(config, count: int, out_dir: str, seed: int = 0,
                                max_params: float | None = None, num_classes: int = 19,
-                               progress: bool = False) -> list[tuple[str, int]]:
+                               progress: bool = False, max_costs: Mapping[str, tuple] | None = None
+                               ) -> list[tuple[str, int]]:
     """``out_dir/random-NNN.json`` for ``sample_architectures``; returns
     (path, parameters) of each. ``ValueError`` before anything is drawn when
     ``out_dir`` cannot be written or already holds one of those files."""
@@ -110,7 +127,8 @@ def write_random_architectures(config, count: int, out_dir: str, seed: int = 0,
     taken = [p for p in paths if os.path.lexists(p)]
     if taken:
         raise ValueError(f"--out {out_dir} already holds {os.path.basename(taken[0])}; choose another --out")
-    drawn = sample_architectures(config, count, seed, max_params, num_classes, progress=progress)
+    drawn = sample_architectures(config, count, seed, max_params, num_classes, progress=progress,
+                                 max_costs=max_costs)
     os.makedirs(out_dir, exist_ok=True)
     for path, (arch, _) in zip(paths, drawn):
         arch.save(path)

@@ -68,6 +68,45 @@ def test_random_draws_are_seeded_spread_and_honour_a_budget():
         sample_architectures(CONFIG, 2, seed=5, max_params=1, max_draws=20)
 
 
+def test_random_draws_within_a_flops_budget_are_within_it():
+    """``max_costs``: every architecture drawn costs at most the budget by its
+    own counted FLOPs (the table sums to ``count_flops`` exactly), the draw is
+    the unfiltered draw with the others left out, and an impossible budget
+    fails fast, naming the flag and the cheapest network drawn."""
+    from rspnet.models import count_flops
+    from rspnet.search.stage import cost_geometry
+    from rspnet.search.cost import flops_table
+    size = (64, 64)
+    table = flops_table(cost_geometry(CONFIG, 19, size))
+    every = [arch for arch, _ in sample_architectures(CONFIG, 20, seed=6)]
+    flops = [count_flops(RSPNet(a, 19).eval(), size) for a in every]
+    budget = sorted(flops)[len(flops) // 2]
+    within = [arch for arch, _ in sample_architectures(CONFIG, 6, seed=6, max_costs={"--flops-budget": (table, budget)})]
+    assert all(count_flops(RSPNet(a, 19).eval(), size) <= budget for a in within)
+    cheap = [a.to_dict() for a, f in zip(every, flops) if f <= budget]
+    assert [a.to_dict() for a in within][:len(cheap)] == cheap[:len(within)]
+    with pytest.raises(ValueError, match=r"--flops-budget 1e-09 GFLOPs: only 0 of \d+ .*cheapest drawn"):
+        sample_architectures(CONFIG, 2, seed=5, max_costs={"--flops-budget": (table, 1.0)}, max_draws=30)
+
+
+def test_random_cli_within_budgets(tmp_path, capsys):
+    from rspnet.models import count_flops
+    flags = ["--random", "3", "--channels", "4", "--layers", "3", "--seed", "7", "--size", "64x64"]
+    assert main(flags + ["--out", str(tmp_path / "all")]) == 0
+    every = [count_flops(RSPNet(f, 19).eval(), (64, 64)) for f in sorted((tmp_path / "all").glob("*.json"))]
+    budget = sorted(every)[1]
+    out = tmp_path / "random"
+    assert main(flags + ["--flops-budget", repr(budget / 1e9), "--within-budgets", "--out", str(out)]) == 0
+    files = sorted(out.glob("random-*.json"))
+    assert len(files) == 3 and all(count_flops(RSPNet(f, 19).eval(), (64, 64)) <= budget for f in files)
+    for argv, message in ((flags + ["--within-budgets", "--out", str(tmp_path / "x")], "needs --flops-budget"),
+                          (["--channels", "4", "--within-budgets"], "goes with --random")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
+
+
 def test_random_cli_writes_architecture_files(tmp_path, capsys):
     out = tmp_path / "random"
     assert main(["--random", "3", "--channels", "4", "--layers", "3", "--seed", "7", "--out", str(out)]) == 0
