@@ -56,7 +56,12 @@ def _random(parser: argparse.ArgumentParser, args, config: SearchConfig) -> int:
     out = args.out or os.path.join("runs", time.strftime("random-%Y%m%d-%H%M%S"))
     classes = data.class_table(config.data, config.data_root).num_classes
     limits = {}
-    if args.within_budgets:
+    if args.within_budgets:   # --out is checked before the tables are timed
+        from rspnet.files import check_output_dir
+        try:
+            check_output_dir(out, "--out")
+        except ValueError as exc:
+            parser.error(str(exc))
         from rspnet.search.stage import cost_penalties
 
         flags = {"flops": "--flops-budget", "latency": "--latency-budget"}

@@ -273,7 +273,7 @@ def test_latency_pieces_are_timed_in_their_inference_form(tmp_path):
             module.eval()
             inputs = [torch.randn(shape) for shape in shapes]
             want, got = module(*inputs), inference_piece(module)(*inputs)
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=key)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=key)
 
 
 def test_latency_table_is_close_to_a_direct_measurement():
