@@ -103,10 +103,10 @@ def sample_architectures(config, count: int, seed: int = 0, max_params: float | 
     if len(found) < count:
         flag = max(rejected, key=rejected.get)
         budget = max_params if flag == "--param-budget" else limits[flag][1]
-        shown = {"--param-budget": lambda v: f"{v / 1e6:g} M parameters", "--flops-budget": lambda v: f"{v / 1e9:g} GFLOPs",
-                 "--latency-budget": lambda v: f"{v:g} ms"}.get(flag, lambda v: f"{v:g}")
-        raise ValueError(f"{flag} {shown(budget)}: only {len(found)} of {done} random architectures are within "
-                         f"the budgets (the cheapest drawn: {shown(smallest[flag])}), too few to find {count} in "
+        unit, scale = {"--param-budget": ("M parameters", 1e6), "--flops-budget": ("GFLOPs", 1e9),
+                       "--latency-budget": ("ms", 1.0)}.get(flag, ("", 1.0))
+        raise ValueError(f"{flag} {budget / scale:g}: only {len(found)} of {done} random architectures are within "
+                         f"it (the cheapest drawn: {smallest[flag] / scale:.3f} {unit}), too few to find {count} in "
                          f"{max_draws} draws; raise {flag}")
     return found
 
