@@ -165,7 +165,8 @@ def _UniqueKeyLoader():
     return Loader
 
 
-def _read_mapping(path: str) -> Mapping[str, Any]:
+def _read_mapping(path: str) -> tuple[Mapping[str, Any], bool]:
+    """The settings of a file, and whether it is a run's own record."""
     from rspnet.files import parse_json, read_small_text
 
     text = read_small_text(path, "file")
@@ -179,11 +180,12 @@ def _read_mapping(path: str) -> Mapping[str, Any]:
             raise ValueError("nested too deeply to be a settings file") from None
     else:
         loaded = parse_json(text, "file", path)
-    if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
+    record = isinstance(loaded, dict) and isinstance(loaded.get("config"), dict)
+    if record:
         loaded = loaded["config"]   # a run's own record: summary.json, metrics.json
     if not isinstance(loaded, dict):
         raise ValueError("expected a mapping of setting names to values")
-    return loaded
+    return loaded, record
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
@@ -263,7 +265,7 @@ def load_config(config_type: type, spec: str, command: str) -> dict[str, Any]:
         found = [os.path.join(PRESETS_DIR, command, spec + ext) for ext in (".json", ".yaml")]
         path = next(p for p in found if os.path.exists(p))
     try:
-        mapping = _read_mapping(path)
+        mapping, record = _read_mapping(path)
     except FileNotFoundError:
         names = ", ".join(preset_names(command)) or "none"
         raise ValueError(f"--config {spec}: no such file or preset (presets: {names})") from None
@@ -275,6 +277,24 @@ def load_config(config_type: type, spec: str, command: str) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"--config {spec}: unknown setting(s) {', '.join(unknown)}")
     try:
-        return {k: _coerce(fields[k], v) for k, v in mapping.items()}
+        values = {k: _coerce(fields[k], v) for k, v in mapping.items()}
     except ValueError as exc:
         raise ValueError(f"--config {spec}: {exc}") from None
+    if record:
+        values.update(_absent_from_record(config_type, values))
+    return values
+
+
+def _absent_from_record(config_type: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's record lacks a setting only when the run was made before the
+    setting existed, so the run computed what the setting's plain default
+    computes: that default, not the machine- or data-dependent one a command
+    line gets (an old CamVid record without ``optimizer`` ran SGD, and its
+    lr of 0.05 would make Adam diverge). Settings a resumed run may change
+    (device, threads, ...) still follow the machine."""
+    out = {}
+    for f in dataclasses.fields(config_type):
+        flag = _flag(f)
+        if f.name not in values and flag.cli_default is not None and not flag.resumable and f.default is not None:
+            out[f.name] = f.default
+    return out

@@ -144,3 +144,30 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default():
     assert changed_settings(saved, SearchConfig(class_weights="enet")) == [("class_weights", "none", "enet")]
     saved["epochs"] = 3
     assert changed_settings(saved, SearchConfig()) == [("epochs", 3, SearchConfig().epochs)]
+
+
+def test_a_record_from_before_a_setting_existed_reproduces_its_default(tmp_path):
+    """``--config`` with an old run's record that lacks a setting gets the
+    setting's plain default (what that run computed), not the data-dependent
+    default of a new command line: an old CamVid metrics.json with SGD's
+    lr 0.05 and no ``optimizer`` must not become Adam at lr 0.05. A plain
+    settings file lacking it still gets the command line's default, and
+    machine settings (device) still follow the machine."""
+    import argparse
+
+    from rspnet.engine.config import plain
+    from rspnet.engine.settings import config_from_args
+
+    saved = plain(TrainConfig(data="camvid", lr=0.05))
+    for name in ("optimizer", "class_weights", "augment", "device"):
+        del saved[name]
+    record = tmp_path / "metrics.json"
+    record.write_text(json.dumps({"config": saved, "best_val_miou": 0.3}))
+    old = config_from_args(TrainConfig, argparse.Namespace(), load_config(TrainConfig, str(record), "train"))
+    assert (old.optimizer, old.lr, old.class_weights, old.augment) == ("sgd", 0.05, "none", False)
+    assert old.device == config_from_args(TrainConfig, argparse.Namespace(), {"data": "camvid"}).device
+
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"data": "camvid", "epochs": 3}))
+    new = config_from_args(TrainConfig, argparse.Namespace(), load_config(TrainConfig, str(settings), "train"))
+    assert (new.optimizer, new.lr, new.class_weights, new.augment) == ("adam", 1e-3, "enet", True)
