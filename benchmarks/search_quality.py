@@ -266,6 +266,7 @@ def summarize(rows: list[dict], searches: list[str]) -> dict:
     return {
         "budgeted_mean": statistics.mean(budgeted) if budgeted else None, "budgeted_std": _std(budgeted),
         "budgeted_runs": len(budgeted), "difference_budgeted": budgeted_diff, "difference_budgeted_se": budgeted_se,
+        "budgeted_median": statistics.median(budgeted) if budgeted else None,
         "searched_mean": statistics.mean(searched) if searched else None, "searched_std": _std(searched),
         "random_mean": statistics.mean(random_) if random_ else None, "random_std": _std(random_),
         "random_median": median_random,
@@ -290,7 +291,8 @@ SMALL_CLASSES = ("Pole", "SignSymbol", "Pedestrian", "Bicyclist")   # CamVid's h
 def done_when(rows: list[dict], summary: dict) -> list[tuple[str, str, bool]]:
     """The CamVid benchmark's pass criteria, each (what, measured, passed):
     the search against random (>= 2 points and > 2 standard errors, every
-    searched architecture above the random median); the searched
+    searched architecture above the random median), and the same two against
+    the random draws within the searches' budgets where there are any; the searched
     architecture trained under several seeds (``searched-0``, its mean over
     them) against LRASPP's mean — test mIoU at least LRASPP's with at most a
     quarter of its parameters, no more FLOPs, no more folded one-thread
@@ -307,6 +309,17 @@ def done_when(rows: list[dict], summary: dict) -> list[tuple[str, str, bool]]:
     checks.append(("every searched architecture above the random median",
                    f"{above} of {len(searched)} (median {_pct(s['random_median'])} %)",
                    bool(searched) and above == len(searched)))
+    if s.get("budgeted_runs"):
+        # the same two against random draws within the searches' budgets: does the search select beyond
+        # what the budget alone does?
+        diff, se = s["difference_budgeted"], s["difference_budgeted_se"]
+        checks.append(("searched − random within the budgets ≥ 2 points and > 2 SE",
+                       f"{_pct(diff)} points, SE {_pct(se)}", bool(diff is not None and se is not None
+                                                                  and diff >= 0.02 and diff > 2 * se)))
+        above = sum(r["miou"] > s["budgeted_median"] for r in searched)
+        checks.append(("every searched architecture above the within-budget random median",
+                       f"{above} of {len(searched)} (median {_pct(s['budgeted_median'])} %)",
+                       bool(searched) and above == len(searched)))
     seeds = [r for r in rows if r["kind"] == "noise" or r["name"] == "searched-0"]
     lraspp = [r for r in rows if r["kind"] == "lraspp"]
     if not seeds or not lraspp:

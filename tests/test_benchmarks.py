@@ -12,6 +12,7 @@ runs on the device (``gpu`` marker).
 """
 import importlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -291,7 +292,7 @@ def test_search_quality_camvid_quick(smoke, camvid_root, tmp_path):
     for r in result["rows"]:
         assert r["folded_ms"] > 0 and (r["kind"] == "lraspp") != ("vs_lraspp" in r), r
     checks = {c["criterion"]: c["passed"] for c in result["summary"]["done_when"]}
-    assert len(checks) == 8 and "Pass criteria" in text, checks
+    assert len(checks) == 10 and "Pass criteria" in text, checks   # 8, and 2 against the budgeted draw
     assert checks["parameters ≤ ¼ LRASPP's"] == (4 * row["params"] <= lraspp["params"])
 
 
@@ -343,6 +344,35 @@ def test_search_quality_pass_criteria():
              else r for r in rows]
     got = {c: ok for c, _, ok in sq.done_when(close, sq.summarize(close, []))}
     assert not got["searched − random ≥ 2 points and > 2 SE"]
+    assert not any("within the budgets" in c or "within-budget" in c for c in got)   # none drawn: no such check
+
+
+def test_search_quality_criteria_against_random_within_the_budgets():
+    """With random draws inside the searches' budgets, the two selection
+    criteria are also judged against them (difference and its standard
+    error by hand, the median of the budgeted draws)."""
+    sq = _bench("search_quality")
+    searched = [_row("searched-0", "searched", 0.34), _row("searched-1", "searched", 0.33),
+                _row("searched-2", "searched", 0.35)]
+    random_ = [_row(f"random-{i}", "random", m) for i, m in enumerate((0.33, 0.34, 0.32, 0.33, 0.35, 0.34))]
+    budgeted = [_row(f"budgeted-{i}", "budgeted", m) for i, m in enumerate((0.30, 0.31, 0.29, 0.32, 0.30, 0.31))]
+    rows = searched + random_ + budgeted
+    summary = sq.summarize(rows, [])
+    se = math.sqrt(statistics.stdev([0.34, 0.33, 0.35]) ** 2 / 3
+                   + statistics.stdev([0.30, 0.31, 0.29, 0.32, 0.30, 0.31]) ** 2 / 6)
+    assert summary["difference_budgeted"] == pytest.approx(0.34 - 0.305)
+    assert summary["difference_budgeted_se"] == pytest.approx(se)
+    assert summary["budgeted_median"] == pytest.approx(0.305)
+    got = {c: ok for c, _, ok in sq.done_when(rows, summary)}
+    assert not got["searched − random ≥ 2 points and > 2 SE"]          # +0.5 against the whole space
+    assert got["searched − random within the budgets ≥ 2 points and > 2 SE"]   # +3.5, SE 0.72
+    assert got["every searched architecture above the within-budget random median"]
+    rows[1] = _row("searched-1", "searched", 0.305)                      # at the budgeted median: not above it
+    got = {c: ok for c, _, ok in sq.done_when(rows, sq.summarize(rows, []))}
+    assert not got["every searched architecture above the within-budget random median"]
+    one = searched + budgeted[:1]                                        # one draw: no standard error, no pass
+    assert not {c: ok for c, _, ok in sq.done_when(one, sq.summarize(one, []))}[
+        "searched − random within the budgets ≥ 2 points and > 2 SE"]
 
 
 def _camvid_names():
