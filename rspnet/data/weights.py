@@ -7,10 +7,10 @@ import numpy as np
 
 __all__ = ["CLASS_WEIGHTS", "CLASS_WEIGHTS_HELP", "class_pixel_counts", "class_weights"]
 
-CLASS_WEIGHTS = ("none", "enet", "median")
+CLASS_WEIGHTS = ("none", "enet", "median", "sqrt")
 # what every --class-weights flag says the choices compute
 CLASS_WEIGHTS_HELP = ("enet = 1/ln(1.02 + p), p the class's share of the pixels; median = median frequency / "
-                      "the class's frequency")
+                      "the class's frequency; sqrt = 1/sqrt(p)")
 
 
 def _raw_label(dataset, index: int) -> np.ndarray:
@@ -40,13 +40,17 @@ def class_weights(kind: str, pixels: np.ndarray, present_in: np.ndarray) -> list
     """Loss weights per class from ``class_pixel_counts``: ``enet``
     1 / ln(1.02 + p) with p the class's share of the labelled pixels (Paszke et
     al. 2016); ``median`` median(f) / f with f a class's pixels over those of
-    the images it appears in (Eigen & Fergus 2015); a class never seen gets 0.
-    ``none``: None."""
+    the images it appears in (Eigen & Fergus 2015); ``sqrt`` 1 / sqrt(p), the
+    inverse square root of the share (between ENet's near-flat weights of the
+    rare classes and the median's, which starve the large ones); a class
+    never seen gets 0. ``none``: None."""
     if kind == "none":
         return None
+    share = pixels / max(int(pixels.sum()), 1)
     if kind == "enet":
-        share = pixels / max(int(pixels.sum()), 1)
         weights = 1.0 / np.log(1.02 + share)
+    elif kind == "sqrt":
+        weights = np.divide(1.0, np.sqrt(share), out=np.zeros(len(pixels)), where=share > 0)
     elif kind == "median":
         freq = np.divide(pixels, present_in, out=np.zeros(len(pixels)), where=present_in > 0)
         seen = freq > 0

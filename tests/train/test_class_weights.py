@@ -42,6 +42,9 @@ def test_weights_follow_the_published_formulas():
     assert enet[3] == 0.0                                   # never seen
     freq = np.array([expected_pixels[c] / sum(m.size for m in masks if (m == c).any()) for c in range(3)])
     np.testing.assert_allclose(class_weights("median", pixels, present)[:3], np.median(freq) / freq)
+    sqrt = class_weights("sqrt", pixels, present)
+    np.testing.assert_allclose(sqrt[:3], p[:3] ** -0.5)
+    assert sqrt[3] == 0.0
     assert class_weights("none", pixels, present) is None
 
 
