@@ -301,25 +301,15 @@ def done_when(rows: list[dict], summary: dict) -> list[tuple[str, str, bool]]:
     seeds) at least LRASPP's."""
     s = summary
     checks = []
-    diff, se = s["difference"], s["difference_se"]
-    checks.append(("searched − random ≥ 2 points and > 2 SE", f"{_pct(diff)} points, SE {_pct(se)}",
-                   bool(diff >= 0.02 and diff > 2 * se)))
     searched = [r for r in rows if r["kind"] == "searched"]
-    above = sum(r["miou"] > s["random_median"] for r in searched)
-    checks.append(("every searched architecture above the random median",
-                   f"{above} of {len(searched)} (median {_pct(s['random_median'])} %)",
-                   bool(searched) and above == len(searched)))
+    checks += _selection_checks("random", "the random median", s["difference"], s["difference_se"],
+                                s["random_median"], searched)
     if s.get("budgeted_runs"):
         # the same two against random draws within the searches' budgets: does the search select beyond
         # what the budget alone does?
-        diff, se = s["difference_budgeted"], s["difference_budgeted_se"]
-        checks.append(("searched − random within the budgets ≥ 2 points and > 2 SE",
-                       f"{_pct(diff)} points, SE {_pct(se)}", bool(diff is not None and se is not None
-                                                                  and diff >= 0.02 and diff > 2 * se)))
-        above = sum(r["miou"] > s["budgeted_median"] for r in searched)
-        checks.append(("every searched architecture above the within-budget random median",
-                       f"{above} of {len(searched)} (median {_pct(s['budgeted_median'])} %)",
-                       bool(searched) and above == len(searched)))
+        checks += _selection_checks("random within the budgets", "the within-budget random median",
+                                    s["difference_budgeted"], s["difference_budgeted_se"], s["budgeted_median"],
+                                    searched)
     seeds = [r for r in rows if r["kind"] == "noise" or r["name"] == "searched-0"]
     lraspp = [r for r in rows if r["kind"] == "lraspp"]
     if not seeds or not lraspp:
@@ -347,6 +337,17 @@ def done_when(rows: list[dict], summary: dict) -> list[tuple[str, str, bool]]:
         ref_mca = statistics.mean(r["mean_class_accuracy"] for r in lraspp)
         checks.append(("mean class accuracy ≥ LRASPP's", f"{_pct(mca)} % vs {_pct(ref_mca)} %", mca >= ref_mca))
     return checks
+
+
+def _selection_checks(against: str, median_name: str, diff, se, median, searched: list[dict]) -> list:
+    """The two selection criteria against one set of random draws: the mean
+    difference at least 2 points and more than twice its standard error, and
+    every searched architecture above the draws' median."""
+    above = sum(r["miou"] > median for r in searched)
+    return [(f"searched − {against} ≥ 2 points and > 2 SE", f"{_pct(diff)} points, SE {_pct(se)}",
+             bool(diff is not None and se is not None and diff >= 0.02 and diff > 2 * se)),
+            (f"every searched architecture above {median_name}", f"{above} of {len(searched)} (median {_pct(median)} %)",
+             bool(searched) and above == len(searched))]
 
 
 def _pct(x) -> str:
