@@ -102,8 +102,8 @@ def class_table(name: str, root: str | None = None) -> ClassTable:
 
 def get_dataset(name: str = "synthetic", split: str = "train", root: str | None = None,
                 size: tuple[int, int] | None = (128, 256), length: int | None = None,
-                seed: int = 0, augment: bool = False, crop: tuple[int, int] | None = None
-                ) -> torch.utils.data.Dataset:
+                seed: int = 0, augment: bool = False, crop: tuple[int, int] | None = None,
+                class_crops: float = 0.0) -> torch.utils.data.Dataset:
     """The data set ``name`` (one of ``DATASETS``), split 'train' or 'val'
     (CamVid and folder data sets also 'test', and 'trainval': train and val
     together, in that order, for a final training run).
@@ -120,6 +120,9 @@ def get_dataset(name: str = "synthetic", split: str = "train", root: str | None 
     crop:    augment only: (H, W) of the random crops, cut from the image
              scaled 0.5-2x of ``size`` (None: ``size``); smaller crops train
              on the same scales for a fraction of the cost.
+    class_crops: augment only: the probability that a crop is placed around
+             a pixel of a class drawn uniformly from the image's classes
+             (``TrainTransform``; 0: uniform crops).
 
     Cityscapes, CamVid and folder data sets check every file pair at
     construction (``LabelledImages.verify``: each decoded by the reader an
@@ -134,7 +137,10 @@ def get_dataset(name: str = "synthetic", split: str = "train", root: str | None 
                          f"augmentation; got name={name!r}, augment={augment}")
     if crop is not None and not augment:
         raise ValueError("crop= is for augment=True (the random crops of training)")
-    transform = TrainTransform(crop_size=crop or size, base_size=size, seed=seed) if augment else ValTransform(size)
+    if class_crops and not augment:
+        raise ValueError("class_crops= is for augment=True (it places the random crops of training)")
+    transform = (TrainTransform(crop_size=crop or size, base_size=size, class_crops=class_crops, seed=seed)
+                 if augment else ValTransform(size))
     if split == "trainval":   # the published recipes' final runs: train and val as one training set
         if name not in ("camvid", "folder"):
             raise ValueError(f"split 'trainval' is for camvid and folder data sets, got {name!r}")

@@ -89,6 +89,14 @@ class TrainTransform:
     scale_range: the random scale factor is uniform in this range.
     jitter:      brightness, contrast and saturation factors are uniform in
                  [1 - jitter, 1 + jitter]; 0 disables photometric jitter.
+    class_crops: the probability that a crop is placed around one pixel of a
+                 class drawn uniformly from the classes in the scaled label
+                 (then one of its pixels uniformly, then the window uniformly
+                 among those that hold that pixel), instead of uniformly over
+                 the image: class-uniform sampling, so that a class with few
+                 pixels (a rider, a pole) is in as many crops as one that
+                 fills the picture.  0 (default) draws exactly what the plain
+                 crop draws.
     seed:        base seed; call ``set_epoch`` so each epoch differs.
 
     Padding (where the scaled image is smaller than the crop) is 0 in the
@@ -97,7 +105,10 @@ class TrainTransform:
 
     def __init__(self, crop_size: tuple[int, int], base_size: tuple[int, int] | None = None,
                  scale_range: tuple[float, float] = (0.5, 2.0), flip: bool = True,
-                 jitter: float = 0.3, seed: int = 0):
+                 jitter: float = 0.3, class_crops: float = 0.0, seed: int = 0):
+        if not 0.0 <= class_crops <= 1.0:
+            raise ValueError(f"class_crops is a probability in [0, 1], got {class_crops}")
+        self.class_crops = float(class_crops)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.base_size = None if base_size is None else (int(base_size[0]), int(base_size[1]))
         self.scale_range = scale_range
@@ -124,6 +135,27 @@ class TrainTransform:
         gray = _luma(image)
         return ((image - gray) * saturation + gray).clamp(0, 1)
 
+    def _window(self, label: torch.Tensor, gen: torch.Generator) -> tuple[int, int]:
+        """(top, left) of the crop window in the padded frame of the scaled
+        ``label`` (see ``class_crops``)."""
+        ch, cw = self.crop_size
+        sh, sw = label.shape
+        top_max, left_max = max(sh, ch) - ch, max(sw, cw) - cw
+        if self.class_crops > 0 and torch.rand((), generator=gen).item() < self.class_crops:
+            present = torch.unique(label)
+            present = present[present != IGNORE_INDEX]
+            if len(present):
+                cls = present[int(torch.randint(len(present), (), generator=gen))]
+                ys, xs = (label == cls).nonzero(as_tuple=True)
+                k = int(torch.randint(len(ys), (), generator=gen))
+                y, x = int(ys[k]), int(xs[k])
+                t0, t1 = max(0, y - ch + 1), min(top_max, y)
+                l0, l1 = max(0, x - cw + 1), min(left_max, x)
+                return (t0 + int(torch.randint(t1 - t0 + 1, (), generator=gen)),
+                        l0 + int(torch.randint(l1 - l0 + 1, (), generator=gen)))
+        return (int(torch.randint(top_max + 1, (), generator=gen)),
+                int(torch.randint(left_max + 1, (), generator=gen)))
+
     def __call__(self, image: np.ndarray, label: np.ndarray,
                  index: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
@@ -140,8 +172,7 @@ class TrainTransform:
         # is jittered and normalised, then written into a mean-coloured canvas.
         ch, cw = self.crop_size
         sh, sw = scaled
-        top = int(torch.randint(max(sh, ch) - ch + 1, (), generator=gen))
-        left = int(torch.randint(max(sw, cw) - cw + 1, (), generator=gen))
+        top, left = self._window(lbl, gen)
         # Geometry is drawn before the photometric jitter so that the label of
         # a sample does not depend on the jitter setting.
         flip = self.flip and torch.rand((), generator=gen).item() < 0.5

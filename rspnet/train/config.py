@@ -36,6 +36,10 @@ class TrainConfig:
     crop: tuple[int, int] | None = setting(None, "HxW of the random training crops, cut from the image scaled "
                                            "0.5-2x of --size (none: --size; needs --augment); validation "
                                            "stays at --size", group="data", type=parse_size)
+    class_crops: float = setting(0.0, "the fraction of training crops placed around a pixel of a class drawn "
+                                 "uniformly from the image's classes (class-uniform sampling: small classes "
+                                 "such as riders and poles in many more crops); 0: uniform crops; needs "
+                                 "--augment", group="data")
     train_split: str = setting("train", "the images trained on: train, or trainval (train and val together, "
                                "as the published CamVid recipes' final runs; camvid and folder data; the val "
                                "scores are then not held out)", group="data", choices=("train", "trainval"))
@@ -109,6 +113,10 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError("--class-weights and --ohem do not combine: OHEM chooses the pixels by their loss")
     if config.train_split == "trainval" and config.data not in ("camvid", "folder"):
         raise ValueError(f"--train-split trainval is for --data camvid or folder, not {config.data}")
+    if not 0 <= config.class_crops <= 1:
+        raise ValueError(f"--class-crops is a fraction in [0, 1], got {config.class_crops}")
+    if config.class_crops and not config.augment:
+        raise ValueError("--class-crops needs --augment (it places the random crops)")
     if config.crop is not None and not config.augment:
         raise ValueError("--crop needs --augment (the random crops are the augmentation's)")
     if config.crop is not None and (config.crop[0] > config.size[0] or config.crop[1] > config.size[1]):

@@ -47,7 +47,8 @@ def build_datasets(config: TrainConfig):
     defaults = data.SYNTHETIC_TRAINING_IMAGES
     train = data.get_dataset(config.data, config.train_split, root=config.data_root, size=config.size,
                              length=config.train_images or (defaults["train"] if synthetic else None),
-                             seed=config.seed, augment=config.augment, crop=config.crop)
+                             seed=config.seed, augment=config.augment, crop=config.crop,
+                             class_crops=config.class_crops)
     val = data.get_dataset(config.data, "val", root=config.data_root, size=config.size,
                            length=config.val_images or (defaults["val"] if synthetic else None),
                            seed=config.seed)

@@ -90,6 +90,47 @@ def test_jitter_changes_colours_not_geometry(blocks):
         assert not torch.allclose(a_image, b_image)
 
 
+def test_class_crops_hold_the_only_labelled_class(blocks):
+    """With every crop class-placed and one small patch the only labelled
+    pixels, every crop holds the patch, at every scale, and at positions
+    spread over the whole window (drawn among the windows that hold it)."""
+    image, _ = blocks
+    label = np.full((48, 72), IGNORE_INDEX, np.uint8)
+    label[30:32, 60:62] = 3
+    transform = TrainTransform(crop_size=(16, 16), class_crops=1.0, flip=False, jitter=0.0, seed=5)
+    rows, cols = [], []
+    for index in range(200):
+        _, out = transform(image, label, index)
+        ys, xs = (out == 3).nonzero(as_tuple=True)
+        assert len(ys), f"sample {index}: the crop misses the only labelled class"
+        rows.append(int(ys.min()))
+        cols.append(int(xs.min()))
+    assert min(rows) <= 1 and max(rows) >= 13 and min(cols) <= 1 and max(cols) >= 13
+
+
+@pytest.mark.parametrize("class_crops", [0.0, 0.5, 1.0])
+def test_class_crops_draw_classes_uniformly(class_crops):
+    """1x1 crops of a label whose classes cover 90 / 9 / 1 % of it: a crop is
+    class c with probability p/3 + (1 - p) * share(c) (class-uniform with
+    probability p, else a uniform pixel); checked within 4.5 standard errors."""
+    label = np.zeros((20, 50), np.uint8)
+    label[:, 45:] = 1                        # 100 of 1000 pixels, 10 of which
+    label[:2, 45:] = 2                       # are class 2: 9 % / 1 %
+    image = np.zeros((20, 50, 3), np.uint8)
+    transform = TrainTransform(crop_size=(1, 1), scale_range=(1.0, 1.0), flip=False, jitter=0.0,
+                               class_crops=class_crops, seed=11)
+    n = 3000
+    counts = np.bincount([int(transform(image, label, i)[1]) for i in range(n)], minlength=3)
+    expected = class_crops / 3 + (1 - class_crops) * np.array([0.90, 0.09, 0.01])
+    se = np.sqrt(expected * (1 - expected) / n)
+    assert np.all(np.abs(counts / n - expected) < 4.5 * se), (counts / n, expected)
+
+
+def test_class_crops_is_a_probability():
+    with pytest.raises(ValueError, match="class_crops is a probability"):
+        TrainTransform(crop_size=(8, 8), class_crops=1.2)
+
+
 def test_val_transform(blocks):
     image, label = blocks
     plain_image, plain_label = ValTransform()(image, label)

@@ -70,6 +70,9 @@ def test_adam_is_built_with_its_own_default_learning_rate(camvid, tmp_path):
     ({"crop": (128, 64)}, "--crop 128x64 is larger than --size 64x96"),
     ({"crop": (32, 32), "augment": False}, "--crop needs --augment"),
     ({"optimizer": "adam", "nesterov": True}, "--nesterov is for --optimizer sgd"),
+    ({"class_crops": 1.5}, r"--class-crops is a fraction in \[0, 1\], got 1.5"),
+    ({"class_crops": float("nan")}, r"--class-crops is a fraction in \[0, 1\], got nan"),
+    ({"class_crops": 0.5, "augment": False}, "--class-crops needs --augment"),
 ])
 def test_recipe_settings_that_cannot_train_are_refused(camvid, changes, message):
     with pytest.raises(ValueError, match=message):
