@@ -76,7 +76,7 @@ KeptNode = namedtuple("KeptNode", "node paths")
 
 SCHEMA_VERSION = 1
 # the segmentation heads an architecture can name (rspnet.nn.head.HEADS)
-HEAD_KINDS = ("concat", "light")
+HEAD_KINDS = ("concat", "light", "detail")
 _WEIGHT_SUM_TOLERANCE = 1e-6  # for hand-edited files; files we write sum to 1 within 1e-15
 
 

@@ -95,7 +95,7 @@ MALFORMED = [
     (_set(["extra"], 1), "(top level): unknown field 'extra'"),
     (_set(["widths", "channels"], "8"), "widths.channels: expected an integer, got '8'"),
     (_set(["widths", "scales"], True), "widths.scales: expected an integer"),
-    (_set(["widths", "head"], "aspp"), "widths.head: expected one of 'concat', 'light', got 'aspp'"),
+    (_set(["widths", "head"], "aspp"), "widths.head: expected one of 'concat', 'light', 'detail', got 'aspp'"),
     (_set(["widths", "scale_channels"], [8, 16, 24]), "widths.scale_channels: needs one width per scale (4)"),
     (_set(["widths", "scale_channels"], [10, 16, 24, 32]), "the first width is the channels of scale 0 (8)"),
     (_set(["widths", "scale_channels"], [8, 16, 25, 32]), "every width must be even"),

@@ -183,11 +183,14 @@ class ChannelsLast(nn.Module):
         super().__init__()
         self.module = module.to(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         was_channels_last = x.dim() == 4 and not x.is_contiguous() and \
             x.is_contiguous(memory_format=torch.channels_last)
         y = self.module(x.contiguous(memory_format=torch.channels_last))
-        return y.contiguous(memory_format=torch.channels_last if was_channels_last else torch.contiguous_format)
+        layout = torch.channels_last if was_channels_last else torch.contiguous_format
+        if isinstance(y, tuple):   # a Stem(keep_half=True): both of its maps
+            return tuple(t.contiguous(memory_format=layout) for t in y)
+        return y.contiguous(memory_format=layout)
 
 
 class InferenceHead(nn.Module):

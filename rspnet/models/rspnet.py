@@ -9,7 +9,8 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from rspnet.nn import DerivedCell, RSPBlock, SinglePathBackbone, Stem, TrellisBackbone, make_head
+from rspnet.nn import (DerivedCell, RSPBlock, SinglePathBackbone, Stem, TrellisBackbone, head_reads_stem, make_head,
+                       stem_and_body_input)
 from rspnet.architecture import Architecture
 
 
@@ -28,7 +29,7 @@ class RSPNet(nn.Module):
         def make_block(c: int) -> RSPBlock:
             return RSPBlock(c, lambda ci: DerivedCell(ci, arch.cell), arch.rsp_ratio, arch.rsp_depth)
 
-        self.stem = Stem(arch.channels)
+        self.stem = Stem(arch.channels, keep_half=head_reads_stem(arch.head))
         if arch.nodes is None:
             self.backbone = SinglePathBackbone(arch.channels, arch.scales, make_block, arch.widths)
             head_scales = range(arch.scales)
@@ -44,13 +45,13 @@ class RSPNet(nn.Module):
                 self.register_buffer(f"path_logits_{i}",
                                      torch.tensor([math.log(w) for _, w in n.paths]), persistent=False)
         self.head = make_head(arch.head, [arch.widths[s] for s in head_scales], num_classes,
-                              arch.head_channels)
+                              arch.head_channels, stem_channels=arch.channels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        stem = self.stem(images)
+        half, stem = stem_and_body_input(self.stem, images)
         if self.architecture.nodes is None:
             features = self.backbone(stem)
         else:
             logits = [getattr(self, f"path_logits_{i}") for i in range(len(self.architecture.nodes))]
             features = self.backbone(stem, logits)
-        return self.head(features, images.shape[-2:])
+        return self.head(half + features, images.shape[-2:])

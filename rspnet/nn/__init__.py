@@ -5,11 +5,11 @@ Module, stem, bodies and head (the reasoning behind each: docs/design.md).
 ``PRIMITIVES``, ``Genotype``, ``edge_list`` and ``partial_channels`` belong to
 ``rspnet.architecture`` and are re-exported here because these modules are
 built from them."""
-from .backbone import STEM, SinglePathBackbone, Stem, TrellisBackbone, layer_nodes, trellis_nodes
+from .backbone import STEM, SinglePathBackbone, Stem, TrellisBackbone, layer_nodes, stem_and_body_input, trellis_nodes
 from rspnet.architecture import PRIMITIVES, Genotype, edge_list, partial_channels
 
 from .cell import Cell, DerivedCell, edge_normalization
-from .head import HEADS, Head, LightHead, SegmentationHead, make_head, upsample_scores
+from .head import HEADS, DetailHead, Head, LightHead, SegmentationHead, head_reads_stem, make_head, upsample_scores
 from .mixed_op import MixedOp
 from .pam import PathAttention
 from .primitives import OPS, ConvBNReLU, DilConv, InvertedResidual, ReLUConvBN, SepConv, Zero
@@ -21,7 +21,7 @@ __all__ = [
     "MixedOp", "MEMORY_MODES", "set_memory_mode", "Recomputable", "upsampled_cross_entropy",
     "labelled_cross_entropy",
     "Cell", "DerivedCell", "Genotype", "edge_list", "edge_normalization",
-    "RSPBlock", "partial_channels", "PathAttention", "SegmentationHead", "Head", "LightHead", "HEADS", "make_head",
+    "RSPBlock", "partial_channels", "PathAttention", "SegmentationHead", "Head", "LightHead", "DetailHead", "stem_and_body_input", "HEADS", "make_head", "head_reads_stem",
     "upsample_scores",
     "Stem", "SinglePathBackbone", "TrellisBackbone", "trellis_nodes", "layer_nodes", "STEM",
 ]

@@ -26,19 +26,37 @@ STEM: Node = (0, 0)
 
 class Stem(Recomputable, nn.Sequential):
     """Two 3×3 stride-2 convs (BN, ReLU) from the image to 1/4 resolution.
-    ``memory="recompute"`` keeps only the image for backward (its 1/2- and
-    1/4-resolution maps are recomputed); ``store`` (default) is the plain
-    network."""
+    ``keep_half``: return ``(1/2-scale map, 1/4-scale map)``, for a head that
+    reads the first (``DetailHead``). ``memory="recompute"`` keeps only the
+    image for backward (its 1/2- and 1/4-resolution maps are recomputed);
+    ``store`` (default) is the plain network."""
 
-    def __init__(self, channels: int, in_channels: int = 3, memory: str = "store"):
+    def __init__(self, channels: int, in_channels: int = 3, memory: str = "store", keep_half: bool = False):
         super().__init__(ConvBNReLU(in_channels, channels, 3, stride=2),
                          ConvBNReLU(channels, channels, 3, stride=2))
         self.memory = check_memory_mode(memory, "Stem")
+        self.keep_half = keep_half
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        half = self[0](x)
+        return half, self[1](half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        fn = self._both if self.keep_half else super().forward
         if self.memory == "recompute":
-            return checkpoint(super().forward, x, modules=(self,))
-        return super().forward(x)
+            return checkpoint(fn, x, modules=(self,))
+        return fn(x)
+
+
+def stem_and_body_input(stem: nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``([the stem's 1/2-scale map] or [], the 1/4-scale map the body
+    reads)`` of ``stem(images)``: what a network whose head may read the
+    stem (``Stem(keep_half=True)``) passes on. The first list goes before
+    the body's maps in the head's input."""
+    out = stem(images)
+    if isinstance(out, tuple):
+        return [out[0]], out[1]
+    return [], out
 
 
 def trellis_nodes(layers: int, scales: int) -> list[Node]:

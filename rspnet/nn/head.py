@@ -1,6 +1,6 @@
 """Segmentation heads: last-layer maps → class scores at input size.
 
-Two designs, named in the architecture file's ``widths.head``:
+Three designs, named in the architecture file's ``widths.head``:
 
 * ``concat`` (``Head``): every map upsampled to 1/4 of the input,
   concatenated, a 3×3 conv over all of their channels. Its cost grows with the
@@ -14,6 +14,12 @@ Two designs, named in the architecture file's ``widths.head``:
   conv of the coarsest map's global average, as in LR-ASPP): a channel
   attention that sees the whole image, which per-pixel features of a small
   network cannot.
+* ``detail`` (``DetailHead``): the ``light`` head, whose refined and gated
+  1/4-scale map is upsampled to 1/2 and added to a 1×1 projection of the
+  stem's first (1/2-scale) map before the classifier, so the scores are at
+  1/2 of the input: a pole a few pixels wide is less than one pixel at 1/4,
+  and a head that classifies there cannot draw it. It reads the stem's 1/2
+  map as its first input (``reads_stem``; ``Stem(keep_half=True)``).
 """
 from __future__ import annotations
 
@@ -94,8 +100,11 @@ class _UpsampleConcatConv(torch.autograd.Function):
 
 class SegmentationHead(Recomputable, nn.Module):
     """What every head shares: ``forward`` (class scores at the image size,
-    ``upsample_scores`` of the subclass's ``scores`` at 1/4 of the image) and
-    ``loss``."""
+    ``upsample_scores`` of the subclass's ``scores`` at 1/4 of the image, 1/2
+    for ``DetailHead``) and ``loss``. ``reads_stem``: the head's first input
+    is the stem's 1/2-scale map (then the last layer's maps)."""
+
+    reads_stem = False
 
     def scores(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
         """Class scores (pre-softmax) at 1/4 of ``image_size``: what each head defines."""
@@ -172,15 +181,20 @@ class LightHead(SegmentationHead):
         # path_fusion weighs by softmax(logits): zeros give the mean
         self.register_buffer("fusion_logits", torch.zeros(len(in_channels)), persistent=False)
 
-    def _scores(self, size: tuple[int, int], *features: torch.Tensor) -> torch.Tensor:
+    def _gated(self, size: tuple[int, int], features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The refined, context-gated map at ``size`` (1/4 of the image)."""
         if len(features) != len(self.projections):
-            raise ValueError(f"LightHead: built for {len(self.projections)} maps, got {len(features)}")
+            raise ValueError(f"{type(self).__name__}: built for {len(self.projections)} maps, "
+                             f"got {len(features)}")
         paths = [p(f) for p, f in zip(self.projections, features)]
         fused = path_fusion(self.fusion_logits.to(paths[0].dtype), paths, size)
         y = self.refine(F.relu(fused))
         coarsest = F.relu(features[-1]).mean((2, 3), keepdim=True)
         gate = torch.sigmoid(self.context(coarsest.to(y.dtype)))
-        return self.classifier(y * gate)
+        return y * gate
+
+    def _scores(self, size: tuple[int, int], *features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self._gated(size, features))
 
     def scores(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
         """Class scores (pre-softmax) at 1/4 of ``image_size``."""
@@ -190,13 +204,51 @@ class LightHead(SegmentationHead):
         return self._scores(size, *features)
 
 
-HEADS = {"concat": Head, "light": LightHead}
+class DetailHead(LightHead):
+    """The ``detail`` head: ``LightHead`` up to its gated 1/4-scale map, which
+    is upsampled (bilinear) to the stem's 1/2-scale map and added to that map
+    through ReLU, 1×1 conv and BN to ``channels``; ReLU, 1×1 classifier at
+    1/2, bilinear upsampling to the input size. ``in_channels``: the stem's
+    channels, then the last layer's maps' (its inputs in that order).
+
+    ``scores`` are at the size of the stem's map (``features[0]``). Per
+    pixel of the input it adds ``(c_stem + classes) * channels / 4``
+    multiply-adds to the light head's (the classifier moves from 1/4 to 1/2).
+    """
+
+    reads_stem = True
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, channels: int,
+                 memory: str = "store"):
+        if len(in_channels) < 2:
+            raise ValueError("DetailHead: needs the stem's channels and at least one input map")
+        super().__init__(in_channels[1:], num_classes, channels, memory=memory)
+        self.detail = ReLUConvBN(in_channels[0], channels)
+
+    def _scores(self, size: tuple[int, int], half: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+        y = self._gated(size, features)
+        y = F.interpolate(y, size=half.shape[-2:], mode="bilinear", align_corners=False) + self.detail(half)
+        return self.classifier(F.relu(y))
+
+
+HEADS = {"concat": Head, "light": LightHead, "detail": DetailHead}
 assert tuple(HEADS) == HEAD_KINDS
 
 
-def make_head(kind: str, in_channels: Sequence[int], num_classes: int, channels: int,
-              memory: str = "store") -> SegmentationHead:
-    """The head named ``kind`` (a key of ``HEADS``)."""
+def head_reads_stem(kind: str) -> bool:
+    """Whether the head named ``kind`` reads the stem's 1/2-scale map first."""
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}: expected one of {', '.join(HEADS)}")
+    return HEADS[kind].reads_stem
+
+
+def make_head(kind: str, in_channels: Sequence[int], num_classes: int, channels: int,
+              memory: str = "store", stem_channels: int | None = None) -> SegmentationHead:
+    """The head named ``kind`` (a key of ``HEADS``) over maps of
+    ``in_channels``; a head that ``reads_stem`` also over the stem's 1/2-scale
+    map of ``stem_channels`` (its first input)."""
+    if head_reads_stem(kind):
+        if stem_channels is None:
+            raise ValueError(f"head {kind!r} reads the stem's 1/2-scale map: give stem_channels")
+        in_channels = [stem_channels, *in_channels]
     return HEADS[kind](in_channels, num_classes, channels, memory=memory)

@@ -42,7 +42,8 @@ import torch.nn as nn
 from rspnet.architecture import PRIMITIVES, Architecture, Genotype, partial_channels, scale_widths
 from rspnet.files import atomic_open
 from rspnet.models.cost import count_flops_of
-from rspnet.nn import OPS, DerivedCell, PathAttention, RSPBlock, Stem, layer_nodes, make_head, trellis_nodes
+from rspnet.nn import (OPS, DerivedCell, PathAttention, RSPBlock, Stem, head_reads_stem, layer_nodes, make_head,
+                       trellis_nodes)
 from rspnet.nn.primitives import ConvBNReLU
 from rspnet.ops.timing import device_name, median_ms  # device_name: the latency table's key
 
@@ -140,10 +141,14 @@ def _pieces(g: CostGeometry, head_scales: Sequence[tuple[int, ...]]):
     ``g`` can hold."""
     H, W = g.size
     pieces = [("stem", Stem(g.channels), [(1, 3, H, W)])]
+    # a head that reads the stem's 1/2-scale map gets it as its first input
+    # (its cost is the stem's: Stem(keep_half=True) computes the same)
+    stem_map = [(1, g.channels, (H + 1) // 2, (W + 1) // 2)] if head_reads_stem(g.head) else []
     for scales in head_scales:
-        head = make_head(g.head, [g.width(s) for s in scales], g.num_classes, g.head_channels)
+        head = make_head(g.head, [g.width(s) for s in scales], g.num_classes, g.head_channels,
+                         stem_channels=g.channels)
         pieces.append((f"head:{','.join(map(str, scales))}", _HeadAt(head, g.size),
-                       [(1, g.width(s), *g.resolution(s)) for s in scales]))
+                       stem_map + [(1, g.width(s), *g.resolution(s)) for s in scales]))
     skip = _all_skip_cell(g.steps)
     for s in range(g.scales):
         c, (h, w) = g.width(s), g.resolution(s)

@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from rspnet.architecture import PRIMITIVES, Genotype, KeptNode, edge_list, scale_widths
 from rspnet.nn import (Cell, DerivedCell, RSPBlock, SinglePathBackbone, Stem, TrellisBackbone,
-                       edge_normalization, layer_nodes, make_head, trellis_nodes)
+                       edge_normalization, head_reads_stem, layer_nodes, make_head, stem_and_body_input,
+                       trellis_nodes)
 
 from .derive import derive_cell, derive_paths
 
@@ -96,11 +97,11 @@ class SinglePathSupernet(_Supernet):
         def make_cell(c: int) -> Cell:
             return Cell(c, steps, memory, edge_partial, self.primitives, skip_bn)
 
-        self.stem = Stem(channels, memory=memory)
+        self.stem = Stem(channels, memory=memory, keep_half=head_reads_stem(head))
         self.backbone = SinglePathBackbone(
             channels, scales, lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth), widths)
         self.head = make_head(head, list(scale_widths(channels, scales, widths)), num_classes,
-                              head_channels, memory=memory)
+                              head_channels, memory=memory, stem_channels=channels)
         num_edges = len(edge_list(steps))
         # DARTS's initialisation: near-uniform mixtures, broken by small noise
         self.alphas = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
@@ -115,9 +116,11 @@ class SinglePathSupernet(_Supernet):
         return edge_normalization(self.edge_logits, self.steps)
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """What the head reads: every scale's output."""
+        """What the head reads: every scale's output (after the stem's 1/2-scale
+        map, for a head that reads it)."""
         weights = torch.softmax(self.alphas, dim=-1)
-        return self.backbone(self.stem(images), weights, self._edge_weights())
+        half, stem = stem_and_body_input(self.stem, images)
+        return half + self.backbone(stem, weights, self._edge_weights())
 
     def genotype(self) -> Genotype:
         """The derived cell (DARTS's rule, ``derive_cell``)."""
@@ -175,7 +178,7 @@ class MacroSupernet(_Supernet):
         def make_cell(c: int) -> DerivedCell:
             return DerivedCell(c, genotype, affine=False)
 
-        self.stem = Stem(channels, memory=memory)
+        self.stem = Stem(channels, memory=memory, keep_half=head_reads_stem(head))
         self.backbone = TrellisBackbone(
             channels, self.nodes, self.sources,
             lambda c: RSPBlock(c, make_cell, rsp_ratio, rsp_depth), affine=False, memory=memory,
@@ -183,7 +186,7 @@ class MacroSupernet(_Supernet):
         last = layer_nodes(self.nodes, layers)
         width = scale_widths(channels, scales, widths)
         self.head = make_head(head, [width[s] for _, s in last], num_classes,
-                              head_channels, memory=memory)
+                              head_channels, memory=memory, stem_channels=channels)
         self.betas = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(len(src)))
                                       for src in self.sources)
 
@@ -191,8 +194,10 @@ class MacroSupernet(_Supernet):
         return {"beta": list(self.betas)}
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """What the head reads: the last layer's outputs."""
-        return self.backbone(self.stem(images), list(self.betas))
+        """What the head reads: the last layer's outputs (after the stem's
+        1/2-scale map, for a head that reads it)."""
+        half, stem = stem_and_body_input(self.stem, images)
+        return half + self.backbone(stem, list(self.betas))
 
     def paths(self, top_k: int = 2, same_scale: bool = False) -> tuple[KeptNode, ...]:
         """The derived trellis: each node's ``top_k`` paths (``derive_paths``)."""

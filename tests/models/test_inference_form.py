@@ -131,13 +131,13 @@ def test_shuffle_permutation_is_the_channel_shuffle():
                                    rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("head", ["concat", "light"])
+@pytest.mark.parametrize("head", ["concat", "light", "detail"])
 @pytest.mark.parametrize("grad", [False, True])
 def test_unshuffled_blocks_give_the_eval_outputs(monkeypatch, head, grad):
     """Every trellis block of the folded network skips its shuffle
     (``channel_merge`` is not called) and the permuted readers give the eval
     network's outputs, in place (no graph) and out of place (autograd on)."""
-    arch = dataclasses.replace(_pool_first_light(), head=head, pool_first=head == "light")
+    arch = dataclasses.replace(_pool_first_light(), head=head, pool_first=head != "concat")
     torch.manual_seed(0)
     model = randomise_bn(RSPNet(arch, num_classes=5)).eval()
     folded = inference_form(model)
@@ -177,13 +177,13 @@ def test_folding_twice_wraps_the_stem_once():
 INFERENCE_FLAGS = ("unshuffled", "strided_pool", "relu_outputs", "upsample_channels_last")
 
 
-@pytest.mark.parametrize("head", ["concat", "light"])
+@pytest.mark.parametrize("head", ["concat", "light", "detail"])
 def test_the_training_network_is_left_as_it_was(head):
     """Building and running the inference form changes nothing of the
     network it was built from: the same modules, bit-identical parameters,
     buffers and outputs, no storage shared, and no inference flag on the
     training blocks."""
-    arch = dataclasses.replace(_pool_first_light(), head=head, pool_first=head == "light")
+    arch = dataclasses.replace(_pool_first_light(), head=head, pool_first=head != "concat")
     torch.manual_seed(0)
     model = randomise_bn(RSPNet(arch, num_classes=5)).eval()
     x = torch.randn(1, 3, 64, 128)

@@ -2,7 +2,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rspnet.nn import Head, LightHead, SinglePathBackbone, Stem, TrellisBackbone, layer_nodes, trellis_nodes
+from rspnet.nn import DetailHead, Head, LightHead, make_head, SinglePathBackbone, Stem, TrellisBackbone, layer_nodes, trellis_nodes
 
 
 def test_head_matches_its_definition():
@@ -44,6 +44,50 @@ def test_light_head_matches_its_definition():
     logits = F.conv2d(y * gate, head.classifier.weight, head.classifier.bias)
     expected = F.interpolate(logits, size=(32, 64), mode="bilinear", align_corners=False)
     torch.testing.assert_close(head(f, (32, 64)), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_detail_head_matches_its_definition():
+    """Plain PyTorch, written out: the light head's gated 1/4 map (its
+    definition above, through the head's own modules), bilinear to the stem's
+    1/2 map, plus ReLU → 1×1 conv → BN of that map, ReLU, classifier at 1/2,
+    bilinear to the image."""
+    torch.manual_seed(0)
+    head = DetailHead([3, 4, 8], num_classes=5, channels=6).double()
+    for bn in (m for m in head.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
+    head.eval()
+    half = torch.randn(2, 3, 16, 32, dtype=torch.float64)
+    f = [torch.randn(2, c, 8 >> s, 16 >> s, dtype=torch.float64) for s, c in enumerate([4, 8])]
+
+    def bn(x, m):
+        return (x - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps) \
+            * m.weight[:, None, None] + m.bias[:, None, None]
+
+    paths = []
+    for x, proj in zip(f, head.projections):
+        _, conv, norm = proj
+        paths.append(F.interpolate(bn(F.conv2d(torch.relu(x), conv.weight), norm), size=(8, 16),
+                                   mode="bilinear", align_corners=False))
+    conv, norm, _ = head.refine
+    y = torch.relu(bn(F.conv2d(torch.relu(torch.stack(paths).mean(0)), conv.weight, padding=1), norm))
+    y = y * torch.sigmoid(F.conv2d(torch.relu(f[1]).mean((2, 3), keepdim=True), head.context.weight,
+                                   head.context.bias))
+    _, conv, norm = head.detail
+    y = F.interpolate(y, size=(16, 32), mode="bilinear", align_corners=False) \
+        + bn(F.conv2d(torch.relu(half), conv.weight), norm)
+    logits = F.conv2d(torch.relu(y), head.classifier.weight, head.classifier.bias)
+    expected = F.interpolate(logits, size=(32, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(head([half] + f, (32, 64)), expected, rtol=1e-12, atol=1e-12)
+    assert head.scores([half] + f, (32, 64)).shape[-2:] == (16, 32)
+
+
+def test_a_head_that_reads_the_stem_needs_its_channels():
+    import pytest
+    with pytest.raises(ValueError, match="reads the stem's 1/2-scale map: give stem_channels"):
+        make_head("detail", [4, 8], 5, 6)
+    assert isinstance(make_head("detail", [4, 8], 5, 6, stem_channels=3).detail[1], nn.Conv2d)
+    assert make_head("detail", [4, 8], 5, 6, stem_channels=3).detail[1].in_channels == 3
 
 
 def test_trellis_nodes_follow_auto_deeplab_reachability():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rspnet.nn import (Cell, DerivedCell, Genotype, Head, LightHead, MixedOp, RSPBlock, Stem, TrellisBackbone,
+from rspnet.nn import (Cell, DerivedCell, DetailHead, Genotype, Head, LightHead, MixedOp, RSPBlock, Stem, TrellisBackbone,
                        layer_nodes, set_memory_mode, trellis_nodes, upsampled_cross_entropy)
 from rspnet.nn.recompute import Recomputable, labelled_cross_entropy
 
@@ -123,42 +123,46 @@ def _compare(store, recompute, run, inputs_fn, dtype=torch.float64):
 
 def _head_pair(dtype=torch.float64, kind=Head):
     torch.manual_seed(0)
-    store = kind([4, 8, 16], num_classes=5, channels=6).to(dtype)
+    store = kind(([3] if kind.reads_stem else []) + [4, 8, 16], num_classes=5, channels=6).to(dtype)
     return store, set_memory_mode(copy.deepcopy(store), "recompute")
 
 
-def _head_inputs(dtype=torch.float64):
+def _head_inputs(dtype=torch.float64, kind=Head):
+    """The maps of a 32x64 image at 1/4, 1/8, 1/16 (after the stem's 1/2
+    map for a head that reads it)."""
     g = torch.Generator().manual_seed(1)
-    return [torch.randn(2, c, 8 >> s, 16 >> s, generator=g, dtype=dtype).requires_grad_()
-            for s, c in enumerate([4, 8, 16])]
+    half = [torch.randn(2, 3, 16, 32, generator=g, dtype=dtype).requires_grad_()] if kind.reads_stem else []
+    return half + [torch.randn(2, c, 8 >> s, 16 >> s, generator=g, dtype=dtype).requires_grad_()
+                   for s, c in enumerate([4, 8, 16])]
 
 
-@pytest.mark.parametrize("kind", [Head, LightHead])
+@pytest.mark.parametrize("kind", [Head, LightHead, DetailHead])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_head_loss_store_and_recompute_agree(dtype, kind):
     store, recompute = _head_pair(dtype, kind)
     labels = _labels(2, 32, 64, classes=5)
     _compare(store, recompute, lambda m, *f: m.loss(list(f), labels, ignore_index=255),
-             lambda: _head_inputs(dtype), dtype)
+             lambda: _head_inputs(dtype, kind), dtype)
 
 
-@pytest.mark.parametrize("kind", [Head, LightHead])
+@pytest.mark.parametrize("kind", [Head, LightHead, DetailHead])
 def test_weighted_head_loss_store_and_recompute_agree(kind):
     store, recompute = _head_pair(torch.float64, kind)
     labels = _labels(2, 32, 64, classes=5)
     weight = torch.tensor([0.3, 2.0, 1.0, 5.0, 0.7], dtype=torch.float64)
     _compare(store, recompute, lambda m, *f: m.loss(list(f), labels, ignore_index=255, weight=weight),
-             _head_inputs, torch.float64)
+             lambda: _head_inputs(kind=kind), torch.float64)
 
 
-@pytest.mark.parametrize("kind", [Head, LightHead])
+@pytest.mark.parametrize("kind", [Head, LightHead, DetailHead])
 def test_head_forward_store_and_recompute_agree(kind):
     store, recompute = _head_pair(kind=kind)
     grad = torch.randn(2, 5, 32, 64, dtype=torch.float64)
-    _compare(store, recompute, lambda m, *f: (m(list(f), (32, 64)) * grad).sum(), _head_inputs)
+    _compare(store, recompute, lambda m, *f: (m(list(f), (32, 64)) * grad).sum(),
+             lambda: _head_inputs(kind=kind))
     store.eval(), recompute.eval()
     with torch.no_grad():
-        f = _head_inputs()
+        f = _head_inputs(kind=kind)
         torch.testing.assert_close(recompute(f, (32, 64)), store(f, (32, 64)), **F64)
 
 
@@ -194,6 +198,32 @@ def test_stem_store_and_recompute_agree():
                             dtype=torch.float64).requires_grad_()]
     _compare(store, recompute, lambda m, x: (m(x) * grad).sum(), inputs)
     assert list(store.state_dict()) == list(recompute.state_dict()) == list(Stem(6).state_dict())
+
+
+def test_stem_that_keeps_its_half_map_store_and_recompute_agree():
+    """``keep_half``: (the first conv's map, the stem's output), the second
+    exactly what the plain stem returns, under both memory modes."""
+    torch.manual_seed(0)
+    store = Stem(6, keep_half=True).double()
+    recompute = set_memory_mode(copy.deepcopy(store), "recompute")
+    g_half, g_out = torch.randn(2, 6, 16, 32, dtype=torch.float64), torch.randn(2, 6, 8, 16, dtype=torch.float64)
+
+    def inputs():
+        return [torch.randn(2, 3, 32, 64, generator=torch.Generator().manual_seed(2),
+                            dtype=torch.float64).requires_grad_()]
+
+    def run(m, x):
+        half, out = m(x)
+        return (half * g_half).sum() + (out * g_out).sum()
+    _compare(store, recompute, run, inputs)
+    plain = Stem(6).double().eval()
+    plain.load_state_dict(store.state_dict())
+    store.eval()
+    x = inputs()[0].detach()
+    with torch.no_grad():
+        half, out = store(x)
+        torch.testing.assert_close(half, plain[0](x), rtol=0, atol=0)
+        torch.testing.assert_close(out, plain(x), rtol=0, atol=0)
 
 
 def _trellis_pair(layers=3):

@@ -72,16 +72,19 @@ def test_expected_flops_of_hot_logits_is_the_derived_networks_count(seed):
     torch.testing.assert_close(table.expected(arch.cell, betas).item(), float(measured), rtol=1e-9, atol=0)
 
 
-@pytest.mark.parametrize("seed, widths, pool_first", [(0, None, False), (1, None, True), (2, (8, 12, 20), True)])
-def test_expected_flops_with_the_light_head(seed, widths, pool_first):
-    """The table of a ``light``-head geometry (and of per-scale widths, and
-    paths pooled before their projection) against its derived networks."""
+@pytest.mark.parametrize("seed, widths, pool_first, head", [(0, None, False, "light"), (1, None, True, "light"),
+                                                           (2, (8, 12, 20), True, "light"),
+                                                           (3, None, True, "detail"), (4, (8, 12, 20), False, "detail")])
+def test_expected_flops_with_the_light_head(seed, widths, pool_first, head):
+    """The table of a ``light``- or ``detail``-head geometry (and of per-scale
+    widths, and paths pooled before their projection) against its derived
+    networks."""
     rng = random.Random(seed)
-    geometry = dataclasses.replace(GEOMETRY, head="light", scale_channels=widths, pool_first=pool_first)
+    geometry = dataclasses.replace(GEOMETRY, head=head, scale_channels=widths, pool_first=pool_first)
     table = flops_table(geometry)
     alpha, betas = _hot_alpha(rng), _hot_betas(rng)
     arch = Architecture(cell=derive_cell(alpha, GEOMETRY.steps), channels=8, scales=3, head_channels=16,
-                        head="light", scale_channels=widths, pool_first=pool_first, layers=GEOMETRY.layers,
+                        head=head, scale_channels=widths, pool_first=pool_first, layers=GEOMETRY.layers,
                         nodes=derive_paths(betas, NODES, SOURCES, 2))
     measured = count_flops(RSPNet(arch, GEOMETRY.num_classes).eval(), GEOMETRY.size)
     assert table.architecture(arch) == measured
