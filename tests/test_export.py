@@ -177,3 +177,37 @@ def test_gpu_latency_bf16_compiled(run, tmp_path):
     report = json.loads(path.read_text())
     assert report["device"] == "cuda" and report["dtype"] == "bf16" and report["compile"] is True
     assert report["latency"]["fps"] > 0
+
+
+@pytest.mark.slow  # traces the network: 10-30 s on 2 shared cores
+def test_onnx_parity_of_the_detail_head(tmp_path, capsys):
+    """The head that reads the stem's 1/2 map (the stem returns two maps)
+    exports and runs in onnxruntime as the PyTorch network does."""
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx onnxscript)")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+    arch = make_architecture(2)
+    arch["widths"]["head"] = "detail"
+    path = tmp_path / "detail.json"
+    path.write_text(json.dumps(arch))
+    with single_thread():
+        assert train_main(["--arch", str(path), "--out", str(tmp_path / "train"), "--epochs", "1", *TINY]) == 0
+    checkpoint = tmp_path / "train" / "best.pt"
+    onnx_path = tmp_path / "detail.onnx"
+    assert main(["--arch", str(path), "--checkpoint", str(checkpoint), "--onnx", str(onnx_path),
+                 "--size", "64x64"]) == 0
+    assert "max |onnxruntime - torch|" in capsys.readouterr().out
+    import numpy as np
+    import onnxruntime as ort
+
+    from rspnet import data
+    from rspnet.engine.checkpoint import load_checkpoint
+    from rspnet.models import RSPNet
+
+    model = RSPNet(str(path), data.NUM_CLASSES)
+    model.load_state_dict(load_checkpoint(str(checkpoint))["model"])
+    model.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-4
