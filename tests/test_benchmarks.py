@@ -267,7 +267,7 @@ def test_search_quality_camvid_quick(smoke, camvid_root, tmp_path):
     assert "random within the searches' budgets (1)" in text
     # the searches saw CamVid's train split only, the transfer search the synthetic scenes
     search = json.loads((out / "search-0" / "summary.json").read_text())["config"]
-    assert search["data"] == "camvid" and search["head"] == "light"
+    assert search["data"] == "camvid" and search["head"] == "detail"
     transfer = json.loads((out / "search-synthetic-0" / "summary.json").read_text())["config"]
     assert transfer["data"] == "synthetic" and transfer["head"] == search["head"]
     # the benchmark's test score of a run is rspnet.evaluate's

@@ -41,7 +41,7 @@ def default_memory(device: str) -> str:
 # what trained best on CamVid (docs/design.md §17): a 4-layer trellis at F = 24
 # with the light head of 32 channels; the synthetic smoke test keeps the
 # 8-layer F = 16 space with the concat head.
-REAL_IMAGE_SPACE = {"channels": 24, "layers": 4, "head": "light", "head_channels": 32}
+REAL_IMAGE_SPACE = {"channels": 24, "layers": 4, "head": "detail", "head_channels": 32}
 
 
 def _real_images(values) -> bool:
@@ -147,9 +147,10 @@ class SearchConfig:
                                         "images, none on the synthetic scenes)", group="space", type=positive_int,
                                         cli_default=_space_default("head_channels"))
     head: str = setting("concat", "the head: concat (every last-layer map upsampled to 1/4, concatenated, "
-                        "3x3 conv) or light (1x1 conv per map at its own scale, averaged at 1/4, 3x3 conv "
-                        "at the head's width, global-context gate) (default: light on real images, concat on "
-                        "the synthetic scenes)", group="space", choices=HEAD_KINDS,
+                        "3x3 conv), light (1x1 conv per map at its own scale, averaged at 1/4, 3x3 conv "
+                        "at the head's width, global-context gate) or detail (light, classified at 1/2 with "
+                        "a 1x1 projection of the stem's 1/2 map added) (default: detail on real images, "
+                        "where it won on CamVid, concat on the synthetic scenes)", group="space", choices=HEAD_KINDS,
                         cli_default=_space_default("head"))
     scale_channels: tuple[int, ...] | None = setting(
         None, "channels of every scale, finest first, the first equal to --channels (none: --channels "
