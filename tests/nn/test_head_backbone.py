@@ -5,6 +5,21 @@ import torch.nn.functional as F
 from rspnet.nn import DetailHead, Head, LightHead, make_head, SinglePathBackbone, Stem, TrellisBackbone, layer_nodes, trellis_nodes
 
 
+def _randomise_bn(head):
+    """Running statistics and affine parameters away from the identity, so
+    that eval-mode BatchNorm is a real affine map the tests write out."""
+    for m in (m for m in head.modules() if isinstance(m, nn.BatchNorm2d)):
+        m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+        m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+    return head
+
+
+def bn(x, m):
+    """Eval-mode BatchNorm ``m`` of ``x``, written out."""
+    return (x - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps) \
+        * m.weight[:, None, None] + m.bias[:, None, None]
+
+
 def test_head_matches_its_definition():
     torch.manual_seed(0)
     head = Head([4, 8], num_classes=5, channels=6).double().eval()
@@ -21,15 +36,8 @@ def test_light_head_matches_its_definition():
     ReLU, times sigmoid(1×1 conv of the coarsest map's mean), classifier."""
     torch.manual_seed(0)
     head = LightHead([4, 8, 16], num_classes=5, channels=6).double()
-    for bn in (m for m in head.modules() if isinstance(m, nn.BatchNorm2d)):
-        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
-        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
-    head.eval()
+    _randomise_bn(head).eval()
     f = [torch.randn(2, c, 8 >> s, 16 >> s, dtype=torch.float64) for s, c in enumerate([4, 8, 16])]
-
-    def bn(x, m):
-        return (x - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps) \
-            * m.weight[:, None, None] + m.bias[:, None, None]
 
     paths = []
     for x, proj in zip(f, head.projections):
@@ -53,16 +61,9 @@ def test_detail_head_matches_its_definition():
     bilinear to the image."""
     torch.manual_seed(0)
     head = DetailHead([3, 4, 8], num_classes=5, channels=6).double()
-    for bn in (m for m in head.modules() if isinstance(m, nn.BatchNorm2d)):
-        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
-        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
-    head.eval()
+    _randomise_bn(head).eval()
     half = torch.randn(2, 3, 16, 32, dtype=torch.float64)
     f = [torch.randn(2, c, 8 >> s, 16 >> s, dtype=torch.float64) for s, c in enumerate([4, 8])]
-
-    def bn(x, m):
-        return (x - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps) \
-            * m.weight[:, None, None] + m.bias[:, None, None]
 
     paths = []
     for x, proj in zip(f, head.projections):
