@@ -5,7 +5,9 @@ A training checkpoint (``checkpoint-step<N>.pt``, ``best.pt``) holds, besides
 the run's position (``rspnet.engine.ResumableLoop``), the weights, the
 optimiser, the schedule, the config, and the architecture it was trained for
 with its fingerprint; loading it into another architecture fails with a
-message that names both (``check_architecture``).
+message that names both (``check_architecture``). ``"model"`` is always the
+weights to evaluate, export and predict with: with ``--ema`` the moving
+average, and the weights the optimiser steps are then ``"trained_model"``.
 """
 from __future__ import annotations
 
@@ -80,11 +82,14 @@ def check_architecture(state: Mapping[str, Any], arch: Architecture, num_classes
                               f"but {num_classes} are expected")
 
 
-def load_model_weights(model: torch.nn.Module, state: Mapping[str, Any], checkpoint_name: str) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error instead of
-    PyTorch's multi-line one."""
+def load_model_weights(model: torch.nn.Module, state: Mapping[str, Any], checkpoint_name: str,
+                       key: str = "model") -> None:
+    """``load_state_dict(strict=True)`` of ``state[key]`` with a one-line
+    error instead of PyTorch's multi-line one."""
+    if key not in state:
+        raise CheckpointError(f"{checkpoint_name} has no {key!r} entry")
     try:
-        model.load_state_dict(state["model"], strict=True)
+        model.load_state_dict(state[key], strict=True)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         raise CheckpointError(f"{checkpoint_name}: weights do not fit the network: "

@@ -71,6 +71,10 @@ class TrainConfig:
                                  group="optimisation", choices=CLASS_WEIGHTS,
                                  cli_default=lambda values: "none" if values["data"] == "synthetic"
                                  or values["ohem"] else "enet")
+    ema: float = setting(0.0, "keep an exponential moving average of the weights and BatchNorm statistics, "
+                         "with this decay per step (warmed up as min(decay, (1+t)/(10+t)) after t steps); "
+                         "validation, best.pt and the final weights are the average's; 0: off",
+                         group="optimisation")
     ohem: bool = setting(False, "online hard example mining", group="optimisation")
     ohem_thresh: float = setting(0.7, "OHEM keeps pixels whose true-class probability is below this",
                                  group="optimisation")
@@ -104,6 +108,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"--size {config.size[0]}x{config.size[1]}: without --crop the training crops are "
                          f"--size, and their height and width must be multiples of 32")
     check_run_settings(config.device, config.batch_size, config.crop or config.size)
+    if not 0 <= config.ema < 1:
+        raise ValueError(f"--ema is a decay in [0, 1) (0: off), got {config.ema}")
     if not 0 < config.ohem_thresh < 1:
         raise ValueError(f"--ohem-thresh must be in (0, 1), got {config.ohem_thresh}")
     if not 0 <= config.momentum < 1 or config.weight_decay < 0 or config.poly_power < 0:

@@ -7,10 +7,14 @@ learning rate stepped per optimiser step, the segmentation loss of
 ``rspnet.train.losses`` and, on a GPU, mixed precision (bf16, or fp16 with a
 GradScaler) and channels-last. Validation (``rspnet.train.validation``) runs
 every ``val_every`` epochs and after the last; the best validation mIoU's
-checkpoint is also written to ``best.pt``.
+checkpoint is also written to ``best.pt``. With ``ema`` > 0 a copy of the
+network keeps the exponential moving average of every floating-point entry
+of the weights' state (parameters and BatchNorm statistics) after each step;
+validation, ``best.pt`` and the checkpoints' ``"model"`` are the average's.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -107,6 +111,8 @@ class Trainer(ResumableLoop):
         # identical initialisation on every rank, then DDP for the gradients
         distributed.broadcast_tensors_(list(self.model.parameters()) + list(self.model.buffers()))
         self.net = distributed.wrap_ddp(self.model, self.device)
+        # the moving average of the weights (--ema): a copy that no optimiser steps
+        self.average = copy.deepcopy(self.model).requires_grad_(False).eval() if config.ema else None
         # from here on every rank draws its own random stream (DataLoader worker
         # seeds); the augmentation of a sample depends on (seed, epoch, index)
         seed_everything(rank_seed(config.seed, ctx.rank))
@@ -140,9 +146,15 @@ class Trainer(ResumableLoop):
         return RSPNet(self.architecture, self.classes.num_classes)
 
     # --------------------------------------------------------------- state
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The network validated and saved as ``"model"``: the average with ``--ema``."""
+        return self.model if self.average is None else self.average
+
     def extra_state(self) -> dict[str, Any]:
+        trained = {} if self.average is None else {"trained_model": self.model.state_dict()}
         return {
-            "model": self.model.state_dict(),
+            "model": self.evaluated.state_dict(), **trained,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -162,7 +174,11 @@ class Trainer(ResumableLoop):
             if key not in state:
                 raise CheckpointError(f"{name} has no {key!r}: it holds weights only and cannot be "
                                       f"resumed (use it with rspnet.evaluate or rspnet.export)")
-        load_model_weights(self.model, state, name)
+        if self.average is None:
+            load_model_weights(self.model, state, name)
+        else:
+            load_model_weights(self.model, state, name, "trained_model")
+            load_model_weights(self.average, state, name)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         # the poly schedule follows this run's --epochs (which may extend a run)
@@ -219,7 +235,23 @@ class Trainer(ResumableLoop):
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.average is not None:
+            self._update_average()
         return value, stop
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        """average <- d * average + (1 - d) * weights after the step, with
+        d = min(ema, (1 + t) / (10 + t)) after t earlier steps, so that the
+        first steps do not leave the average near the initial weights;
+        integer entries (BatchNorm's batch counts) are copied."""
+        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))
+        current = self.model.state_dict()
+        for name, avg in self.average.state_dict().items():
+            if avg.is_floating_point():
+                avg.lerp_(current[name], 1 - decay)
+            else:
+                avg.copy_(current[name])
 
     def progress_postfix(self, loss: float) -> dict[str, str]:
         return {"loss": f"{loss:.4f}", "lr": f"{self.scheduler.get_last_lr()[0]:.2e}"}
@@ -229,9 +261,14 @@ class Trainer(ResumableLoop):
         the validation mIoU improved."""
         c = self.config
         val = None
+        if self.average is not None:
+            # data parallel: the average's BN statistics are rank 0's average. Its
+            # checkpoints hold rank 0's, so a resumed run continues them exactly
+            # (the ranks' own would be lost at a mid-epoch checkpoint)
+            distributed.broadcast_tensors_(list(self.average.buffers()))
         if self.epoch % c.val_every == 0 or self.epoch == c.epochs:
             shard = Subset(self.val_set, range(self.ctx.rank, len(self.val_set), self.ctx.world_size))
-            val = validate(self.model, _loader(shard, c, batch_size=self.local_batch), self.device,
+            val = validate(self.evaluated, _loader(shard, c, batch_size=self.local_batch), self.device,
                            self.classes.names, data.IGNORE_INDEX, self.amp_dtype, self.channels_last)
             self.last_val = val
         self.tick()

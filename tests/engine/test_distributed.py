@@ -32,6 +32,8 @@ EXACT = ["--size", "32x32", "--images", "8", "--batch-size", "4", "--epochs", "2
 # the derived network of the "exact" search; global batch 4: 2 steps per epoch
 TRAIN = ["--size", "32x32", "--train-images", "8", "--val-images", "4", "--batch-size", "4", "--epochs", "2",
          "--val-every", "1", "--no-progress", "--threads", "1"]
+# the stopped and resumed training, and its reference, also keep the weights' moving average
+EMA = ["--ema", "0.5"]
 
 
 def torchrun(specs, directory, nproc=2, timeout=400):
@@ -88,13 +90,13 @@ def searches(tmp_path_factory):
     arch = ["--arch", str(runs["exact"] / "out" / "architecture.json")]
     specs += [
         # training the derived network: plain BN, uninterrupted
-        {"cli": "train", "argv": arch + TRAIN + ["--out", str(runs["train-bn"] / "out")],
+        {"cli": "train", "argv": arch + TRAIN + EMA + ["--out", str(runs["train-bn"] / "out")],
          "dump": str(runs["train-bn"] / "dump")},
         # rank 1 asks to stop in step 3 (epoch 2, batch 1 of 2); then --resume auto
-        {"cli": "train", "argv": arch + TRAIN + ["--checkpoint-every", "1", "--out",
+        {"cli": "train", "argv": arch + TRAIN + EMA + ["--checkpoint-every", "1", "--out",
                                                  str(runs["train-stopped"] / "out")],
          "stop_at": {"rank": 1, "step": 3}},
-        {"cli": "train", "argv": arch + TRAIN + ["--checkpoint-every", "1", "--resume", "auto", "--out",
+        {"cli": "train", "argv": arch + TRAIN + EMA + ["--checkpoint-every", "1", "--resume", "auto", "--out",
                                                  str(runs["train-stopped"] / "out")],
          "dump": str(runs["train-stopped"] / "dump")},
         {"cli": "train", "argv": arch + TRAIN + ["--out", str(runs["train-exact"] / "out")],
@@ -158,6 +160,7 @@ def test_training_stop_on_one_rank_checkpoints_mid_epoch_and_resumes_exactly(sea
     assert f"stopped by request at step 3 (epoch 2, batch 1/2): checkpoint written to {path}" in log
     assert f"resumed from {path}: epoch 2, batch 1/2, step 3" in log
     a = load_dump(runs["train-bn"] / "dump" / "rank0-train.pt")
+    assert any(k.startswith("/average/") and "running_mean" in k for k in a)   # --ema's average compared too
     for rank in (0, 1):
         b = load_dump(runs["train-stopped"] / "dump" / f"rank{rank}-train.pt")
         for key in a:

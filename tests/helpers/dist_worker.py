@@ -57,8 +57,11 @@ class _ExactDataset(torch.utils.data.Dataset):
         return image.double(), torch.where(label == 255, torch.zeros_like(label), label)
 
 
-def _dump_states(dump: str, name: str, model: nn.Module, optimizers: dict) -> None:
+def _dump_states(dump: str, name: str, model: nn.Module, optimizers: dict,
+                 average: nn.Module | None = None) -> None:
     state = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+    if average is not None:   # training with --ema: the moving average too
+        state["average"] = {k: v.detach().cpu().clone() for k, v in average.state_dict().items()}
     state.update({k: opt.state_dict() for k, opt in optimizers.items()})
     torch.save(state, os.path.join(dump, f"rank{distributed.rank()}-{name}.pt"))
 
@@ -88,7 +91,7 @@ def patched(cli: str, dump: str | None, exact: bool, stop_at: dict | None = None
 
             def train_run(self, *args, **kwargs):
                 run(self, *args, **kwargs)
-                _dump_states(dump, "train", self.model, {"optimizer": self.optimizer})
+                _dump_states(dump, "train", self.model, {"optimizer": self.optimizer}, self.average)
             setattr_(Trainer, "run", train_run)
     if stop_at:
         # a stop request (what SIGTERM sets) on one rank only, during a given step

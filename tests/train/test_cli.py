@@ -88,6 +88,7 @@ def test_keep_checkpoints_keeps_the_newest_and_best(arch_file, tmp_path):
     (["--data", "cityscapes"], "--data-root"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
     (["--ohem-thresh", "1.5"], "--ohem-thresh"),
+    (["--ema", "1"], "--ema is a decay in [0, 1)"),
     (["--resume", "/nonexistent/ckpt.pt"], "no such file"),
     (["--lr", "-1"], "positive number"),
 ])
