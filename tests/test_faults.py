@@ -404,3 +404,32 @@ def test_widths_past_the_cap_are_refused_before_the_search(argv, flag, tmp_path,
     out = tmp_path / "run"
     line = _usage_error(capsys, lambda: search_main([*SEARCH, *argv, "--out", str(out)]))
     assert flag in line and "more than 4096" in line and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["search", "train", "evaluate"])
+def test_ctrl_c_while_torch_is_imported_is_one_line_and_sigints_status(command, tmp_path):
+    """Ctrl-C in the first seconds of a command (torch still importing, before
+    the command handles signals) is one line, not an import traceback, and the
+    process still ends with SIGINT's status. The interrupt is raised where the
+    import of torch begins (a finder that a sitecustomize puts first), which is
+    what Python does when SIGINT arrives there."""
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent("""
+        import sys
+        class Interrupt:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch":
+                    raise KeyboardInterrupt
+        sys.meta_path.insert(0, Interrupt())
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])}
+    proc = subprocess.run([sys.executable, "-m", f"rspnet.{command}", "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (130, -signal.SIGINT), proc.stderr
+    assert proc.stderr.strip() == "interrupted (Ctrl-C)"
+    assert {p.name for p in tmp_path.iterdir()} - {"__pycache__"} == {"sitecustomize.py"}   # nothing written
+
+
+def test_import_rspnet_in_a_program_leaves_the_exception_hook_alone():
+    code = "import sys; hook = sys.excepthook; import rspnet.train; print(sys.excepthook is hook)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
